@@ -1,0 +1,349 @@
+"""Capture runner: slot → (initial copy) → stream → store → acknowledge.
+
+- First start (or a store that cannot continue from the slot): create the slot with an
+  exported snapshot, copy every mapped table under it, commit the store at the slot's
+  consistent point, then stream from there.
+- Restart: stream from the LSN recorded in the store; commits at or before it are skipped
+  (delivery is at-least-once after a reconnect).
+- The flush position sent to the server is only ever an LSN the store has committed; while
+  nothing of ours is in flight, the server's keepalive position is acknowledged too, so an
+  idle publication never pins WAL. Status updates run on a timer that keeps going while
+  the store is busy (the store writes on its own thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+import structlog
+
+from sidecar.capture import pgoutput as po
+from sidecar.capture.ingest import Ingest, SchemaChanged
+from sidecar.capture.snapshot import CopyProgress, copy_tables
+from sidecar.capture.source import ReplicationError, ReplicationStream
+from sidecar.config.model import Config
+from sidecar.notify import Notifier
+from sidecar.route import Route
+from sidecar.store.base import ChangeStore
+
+log = structlog.get_logger("sidecar.capture")
+
+T = TypeVar("T")
+
+STATUS_INTERVAL = 1.0
+IDLE_REPLY_INTERVAL = 10.0  # when idle, ask the server for its position this often
+_W, _K, _B, _C = ord("w"), ord("k"), ord("B"), ord("C")
+
+
+@dataclass
+class CaptureStatus:
+    phase: str = "starting"  # starting | copying | streaming | reconnecting | failed
+    error: str | None = None
+    copy: CopyProgress = field(default_factory=CopyProgress)
+    received_lsn: int = 0
+    flushed_lsn: int = 0  # acknowledged to the server: everything up to here is stored
+    server_lsn: int = 0  # last position the server reported
+    rows_applied: int = 0
+    commits_applied: int = 0
+    last_commit_at: float | None = None
+    rebuilds: int = 0
+
+
+class CaptureRunner:
+    """Owns the slot and the store's writer thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: ChangeStore,
+        routes: Sequence[Route],
+        notifier: Notifier,
+        *,
+        on_commit: Callable[[set[str]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.routes = list(routes)
+        self.notifier = notifier
+        self.on_commit = on_commit
+        self.status = CaptureStatus()
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="sidecar-writer")
+        self._source: ReplicationStream | None = None
+        self._lsn_changed = asyncio.Event()
+        self._want_reply = False
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self.idle_reply_interval = IDLE_REPLY_INTERVAL
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+
+    @property
+    def ready(self) -> bool:
+        return self.status.phase == "streaming"
+
+    def progress(self) -> dict[str, object]:
+        return {
+            "phase": self.status.phase,
+            "error": self.status.error,
+            **self.status.copy.as_dict(),
+        }
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    # -- read-your-writes ----------------------------------------------------------------
+
+    async def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
+        """True once everything up to `lsn` is in the store (asks the server to report)."""
+        deadline = time.monotonic() + timeout
+        while self.status.flushed_lsn < lsn:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._want_reply = True
+            self._lsn_changed.clear()
+            source = self._source
+            if source is not None and self.status.phase == "streaming":
+                with contextlib.suppress(ReplicationError, OSError):
+                    await source.send_status(
+                        self.status.received_lsn,
+                        self.status.flushed_lsn,
+                        self.status.flushed_lsn,
+                        reply=True,
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lsn_changed.wait(), min(left, 0.05))
+        return True
+
+    def _advance(self, lsn: int) -> None:
+        if lsn > self.status.flushed_lsn:
+            self.status.flushed_lsn = lsn
+            self._lsn_changed.set()
+
+    # -- main loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Capture until cancelled; reconnects with backoff after connection errors."""
+        backoff = 1.0
+        try:
+            while not self._stopping:
+                try:
+                    await self._session()
+                except SchemaChanged as exc:
+                    self.status.phase, self.status.error = "failed", exc.detail
+                    log.error("capture stopped", error=exc.detail)
+                    await self._in_writer(self.store.rollback)
+                    return
+                except (ReplicationError, psycopg.OperationalError, OSError) as exc:
+                    self.status.phase, self.status.error = "reconnecting", str(exc)
+                    log.warning(
+                        "replication interrupted; reconnecting", error=str(exc), retry_in=backoff
+                    )
+                    await self._in_writer(self.store.rollback)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+        finally:
+            await self._close_source()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self._close_source()
+        self.writer.shutdown(wait=True)
+
+    async def _close_source(self) -> None:
+        if self._source is not None:
+            await self._source.close()
+            self._source = None
+
+    async def _session(self) -> None:
+        source = ReplicationStream(
+            self.config.database.url, self.config.database.slot, self.config.database.publication
+        )
+        self._source = source
+        await source.connect()
+        system = await source.identify_system()
+        reason = await self._rebuild_reason(system.system_id, system.dbname)
+        if reason is not None:
+            await self._rebuild(source, reason, system.system_id, system.dbname)
+        state = self.store.state()
+        ingest = Ingest(self.store, self.routes, skip_through=state.lsn)
+        await source.start(state.lsn)
+        self.status.phase, self.status.error = "streaming", None
+        self.status.flushed_lsn = max(self.status.flushed_lsn, state.lsn)
+        self._lsn_changed.set()
+        self._ready.set()
+        log.info("streaming", slot=self.config.database.slot, from_lsn=po.lsn_to_str(state.lsn))
+        feedback = asyncio.create_task(self._feedback(source))
+        try:
+            await self._stream(source, ingest)
+        finally:
+            feedback.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feedback
+            await source.close()
+            self._source = None
+
+    async def _stream(self, source: ReplicationStream, ingest: Ingest) -> None:
+        st = self.status
+        wire_in_txn = False
+        while True:
+            raw = await source.read_batch(20_000)
+            payloads: list[bytes] = []
+            keepalive_pos = 0
+            for buf in raw:
+                first = buf[0]
+                if first == _W:
+                    xl = po.parse_copy_data(buf)
+                    payload = xl.payload
+                    if xl.start > st.received_lsn:
+                        st.received_lsn = xl.start
+                    payloads.append(payload)
+                    tag = payload[0]
+                    if tag == _B:
+                        wire_in_txn = True
+                    elif tag == _C:
+                        wire_in_txn = False
+                elif first == _K:
+                    ka = po.parse_copy_data(buf)
+                    assert isinstance(ka, po.Keepalive)
+                    keepalive_pos = max(keepalive_pos, ka.wal_end)
+                    st.server_lsn = max(st.server_lsn, ka.wal_end)
+                    if ka.reply:
+                        self._want_reply = True
+            if payloads:
+                result = await self._in_writer(ingest.process, payloads)
+                st.rows_applied += result.rows
+                if result.committed_lsn is not None:
+                    st.commits_applied += result.commits
+                    st.last_commit_at = time.time()
+                    self._advance(result.committed_lsn)
+                    if result.touched:
+                        self.notifier.publish(result.touched)
+                        if self.on_commit:
+                            self.on_commit(result.touched)
+            if keepalive_pos and not wire_in_txn and not ingest.in_transaction:
+                self._advance(keepalive_pos)
+            if self._want_reply:
+                self._want_reply = False
+                await self._send_status(source)
+
+    async def _send_status(self, source: ReplicationStream, reply: bool = False) -> None:
+        st = self.status
+        await source.send_status(
+            max(st.received_lsn, st.flushed_lsn), st.flushed_lsn, st.flushed_lsn, reply
+        )
+
+    async def _feedback(self, source: ReplicationStream) -> None:
+        """Status on a timer; when idle, ask for a keepalive so idle slots advance."""
+        last_reply = time.monotonic()
+        while True:
+            await asyncio.sleep(min(STATUS_INTERVAL, self.idle_reply_interval))
+            now = time.monotonic()
+            reply = now - last_reply >= self.idle_reply_interval
+            if reply:
+                last_reply = now
+            with contextlib.suppress(ReplicationError, OSError):
+                await self._send_status(source, reply=reply)
+
+    # -- slot and store agreement --------------------------------------------------------
+
+    async def _slot_row(self) -> tuple[Any, ...] | None:
+        async with await psycopg.AsyncConnection.connect(
+            self.config.database.url, autocommit=True
+        ) as conn:
+            cur = await conn.execute(
+                "SELECT plugin, database, wal_status, active, active_pid, "
+                "confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                (self.config.database.slot,),
+            )
+            return await cur.fetchone()
+
+    async def _rebuild_reason(self, system_id: str, dbname: str) -> str | None:
+        state = self.store.state()
+        slot = await self._slot_row()
+        if not state.snapshot_done:
+            return "the store has no completed initial copy"
+        if (state.slot, state.system_id, state.database) != (
+            self.config.database.slot,
+            system_id,
+            dbname,
+        ):
+            return "the store was made for another database or slot"
+        if slot is None:
+            return f"replication slot {self.config.database.slot!r} is missing"
+        if slot[2] == "lost":
+            return f"replication slot {self.config.database.slot!r} was invalidated (WAL removed)"
+        if slot[0] != "pgoutput" or slot[1] != dbname:
+            return f"replication slot {self.config.database.slot!r} belongs to something else"
+        return None
+
+    async def _rebuild(
+        self, source: ReplicationStream, reason: str, system_id: str, dbname: str
+    ) -> None:
+        state = self.store.state()
+        if state.snapshot_done:
+            log.warning("rebuilding the store; clients will resync (410)", reason=reason)
+            self.status.rebuilds += 1
+        slot = await self._slot_row()
+        if slot is not None:
+            if slot[3]:
+                raise ReplicationError(
+                    f"replication slot {self.config.database.slot!r} is in use by process "
+                    f"{slot[4]}; is another sidecar running with the same slot?"
+                )
+            async with await psycopg.AsyncConnection.connect(
+                self.config.database.url, autocommit=True
+            ) as conn:
+                await conn.execute(
+                    "SELECT pg_drop_replication_slot(%s)", (self.config.database.slot,)
+                )
+            log.info("dropped replication slot", slot=self.config.database.slot)
+        await self._in_writer(
+            lambda: self.store.reset(
+                slot=self.config.database.slot, system_id=system_id, database=dbname
+            )
+        )
+        info = await source.create_slot(export_snapshot=True)
+        log.info(
+            "created replication slot",
+            slot=info.name,
+            consistent_point=po.lsn_to_str(info.consistent_point),
+        )
+        self.status.phase = "copying"
+        self.status.copy = CopyProgress()
+        ingest = Ingest(self.store, self.routes, skip_through=0)
+
+        def copy_and_commit() -> None:
+            copy_tables(
+                self.config.database.url,
+                info.snapshot_name,
+                self.routes,
+                ingest,
+                self.status.copy,
+            )
+            self.store.commit(info.consistent_point, snapshot_done=True)
+
+        try:
+            await self._in_writer(copy_and_commit)
+        except BaseException:
+            await self._in_writer(self.store.rollback)
+            raise
+        self.status.rows_applied += ingest.rows_applied
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def purge_tombstones(self) -> int:
+        return await self._in_writer(
+            self.store.purge_tombstones, self.config.store.tombstone_retention
+        )

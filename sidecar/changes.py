@@ -1,0 +1,64 @@
+"""Values that cross module boundaries on the read path: LSNs, cursors, pages."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
+from sidecar.errors import InvalidRequest
+
+__all__ = ["Cursor", "Image", "Page", "lsn_to_str", "rev_of", "str_to_lsn"]
+
+_CURSOR = re.compile(r"^([0-9a-f]{8})-([0-9]{1,19})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A position in one store: its epoch (changes when the store is rebuilt) and a version.
+
+    Rendered as `<epoch>-<version>`, e.g. `3fa9c2d1-1042`; clients treat it as opaque.
+    """
+
+    epoch: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}-{self.version}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        m = _CURSOR.match(text)
+        if not m:
+            raise InvalidRequest(
+                "cursor is malformed: pass back the `cursor` of a previous response, "
+                "or omit it for an initial sync",
+                parameter="cursor",
+            )
+        return cls(m.group(1), int(m.group(2)))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of changes, already serialised one JSON object per change."""
+
+    lines: list[bytes]
+    cursor: Cursor
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A row as the store keeps it."""
+
+    ident: str
+    key: bytes
+    row: bytes
+    rev: str
+    scopes: tuple[str, ...]
+    mirror: tuple[str | None, ...]  # text of Route.needed columns, in that order
+
+
+def rev_of(row_json: bytes) -> str:
+    return hashlib.blake2b(row_json, digest_size=8).hexdigest()

@@ -1,0 +1,126 @@
+"""Command line: `sidecar run | check | demo` (and `init | drop | status`).
+
+Every failure the user can fix prints a message and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import psycopg
+from aiohttp import web
+
+from sidecar.config.loader import load_config
+from sidecar.config.model import Config
+from sidecar.errors import SidecarError
+from sidecar.observability import configure_logging
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _default_config() -> str:
+    return os.environ.get("SIDECAR_CONFIG", "sidecar.yaml")
+
+
+async def serve(config: Config, *, ready_message: str | None = None) -> None:
+    """Run the service and its HTTP server until SIGINT/SIGTERM."""
+    from sidecar.http.app import create_app
+    from sidecar.service import Service
+
+    service = await Service.start(config)
+    runner = web.AppRunner(create_app(service), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    try:
+        await site.start()
+        if ready_message:
+            print(ready_message, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        capture_task = service.tasks[0]
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, capture_task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if capture_task.done() and service.capture.status.phase == "failed":
+            raise SidecarError(f"capture stopped: {service.capture.status.error}")
+    finally:
+        await runner.cleanup()
+        await service.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log.level, config.log.format)
+    asyncio.run(serve(config))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from sidecar.service import preflight
+
+    config = load_config(args.config)
+    report = preflight(config)
+    for w in report.warnings:
+        print(f"warning: {w}")
+    if report.ok:
+        print(f"{args.config}: ok ({len(config.collections)} collections)")
+        return EXIT_OK
+    print(f"{args.config}: {len(report.problems)} problem(s):", file=sys.stderr)
+    for p in report.problems:
+        print(f"  - {p}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sidecar.demo.tour import run_demo
+
+    return run_demo(port=args.port, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="Offline-first sync beside an existing PostgreSQL database.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="capture changes and serve the sync API")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check", help="validate the config and check the database")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("demo", help="start a private PostgreSQL with a demo app and sync it")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--keep", action="store_true", help="keep the demo data directory")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SidecarError as exc:
+        print(f"sidecar {args.command}: {exc.detail}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except psycopg.OperationalError as exc:
+        print(f"sidecar {args.command}: cannot reach the database: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"sidecar {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

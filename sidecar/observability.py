@@ -1,0 +1,69 @@
+"""Logging (structlog: JSON, or console on a TTY) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Set up structlog once for the process; `fmt` is auto | json | console."""
+    console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+class Metrics:
+    """The process's Prometheus metrics, in a registry of their own (one per service)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sidecar_http_requests", "HTTP requests", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "sidecar_http_request_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30, 60),
+        )
+        self.response_bytes = Counter(
+            "sidecar_http_response_bytes", "Response payload bytes", ["endpoint"], registry=r
+        )
+        self.rows_applied = Gauge(
+            "sidecar_capture_rows_applied", "Row changes applied to the store", registry=r
+        )
+        self.commits_applied = Gauge(
+            "sidecar_capture_commits_applied", "Transactions applied to the store", registry=r
+        )
+        self.flushed_lsn = Gauge(
+            "sidecar_capture_flushed_lsn", "LSN acknowledged to PostgreSQL", registry=r
+        )
+        self.lag_bytes = Gauge(
+            "sidecar_capture_lag_bytes",
+            "Bytes between the server's last reported position and the store",
+            registry=r,
+        )
+        self.store_rows = Gauge("sidecar_store_rows", "Rows in the store", registry=r)
+        self.store_bytes = Gauge("sidecar_store_bytes", "Store file size", registry=r)
+        self.live_waiters = Gauge("sidecar_live_waiters", "Live pulls waiting", registry=r)

@@ -1,0 +1,191 @@
+"""Safety preflight: is the database ready for the sidecar, and is the config true to it?
+
+Every problem is collected (never just the first) with the statement that fixes it, so a
+DBA can act on one report. Used at start-up and by `sidecar check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from sidecar.catalog import TableInfo, load_table
+from sidecar.config.model import CollectionConfig, Config
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightReport:
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+    tables: dict[str, TableInfo]  # collection name → table (those found)
+    publication_exists: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _q(ident: str) -> str:
+    return sql.Identifier(ident).as_string(None)
+
+
+def _server_checks(conn: psycopg.Connection, problems: list[str]) -> None:
+    wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+    if wal_level != "logical":
+        problems.append(
+            f"wal_level is {wal_level!r}, logical replication needs 'logical': run "
+            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+        )
+    version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+    if version < 140000:
+        problems.append(f"PostgreSQL {version // 10000} is too old: the sidecar needs 14 or later")
+    role, can_replicate, is_super = conn.execute(
+        "SELECT rolname, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()  # type: ignore[misc]
+    if not (can_replicate or is_super):
+        problems.append(
+            f"role {role!r} cannot start replication: run ALTER ROLE {_q(role)} REPLICATION;"
+        )
+
+
+def _identity_fix(conn: psycopg.Connection, info: TableInfo) -> str:
+    row = conn.execute(
+        """SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+           WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL
+             AND i.indexprs IS NULL AND NOT EXISTS (
+               SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid
+                 AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)
+           ORDER BY ic.relname LIMIT 1""",
+        (info.oid,),
+    ).fetchone()
+    if row:
+        return f"ALTER TABLE {info.ref.qualified} REPLICA IDENTITY USING INDEX {_q(row[0])};"
+    return f"ALTER TABLE {info.ref.qualified} ADD PRIMARY KEY (<key columns>);"
+
+
+def _collection_checks(
+    conn: psycopg.Connection, coll: CollectionConfig, info: TableInfo, problems: list[str]
+) -> None:
+    where = f"collection {coll.name!r} ({info.ref})"
+    names = set(info.column_names)
+    for label, cols in (
+        ("columns", coll.columns or ()),
+        ("key", coll.key or ()),
+        ("read rule", sorted(coll.read.columns)),
+        ("write.immutable", coll.write.immutable),
+        ("write.set", tuple(coll.write.set)),
+        ("write.check", sorted(coll.write.check.columns) if coll.write.check else ()),
+    ):
+        missing = [c for c in cols if c not in names]
+        if missing:
+            problems.append(
+                f"{where}: {label} names column(s) {', '.join(missing)} that the table "
+                f"does not have (it has: {', '.join(info.column_names)})"
+            )
+    if coll.conflict.column and coll.conflict.column not in names:
+        problems.append(f"{where}: latest_wins column {coll.conflict.column!r} does not exist")
+    key = coll.key or info.primary_key
+    if not key:
+        problems.append(
+            f"{where}: the table has no primary key; add one or set `key:` to the columns "
+            "of a unique index whose columns are NOT NULL"
+        )
+    elif (
+        coll.key
+        and tuple(coll.key) not in info.unique_keys
+        and set(coll.key) != set(info.primary_key)
+    ):
+        problems.append(
+            f"{where}: key ({', '.join(coll.key)}) is not a unique index over NOT NULL "
+            "columns; create one, e.g. CREATE UNIQUE INDEX ON "
+            f"{info.ref.qualified} ({', '.join(_q(c) for c in coll.key)});"
+        )
+    if info.updates_need_identity:
+        problems.append(
+            f"{where}: the table has no replica identity, so once it is published the "
+            "application's own UPDATE and DELETE statements would fail. The sidecar refuses "
+            f"to publish it. Fix: {_identity_fix(conn, info)}"
+        )
+
+
+def _publication_checks(
+    conn: psycopg.Connection,
+    config: Config,
+    tables: dict[str, TableInfo],
+    problems: list[str],
+    warnings: list[str],
+) -> bool:
+    pub = config.database.publication
+    row = conn.execute(
+        "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
+        "FROM pg_publication WHERE pubname = %s",
+        (pub,),
+    ).fetchone()
+    if row is None:
+        if not config.database.create_publication:
+            problems.append(
+                f"publication {pub!r} does not exist and database.create_publication is "
+                f"false: run CREATE PUBLICATION {_q(pub)} FOR TABLE "
+                + ", ".join(t.ref.qualified for t in tables.values())
+                + ";"
+            )
+        return False
+    published = {
+        int(oid)
+        for (oid,) in conn.execute(
+            "SELECT format('%%I.%%I', schemaname, tablename)::regclass::oid "
+            "FROM pg_publication_tables WHERE pubname = %s",
+            (pub,),
+        )
+    }
+    missing = [t for t in tables.values() if t.oid not in published]
+    if missing:
+        problems.append(
+            f"publication {pub!r} exists but does not publish "
+            + ", ".join(str(t.ref) for t in missing)
+            + f": run ALTER PUBLICATION {_q(pub)} ADD TABLE "
+            + ", ".join(t.ref.qualified for t in missing)
+            + ";"
+        )
+    if not all(row[1:4]):
+        problems.append(
+            f"publication {pub!r} must publish insert, update and delete: run ALTER "
+            f"PUBLICATION {_q(pub)} SET (publish = 'insert, update, delete, truncate');"
+        )
+    if row[0]:
+        warnings.append(
+            f"publication {pub!r} is FOR ALL TABLES; the sidecar ignores tables it does not map"
+        )
+    return True
+
+
+def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
+    """Check the server, every mapped table and the publication; collect every problem."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    _server_checks(conn, problems)
+    tables: dict[str, TableInfo] = {}
+    for coll in config.collections.values():
+        info = load_table(conn, coll.table)
+        if info is None:
+            problems.append(
+                f"collection {coll.name!r}: table {coll.table} does not exist "
+                "(or the sidecar's role cannot see it)"
+            )
+            continue
+        tables[coll.name] = info
+        _collection_checks(conn, coll, info, problems)
+    exists = _publication_checks(conn, config, tables, problems, warnings)
+    return PreflightReport(tuple(problems), tuple(warnings), tables, exists)
+
+
+def create_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:
+    """CREATE PUBLICATION for exactly the mapped tables; returns the statement run."""
+    stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+        sql.Identifier(config.database.publication),
+        sql.SQL(", ").join(sql.Identifier(t.ref.schema, t.ref.name) for t in tables),
+    )
+    conn.execute(stmt)
+    return stmt.as_string(conn)

@@ -1,0 +1,183 @@
+"""Pull: deltas since a cursor, filtered to the caller's scopes, paged. No HTTP here.
+
+Pages are in version order; the client's state is consistent when `has_more` is false.
+A cursor from another store epoch (the store was rebuilt) or older than the tombstone
+retention is refused with `cursor_expired` (410): the client must resync from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from sidecar.auth import Principal
+from sidecar.changes import Cursor, Page
+from sidecar.errors import CursorExpired, InvalidRequest, Unavailable
+from sidecar.notify import Notifier
+from sidecar.route import Route
+from sidecar.store.base import ChangeStore
+
+
+class CaptureState(Protocol):
+    """What pull needs to know of capture (the runner provides it)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def progress(self) -> dict[str, object]: ...
+
+    async def wait_for_lsn(self, lsn: int, timeout: float) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    cursor: Cursor | None = None
+    collections: tuple[str, ...] | None = None
+    limit: int = 1000
+    live: bool = False
+    timeout: float = 20.0
+    after_lsn: int | None = None
+
+
+def schema_version(routes: Sequence[Route]) -> str:
+    """A short hash of every collection's exposed shape; changes when a shape changes."""
+    shape = [
+        (
+            r.name,
+            list(r.key),
+            [(c, r.table.column(c).type_name) for c in r.exposed],  # type: ignore[union-attr]
+        )
+        for r in routes
+    ]
+    return hashlib.blake2b(orjson.dumps(shape), digest_size=6).hexdigest()
+
+
+def collection_schema(route: Route) -> dict[str, object]:
+    cols = {}
+    for name in route.exposed:
+        info = route.table.column(name)
+        assert info is not None
+        cols[name] = {"type": info.type_name, "nullable": info.nullable}
+    return {"key": list(route.key), "columns": cols, "write": list(route.config.write.ops)}
+
+
+class Puller:
+    def __init__(
+        self,
+        store: ChangeStore,
+        routes: Mapping[str, Route],
+        notifier: Notifier,
+        capture: CaptureState,
+        *,
+        max_page: int,
+        max_wait: float,
+    ) -> None:
+        self.store = store
+        self.routes = dict(routes)
+        self.notifier = notifier
+        self.capture = capture
+        self.max_page = max_page
+        self.max_wait = max_wait
+        self.schema_version = schema_version(list(self.routes.values()))
+
+    # -- scopes --------------------------------------------------------------------------
+
+    def select_routes(self, collections: Sequence[str] | None) -> list[Route]:
+        if collections is None:
+            return list(self.routes.values())
+        unknown = [c for c in collections if c not in self.routes]
+        if unknown:
+            raise InvalidRequest(
+                f"unknown collection(s): {', '.join(unknown)}; known: {', '.join(self.routes)}",
+                parameter="collections",
+            )
+        return [self.routes[c] for c in dict.fromkeys(collections)]
+
+    def scopes_for(self, principal: Principal, routes: Sequence[Route]) -> list[str]:
+        scopes: list[str] = []
+        for route in routes:
+            scopes.extend(route.request_scopes(principal.claims))
+        return list(dict.fromkeys(scopes))
+
+    def schema_for(self, principal: Principal) -> dict[str, object]:
+        return {
+            "schema_version": self.schema_version,
+            "collections": {name: collection_schema(r) for name, r in self.routes.items()},
+        }
+
+    # -- pull ----------------------------------------------------------------------------
+
+    def _check_ready(self) -> None:
+        if not self.capture.ready:
+            raise Unavailable(
+                "the initial copy is in progress; retry shortly",
+                retry_after=5,
+                progress=self.capture.progress(),
+            )
+
+    def _start_version(self, cursor: Cursor | None) -> int:
+        state = self.store.state()
+        if cursor is None:
+            return 0
+        if cursor.epoch != state.epoch:
+            raise CursorExpired(
+                "this cursor is from an earlier store (it was rebuilt); resync from scratch "
+                "by pulling without a cursor"
+            )
+        if cursor.version < state.purged_version:
+            raise CursorExpired(
+                "this cursor is older than the tombstone retention; resync from scratch by "
+                "pulling without a cursor"
+            )
+        if cursor.version > state.version:
+            raise CursorExpired("this cursor is ahead of the store; resync from scratch")
+        return cursor.version
+
+    async def pull(self, principal: Principal, req: PullRequest) -> Page:
+        self._check_ready()
+        limit = max(1, min(req.limit, self.max_page))
+        if req.after_lsn is not None:
+            wait = min(max(req.timeout, 1.0), self.max_wait)
+            if not await self.capture.wait_for_lsn(req.after_lsn, wait):
+                raise Unavailable(
+                    "the store has not caught up with after_lsn yet; retry", retry_after=1
+                )
+        after = self._start_version(req.cursor)
+        routes = self.select_routes(req.collections)
+        scopes = self.scopes_for(principal, routes)
+        page = await self._page(scopes, after, limit)
+        if req.live and not page.lines and not page.has_more and scopes:
+            timeout = max(0.0, min(req.timeout, self.max_wait))
+            if await self.notifier.wait(scopes, timeout):
+                page = await self._page(scopes, page.cursor.version, limit)
+        return page
+
+    async def _page(self, scopes: list[str], after: int, limit: int) -> Page:
+        state = self.store.state()  # read before the query: its version is a safe floor
+        if not scopes:
+            return Page([], Cursor(state.epoch, max(after, state.version)), False)
+        data = await asyncio.to_thread(self.store.pull, scopes, after, limit)
+        version = data.last_version if data.has_more else max(data.last_version, state.version)
+        return Page(data.lines, Cursor(state.epoch, version), data.has_more)
+
+
+def render_page(page: Page, schema_version: str) -> bytes:
+    """The JSON body of a pull response, assembled from pre-serialised change lines."""
+    return b"".join(
+        (
+            b'{"changes":[',
+            b",".join(page.lines),
+            b'],"cursor":"',
+            str(page.cursor).encode(),
+            b'","has_more":',
+            b"true" if page.has_more else b"false",
+            b',"schema_version":"',
+            schema_version.encode(),
+            b'"}',
+        )
+    )

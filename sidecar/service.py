@@ -1,0 +1,126 @@
+"""The running sidecar: preflight, store, routes, capture, pull — wired, started, stopped.
+
+`Service.start(config)` is what `sidecar run` and the tests call; the HTTP layer gets the
+started service and only translates requests onto its parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import structlog
+
+from sidecar.auth import Authenticator
+from sidecar.capture.runner import CaptureRunner
+from sidecar.config.model import Config
+from sidecar.errors import PreflightError
+from sidecar.notify import Notifier
+from sidecar.observability import Metrics
+from sidecar.preflight import PreflightReport, create_publication, run_preflight
+from sidecar.pull import Puller
+from sidecar.route import Route
+from sidecar.store.sqlite import SQLiteStore
+
+log = structlog.get_logger("sidecar")
+
+PURGE_INTERVAL = 3600.0
+
+
+def preflight(config: Config) -> PreflightReport:
+    with psycopg.connect(config.database.url, autocommit=True) as conn:
+        return run_preflight(conn, config)
+
+
+def prepare_database(config: Config) -> PreflightReport:
+    """Preflight; create the publication when allowed and missing. Raises PreflightError."""
+    with psycopg.connect(config.database.url, autocommit=True) as conn:
+        report = run_preflight(conn, config)
+        if not report.ok:
+            raise PreflightError(list(report.problems))
+        if not report.publication_exists:
+            stmt = create_publication(conn, config, list(report.tables.values()))
+            log.info("created publication", statement=stmt)
+    for w in report.warnings:
+        log.warning(w)
+    return report
+
+
+@dataclass
+class Service:
+    config: Config
+    store: SQLiteStore
+    routes: dict[str, Route]
+    notifier: Notifier
+    capture: CaptureRunner
+    puller: Puller
+    auth: Authenticator
+    metrics: Metrics
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, config: Config) -> Service:
+        report = await asyncio.to_thread(prepare_database, config)
+        routes = {
+            name: Route(coll, report.tables[name]) for name, coll in config.collections.items()
+        }
+        store = SQLiteStore(Path(config.store.path))
+        notifier = Notifier()
+        capture = CaptureRunner(config, store, list(routes.values()), notifier)
+        puller = Puller(
+            store,
+            routes,
+            notifier,
+            capture,
+            max_page=config.limits.max_page,
+            max_wait=config.limits.pull_wait,
+        )
+        service = cls(
+            config=config,
+            store=store,
+            routes=routes,
+            notifier=notifier,
+            capture=capture,
+            puller=puller,
+            auth=Authenticator(config.auth),
+            metrics=Metrics(),
+        )
+        service.tasks.append(asyncio.create_task(capture.run(), name="capture"))
+        service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))
+        return service
+
+    async def _purge_loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.capture.wait_ready()
+            try:
+                purged = await self.capture.purge_tombstones()
+                if purged:
+                    log.info("purged tombstones", count=purged)
+            except Exception:  # a failed purge must never stop the service
+                log.exception("tombstone purge failed")
+            await asyncio.sleep(PURGE_INTERVAL)
+
+    def update_metrics(self) -> None:
+        st = self.capture.status
+        m = self.metrics
+        m.rows_applied.set(st.rows_applied)
+        m.commits_applied.set(st.commits_applied)
+        m.flushed_lsn.set(st.flushed_lsn)
+        m.lag_bytes.set(max(0, st.server_lsn - st.flushed_lsn))
+        m.live_waiters.set(self.notifier.waiter_count())
+        counts = self.store.counts()
+        m.store_rows.set(counts["rows"])
+        m.store_bytes.set(counts["bytes"])
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.capture.stop()
+        self.store.close()

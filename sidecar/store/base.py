@@ -1,0 +1,91 @@
+"""The ChangeStore protocol: what capture writes and pull reads.
+
+A store keeps, for every synced row, its latest image (compacted), its scopes and its
+version; a tombstone per scope a row left (kept for the retention period); the last
+applied commit LSN; and the store's epoch (a new one whenever the store is rebuilt, so
+cursors from an older store are refused). Each batch of transactions and its LSN is
+committed atomically.
+
+Writing happens on one thread (the capture writer); reading on any thread.
+Every implementation runs the contract suite in `tests/contract/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.changes import Image
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    epoch: str
+    lsn: int  # end LSN of the last applied commit (or the snapshot's consistent point)
+    version: int  # highest version assigned
+    snapshot_done: bool
+    purged_version: int  # tombstones at or below this version may be gone
+    slot: str | None
+    system_id: str | None
+    database: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A row's last image as kept by the store (what capture needs to apply a change)."""
+
+    ident: str
+    version: int
+    rev: str
+    key: bytes
+    scopes: tuple[str, ...]
+    mirror: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """One row change to apply: `new` None means the row is gone."""
+
+    collection: str
+    old: StoredRow | None
+    new: Image | None
+
+
+@dataclass(frozen=True, slots=True)
+class PageData:
+    lines: list[bytes]
+    last_version: int  # version of the last change in `lines` (or the cursor's if none)
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MutationRecord:
+    """A mutation the write path applied, as its WAL message reported it."""
+
+    id: str
+    subject: str | None
+    device: str | None
+    lsn: int
+    outcome: bytes  # JSON of the first result given for this id
+
+
+class ChangeStore(Protocol):
+    # -- lifecycle -----------------------------------------------------------------------
+    def state(self) -> StoreState: ...
+    def reset(self, *, slot: str, system_id: str, database: str) -> StoreState: ...
+    def close(self) -> None: ...
+
+    # -- writer side (one thread) ----------------------------------------------------------
+    def get_rows(self, collection: str, idents: Iterable[str]) -> dict[str, StoredRow]: ...
+    def write(self, writes: Sequence[RowWrite]) -> set[str]: ...
+    def truncate(self, collection: str) -> set[str]: ...
+    def record_mutations(self, records: Sequence[MutationRecord]) -> None: ...
+    def commit(self, lsn: int | None = None, *, snapshot_done: bool | None = None) -> None: ...
+    def rollback(self) -> None: ...
+    def purge_tombstones(self, older_than: float) -> int: ...
+
+    # -- reader side (any thread) ----------------------------------------------------------
+    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData: ...
+    def mutation(self, mutation_id: str) -> MutationRecord | None: ...
+    def counts(self) -> dict[str, int]: ...

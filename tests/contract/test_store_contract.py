@@ -1,0 +1,267 @@
+"""The ChangeStore contract: every store implementation runs this suite.
+
+Add a factory to STORES to run it against another implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sidecar.changes import Image, rev_of
+from sidecar.store.base import ChangeStore, MutationRecord, RowWrite, StoredRow
+from sidecar.store.sqlite import SQLiteStore
+
+STORES: dict[str, Callable[[Path], ChangeStore]] = {
+    "sqlite": lambda d: SQLiteStore(d / "store.db"),
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], ChangeStore]]:
+    opened: list[ChangeStore] = []
+
+    def make() -> ChangeStore:
+        s = STORES[request.param](tmp_path)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        with contextlib.suppress(Exception):
+            s.close()
+
+
+def image(id_: int, title: str, *scopes: str) -> Image:
+    row = orjson.dumps({"id": id_, "title": title})
+    return Image(
+        ident=orjson.dumps([str(id_)]).decode(),
+        key=orjson.dumps({"id": id_}),
+        row=row,
+        rev=rev_of(row),
+        scopes=tuple(scopes),
+        mirror=(str(id_), title),
+    )
+
+
+def current(store: ChangeStore, id_: int, coll: str = "c") -> StoredRow | None:
+    ident = orjson.dumps([str(id_)]).decode()
+    return store.get_rows(coll, [ident]).get(ident)
+
+
+def put(store: ChangeStore, id_: int, title: str, *scopes: str, coll: str = "c") -> set[str]:
+    return store.write([RowWrite(coll, current(store, id_, coll), image(id_, title, *scopes))])
+
+
+def delete(store: ChangeStore, id_: int, coll: str = "c") -> set[str]:
+    return store.write([RowWrite(coll, current(store, id_, coll), None)])
+
+
+def lines(store: ChangeStore, scopes: list[str], after: int = 0, limit: int = 100) -> list[dict]:
+    return [orjson.loads(x) for x in store.pull(scopes, after, limit).lines]
+
+
+def test_fresh_state(make_store):
+    st = make_store().state()
+    assert len(st.epoch) == 8 and int(st.epoch, 16) >= 0
+    assert (st.lsn, st.version, st.snapshot_done, st.purged_version) == (0, 0, False, 0)
+
+
+def test_write_commit_pull_in_version_order(make_store):
+    s = make_store()
+    put(s, 1, "one", "a")
+    put(s, 2, "two", "a")
+    put(s, 3, "three", "b")
+    s.commit(100)
+    got = lines(s, ["a"])
+    assert [c["row"]["title"] for c in got] == ["one", "two"]
+    assert [int(c["version"]) for c in got] == [1, 2]
+    assert got[0] == {
+        "collection": "c",
+        "op": "upsert",
+        "key": {"id": 1},
+        "row": {"id": 1, "title": "one"},
+        "rev": rev_of(orjson.dumps({"id": 1, "title": "one"})),
+        "version": "1",
+    }
+    assert s.state().lsn == 100 and s.state().version == 3
+
+
+def test_paging_and_has_more(make_store):
+    s = make_store()
+    for i in range(1, 8):
+        put(s, i, f"r{i}", "a")
+    s.commit(1)
+    page = s.pull(["a"], 0, 3)
+    assert page.has_more and page.last_version == 3 and len(page.lines) == 3
+    page = s.pull(["a"], 3, 3)
+    assert page.has_more and page.last_version == 6
+    page = s.pull(["a"], 6, 3)
+    assert not page.has_more and page.last_version == 7 and len(page.lines) == 1
+    page = s.pull(["a"], 7, 3)
+    assert not page.has_more and page.lines == [] and page.last_version == 7
+
+
+def test_compaction_keeps_latest_image_only(make_store):
+    s = make_store()
+    put(s, 1, "v1", "a")
+    put(s, 1, "v2", "a")
+    put(s, 1, "v3", "a")
+    s.commit(1)
+    got = lines(s, ["a"])
+    assert [c["row"]["title"] for c in got] == ["v3"] and got[0]["version"] == "3"
+
+
+def test_unchanged_image_makes_no_new_version(make_store):
+    s = make_store()
+    put(s, 1, "same", "a")
+    s.commit(1)
+    assert put(s, 1, "same", "a") == set()
+    s.commit(2)
+    assert s.state().version == 1
+
+
+def test_move_out_leaves_a_tombstone(make_store):
+    s = make_store()
+    put(s, 1, "x", "a")
+    s.commit(1)
+    touched = put(s, 1, "x", "b")
+    s.commit(2)
+    assert touched == {"a", "b"}
+    after_a = lines(s, ["a"])
+    assert [(c["op"], c["key"]) for c in after_a] == [("delete", {"id": 1})]
+    assert [c["op"] for c in lines(s, ["b"])] == ["upsert"]
+    assert lines(s, ["a"], after=2) == []
+
+
+def test_delete_tombstones_every_scope(make_store):
+    s = make_store()
+    put(s, 1, "x", "a", "b")
+    s.commit(1)
+    assert delete(s, 1) == {"a", "b"}
+    s.commit(2)
+    assert current(s, 1) is None
+    for scope in ("a", "b"):
+        (c,) = lines(s, [scope])
+        assert c["op"] == "delete" and c["version"] == "2" and "row" not in c
+    assert delete(s, 99) == set()  # unknown row: nothing
+
+
+def test_multi_scope_pull_gives_each_row_once(make_store):
+    s = make_store()
+    put(s, 1, "both", "a", "b")
+    put(s, 2, "only-b", "b")
+    s.commit(1)
+    got = lines(s, ["a", "b"])
+    assert [c["row"]["title"] for c in got] == ["both", "only-b"]
+    # leaving scope a while staying in b: a caller holding both scopes sees an upsert
+    put(s, 1, "both2", "b")
+    s.commit(2)
+    got = lines(s, ["a", "b"], after=2)
+    assert [(c["op"], c["row"]["title"]) for c in got] == [("upsert", "both2")]
+
+
+def test_multi_scope_paging_is_consistent(make_store):
+    s = make_store()
+    for i in range(1, 21):
+        put(s, i, f"r{i}", "a" if i % 2 else "b", *(["c"] if i % 3 == 0 else []))
+    s.commit(1)
+    seen, after = [], 0
+    while True:
+        page = s.pull(["a", "b", "c"], after, 4)
+        seen += [orjson.loads(x)["key"]["id"] for x in page.lines]
+        after = page.last_version
+        if not page.has_more:
+            break
+    assert seen == list(range(1, 21))
+
+
+def test_rollback_discards_uncommitted_writes(make_store):
+    s = make_store()
+    put(s, 1, "kept", "a")
+    s.commit(10)
+    put(s, 2, "lost", "a")
+    assert [c["row"]["title"] for c in lines(s, ["a"])] == ["kept"]  # readers see commits only
+    s.rollback()
+    assert s.state().version == 1 and s.state().lsn == 10
+    put(s, 3, "next", "a")
+    s.commit(11)
+    assert [c["version"] for c in lines(s, ["a"])] == ["1", "2"]
+
+
+def test_reader_on_another_thread_sees_commits_only(make_store):
+    s = make_store()
+    put(s, 1, "committed", "a")
+    s.commit(1)
+    put(s, 2, "pending", "a")
+    out: list[int] = []
+    t = threading.Thread(target=lambda: out.append(len(s.pull(["a"], 0, 10).lines)))
+    t.start()
+    t.join()
+    assert out == [1]
+    s.commit(2)
+
+
+def test_state_survives_reopen(make_store, tmp_path):
+    s = make_store()
+    put(s, 1, "x", "a")
+    s.commit(42, snapshot_done=True)
+    epoch = s.state().epoch
+    s.close()
+    s2 = make_store()
+    st = s2.state()
+    assert (st.epoch, st.lsn, st.version, st.snapshot_done) == (epoch, 42, 1, True)
+    assert current(s2, 1) is not None
+
+
+def test_reset_starts_a_new_epoch(make_store):
+    s = make_store()
+    put(s, 1, "x", "a")
+    s.commit(5, snapshot_done=True)
+    old = s.state().epoch
+    st = s.reset(slot="slot", system_id="sys", database="db")
+    assert st.epoch != old and st.lsn == 0 and st.version == 0 and not st.snapshot_done
+    assert (st.slot, st.system_id, st.database) == ("slot", "sys", "db")
+    assert lines(s, ["a"]) == [] and current(s, 1) is None
+
+
+def test_truncate_tombstones_the_collection_only(make_store):
+    s = make_store()
+    put(s, 1, "x", "a")
+    put(s, 2, "y", "b")
+    put(s, 3, "z", "a", coll="other")
+    s.commit(1)
+    assert s.truncate("c") == {"a", "b"}
+    s.commit(2)
+    assert [c["op"] for c in lines(s, ["a", "b"], after=3)] == ["delete", "delete"]
+    assert current(s, 1) is None and current(s, 3, "other") is not None
+
+
+def test_purge_tombstones_expires_old_cursors(make_store):
+    s = make_store()
+    put(s, 1, "x", "a")
+    s.commit(1)
+    delete(s, 1)
+    s.commit(2)
+    assert s.purge_tombstones(older_than=3600) == 0  # too young
+    assert s.purge_tombstones(older_than=-1) == 1
+    assert s.state().purged_version >= 2
+    assert lines(s, ["a"]) == []
+
+
+def test_mutations_are_recorded_once(make_store):
+    s = make_store()
+    s.record_mutations([MutationRecord("m1", "u1", "d1", 7, b'{"status":"applied"}')])
+    s.commit(7)
+    s.record_mutations([MutationRecord("m1", "u2", "d2", 8, b'{"status":"other"}')])
+    s.commit(8)
+    rec = s.mutation("m1")
+    assert rec is not None and rec.subject == "u1" and rec.outcome == b'{"status":"applied"}'
+    assert s.mutation("nope") is None

@@ -1,0 +1,273 @@
+"""The read path end to end: real PostgreSQL → capture → store → HTTP pull."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import state_of
+
+pytestmark = pytest.mark.pg
+
+SCHEMA = """
+CREATE TABLE todo_items (
+    id serial PRIMARY KEY,
+    title text NOT NULL,
+    done boolean NOT NULL DEFAULT false,
+    owner_id integer,
+    notes text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO todo_items (title, owner_id) VALUES ('a1', 1), ('a2', 1), ('b1', 2);
+"""
+
+TODOS = """
+  todos:
+    table: todo_items
+    columns: [id, title, done, owner_id, notes]
+    read: "owner_id = :sub"
+"""
+
+
+def sql(dsn: str, *statements: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s)
+
+
+def titles(state: dict) -> set[str]:
+    return {row["title"] for row in state.values()}
+
+
+async def test_initial_sync_is_scoped(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    assert titles(state_of(await sc.sync(1))) == {"a1", "a2"}
+    assert titles(state_of(await sc.sync(2))) == {"b1"}
+    assert await sc.sync(3) == []
+    page = await sc.pull(1)
+    assert page["has_more"] is False and page["schema_version"]
+    change = page["changes"][0]
+    assert set(change) == {"collection", "op", "key", "row", "rev", "version"}
+    assert change["collection"] == "todos" and change["op"] == "upsert"
+    assert change["key"] == {"id": change["row"]["id"]}
+    assert set(change["row"]) == {"id", "title", "done", "owner_id", "notes"}
+
+
+async def test_deltas_insert_update_delete(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    state = state_of(await sc.sync(1))
+    sql(
+        pg_dsn,
+        "INSERT INTO todo_items (title, owner_id) VALUES ('a3', 1), ('b2', 2)",
+        "UPDATE todo_items SET done = true, title = 'a1!' WHERE title = 'a1'",
+        "DELETE FROM todo_items WHERE title = 'a2'",
+    )
+    await sc.caught_up(pg_dsn)
+    delta = await sc.sync(1)
+    ops = sorted(
+        (c["op"], c["row"]["title"] if c["op"] == "upsert" else c["key"]["id"]) for c in delta
+    )
+    assert [o for o, _ in ops] == ["delete", "upsert", "upsert"]
+    state = state_of(delta, state)
+    assert titles(state) == {"a1!", "a3"}
+    assert next(r for r in state.values() if r["title"] == "a1!")["done"] is True
+    # versions strictly increase within a page
+    versions = [int(c["version"]) for c in delta]
+    assert versions == sorted(versions)
+    # nothing new: empty page, same state
+    assert await sc.sync(1) == []
+
+
+async def test_rev_changes_only_with_exposed_columns(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    first = {c["row"]["title"]: c["rev"] for c in await sc.sync(1)}
+    sql(pg_dsn, "UPDATE todo_items SET updated_at = now() + interval '1 day' WHERE title = 'a1'")
+    await sc.caught_up(pg_dsn)
+    assert await sc.sync(1) == []  # not exposed: no change for clients
+    sql(pg_dsn, "UPDATE todo_items SET title = 'x' WHERE title = 'a1'")
+    await sc.caught_up(pg_dsn)
+    (ch,) = await sc.sync(1)
+    assert ch["rev"] != first["a1"] and len(ch["rev"]) == 16
+
+
+async def test_move_out_and_move_in(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    s1, s2 = state_of(await sc.sync(1)), state_of(await sc.sync(2))
+    sql(pg_dsn, "UPDATE todo_items SET owner_id = 2 WHERE title = 'a1'")
+    await sc.caught_up(pg_dsn)
+    d1, d2 = await sc.sync(1), await sc.sync(2)
+    assert [c["op"] for c in d1] == ["delete"]
+    assert [c["op"] for c in d2] == ["upsert"]
+    assert titles(state_of(d1, s1)) == {"a2"}
+    assert titles(state_of(d2, s2)) == {"a1", "b1"}
+    sql(pg_dsn, "UPDATE todo_items SET owner_id = 1 WHERE title = 'a1'")
+    await sc.caught_up(pg_dsn)
+    assert titles(state_of(await sc.sync(1), s1)) == {"a1", "a2"}
+    assert titles(state_of(await sc.sync(2), s2)) == {"b1"}
+    # a NULL owner is in nobody's scope
+    sql(pg_dsn, "UPDATE todo_items SET owner_id = NULL WHERE title = 'a2'")
+    await sc.caught_up(pg_dsn)
+    assert titles(state_of(await sc.sync(1), s1)) == {"a1"}
+
+
+async def test_tombstone_reaches_a_late_client(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    _, cursor = await sc.pull_all(1)
+    sql(pg_dsn, "DELETE FROM todo_items WHERE title = 'a1'")
+    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('later', 1)")
+    await sc.caught_up(pg_dsn)
+    changes, _ = await sc.pull_all(1, cursor)
+    assert [c["op"] for c in changes] == ["delete", "upsert"]
+    assert changes[0]["key"] == {"id": 1} and "row" not in changes[0]
+
+
+async def test_toast_unchanged_value_is_kept(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    big = "".join(f"{i:08x}" for i in range(20_000))  # 160 kB, incompressible enough
+    sql(pg_dsn, f"UPDATE todo_items SET notes = '{big}' WHERE title = 'a1'")
+    sc = await sidecar_factory(pg_url, TODOS)
+    state = state_of(await sc.sync(1))
+    sql(pg_dsn, "UPDATE todo_items SET done = true WHERE title = 'a1'")
+    await sc.caught_up(pg_dsn)
+    (ch,) = await sc.sync(1)
+    assert ch["row"]["done"] is True and ch["row"]["notes"] == big
+    state_of([ch], state)
+
+
+async def test_primary_key_change(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    state = state_of(await sc.sync(1))
+    sql(pg_dsn, "UPDATE todo_items SET id = 100 WHERE title = 'a1'")
+    await sc.caught_up(pg_dsn)
+    delta = await sc.sync(1)
+    assert [(c["op"], c["key"]) for c in delta] == [("delete", {"id": 1}), ("upsert", {"id": 100})]
+    state = state_of(delta, state)
+    assert sorted(r["id"] for r in state.values()) == [2, 100]
+
+
+async def test_truncate_deletes_everything(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    state = state_of(await sc.sync(1))
+    sql(pg_dsn, "TRUNCATE todo_items")
+    await sc.caught_up(pg_dsn)
+    assert state_of(await sc.sync(1), state) == {}
+    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('fresh', 1)")
+    await sc.caught_up(pg_dsn)
+    assert titles(state_of(await sc.sync(1), state)) == {"fresh"}
+
+
+async def test_or_rule_and_paging(pg_dsn, pg_url, sidecar_factory):
+    sql(
+        pg_dsn,
+        "CREATE TABLE projects (id int PRIMARY KEY, name text, owner_id int, is_public bool)",
+        "INSERT INTO projects SELECT g, 'p' || g, g % 3, g % 5 = 0 FROM generate_series(1, 250) g",
+    )
+    sc = await sidecar_factory(
+        pg_url,
+        """
+  projects:
+    table: projects
+    read: "owner_id = :sub OR is_public"
+""",
+    )
+    expected = {g for g in range(1, 251) if g % 3 == 1 or g % 5 == 0}
+    pages = 0
+    cursor = None
+    seen: list[int] = []
+    while True:
+        page = await sc.pull(1, cursor, limit=20)
+        pages += 1
+        seen += [c["key"]["id"] for c in page["changes"]]
+        cursor = page["cursor"]
+        if not page["has_more"]:
+            break
+    assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
+    assert pages >= len(expected) // 20
+    # a public project that becomes private leaves user 2's view but stays in owner 1's
+    sql(pg_dsn, "UPDATE projects SET is_public = false WHERE id = 10")  # owner 1
+    sql(pg_dsn, "UPDATE projects SET is_public = false WHERE id = 5")  # owner 2
+    await sc.caught_up(pg_dsn)
+    d1 = await sc.pull(1, cursor)
+    ops = {c["key"]["id"]: c["op"] for c in d1["changes"]}
+    assert ops == {10: "upsert", 5: "delete"}
+
+
+async def test_pull_parameters_and_errors(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    cases = [
+        ({"cursor": "nonsense"}, 400, "invalid_request"),
+        ({"limit": "0"}, 400, "invalid_request"),
+        ({"limit": "ten"}, 400, "invalid_request"),
+        ({"collections": "todos,nope"}, 400, "invalid_request"),
+        ({"live": "maybe"}, 400, "invalid_request"),
+        ({"timeout": "999"}, 400, "invalid_request"),
+        ({"after_lsn": "zz"}, 400, "invalid_request"),
+        ({"cursor": "00000000-5"}, 410, "cursor_expired"),
+    ]
+    for params, status, code in cases:
+        resp = await sc.get("/v1/pull", params=params)
+        body = await resp.json(content_type=None)
+        assert resp.status == status, (params, body)
+        assert resp.content_type == "application/problem+json"
+        assert body["code"] == code and body["status"] == status and body["detail"]
+    resp = await sc.get("/v1/pull", sub=None)
+    assert resp.status == 401 and (await resp.json(content_type=None))["code"] == "unauthorized"
+    resp = await sc.get("/v1/pull", sub=None, headers={"Authorization": "Bearer abc.def.ghi"})
+    assert resp.status == 401
+    resp = await sc.get("/v1/nothing-here")
+    body = await resp.json(content_type=None)
+    assert resp.status == 404 and body["code"] == "not_found"
+
+
+async def test_schema_health_ready_metrics(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    body = await (await sc.get("/v1/schema")).json()
+    todos = body["collections"]["todos"]
+    assert todos["key"] == ["id"]
+    assert todos["columns"]["title"] == {"type": "text", "nullable": False}
+    assert todos["columns"]["owner_id"] == {"type": "integer", "nullable": True}
+    assert body["schema_version"] == (await sc.pull(1))["schema_version"]
+    assert (await sc.get("/healthz", sub=None)).status == 200
+    assert (await sc.get("/readyz", sub=None)).status == 200
+    metrics = await (await sc.get("/metrics", sub=None)).text()
+    assert "sidecar_store_rows 3.0" in metrics
+    assert 'sidecar_http_requests_total{endpoint="/v1/schema",status="200"}' in metrics
+
+
+async def test_read_your_writes_with_after_lsn(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    _, cursor = await sc.pull_all(1)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO todo_items (title, owner_id) VALUES ('mine', 1)")
+        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    page = await sc.pull(1, cursor, after_lsn=lsn)
+    assert [c["row"]["title"] for c in page["changes"]] == ["mine"]
+
+
+async def test_live_pull_wakes_on_commit(pg_dsn, pg_url, sidecar_factory):
+    import asyncio
+
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS)
+    _, cursor = await sc.pull_all(1)
+    waiter = asyncio.create_task(sc.pull(1, cursor, live="true", timeout=20))
+    await asyncio.sleep(0.3)
+    assert not waiter.done()
+    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('other', 2)")  # not my scope
+    await asyncio.sleep(0.5)
+    assert not waiter.done()
+    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('ping', 1)")
+    page = await asyncio.wait_for(waiter, 10)
+    assert [c["row"]["title"] for c in page["changes"]] == ["ping"]
+    timed = await sc.pull(1, page["cursor"], live="true", timeout=0.3)
+    assert timed["changes"] == [] and timed["cursor"] == page["cursor"]
