@@ -50,15 +50,16 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """A row as the store keeps it."""
+    """A row as the store keeps it (everything pre-serialised as JSON)."""
 
-    ident: str
-    key: bytes
-    row: bytes
+    ident: str  # JSON object of the identity columns: the row's key in the store
+    key: bytes  # JSON object of the client key
+    row: bytes  # JSON object of the exposed columns
     rev: str
     scopes: tuple[str, ...]
-    mirror: tuple[str | None, ...]  # text of Route.needed columns, in that order
+    hidden: bytes  # JSON object of columns the collection needs but does not expose
 
 
 def rev_of(row_json: bytes) -> str:
+    """The short hash clients use as the row's revision (read and write paths agree)."""
     return hashlib.blake2b(row_json, digest_size=8).hexdigest()

@@ -603,15 +603,22 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _like_regex(pattern: str) -> re.Pattern[str]:
-    """LIKE pattern → regex: % any run, _ one char, backslash escapes the next char."""
+_LIKE_ESCAPE_ERROR = "LIKE pattern must not end with escape character"
+
+
+def _like_matcher(pattern: str) -> Callable[[str], bool]:
+    """A LIKE matcher: % any run, _ one character, backslash escapes the next character.
+
+    A regex, except for a pattern ending with a lone backslash: PostgreSQL raises for it
+    only when matching reaches that backslash, so its own algorithm is followed there.
+    """
     out: list[str] = []
     chars = iter(pattern)
     for char in chars:
         if char == "\\":
             escaped = next(chars, None)
             if escaped is None:
-                raise EvaluationError("LIKE pattern must not end with escape character")
+                return lambda text: _match_text(text, 0, pattern, 0) is True
             out.append(re.escape(escaped))
         elif char == "%":
             out.append(".*")
@@ -619,7 +626,55 @@ def _like_regex(pattern: str) -> re.Pattern[str]:
             out.append(".")
         else:
             out.append(re.escape(char))
-    return re.compile("".join(out), re.DOTALL)
+    regex = re.compile("".join(out), re.DOTALL)
+    return lambda text: regex.fullmatch(text) is not None
+
+
+def _match_text(t: str, ti: int, p: str, pi: int) -> bool | None:
+    """PostgreSQL's MatchText (like_match.c): True, False, or None for "abort" (no match)."""
+    while ti < len(t) and pi < len(p):
+        char = p[pi]
+        if char == "\\":
+            pi += 1
+            if pi >= len(p):
+                raise EvaluationError(_LIKE_ESCAPE_ERROR)
+            if p[pi] != t[ti]:
+                return False
+        elif char == "%":
+            return _match_percent(t, ti, p, pi + 1)
+        elif char != "_" and char != t[ti]:
+            return False
+        ti, pi = ti + 1, pi + 1
+    if ti < len(t):
+        return False
+    while pi < len(p) and p[pi] == "%":
+        pi += 1
+    return True if pi >= len(p) else None
+
+
+def _match_percent(t: str, ti: int, p: str, pi: int) -> bool | None:
+    """MatchText after a `%`: skip wildcards, then try each text position."""
+    while pi < len(p) and p[pi] in "%_":
+        if p[pi] == "_":
+            if ti >= len(t):
+                return None
+            ti += 1
+        pi += 1
+    if pi >= len(p):
+        return True
+    if p[pi] == "\\":
+        if len(p) - pi < 2:
+            raise EvaluationError(_LIKE_ESCAPE_ERROR)
+        first = p[pi + 1]
+    else:
+        first = p[pi]
+    while ti < len(t):
+        if t[ti] == first:
+            matched = _match_text(t, ti, p, pi)
+            if matched is not False:
+                return matched
+        ti += 1
+    return None
 
 
 # == the compiler: AST → closures ==========================================================
@@ -664,10 +719,24 @@ def _constant(value: Any) -> Fn:
 
 
 class _Compiler:
-    """Compiles the nodes of one (already checked) expression into closures."""
+    """Compiles the nodes of one (already checked) expression into closures.
 
-    def __init__(self, params: Sequence[str]) -> None:
+    `column_types` (format_type() names), when known, give columns a static type: it
+    decides the type of `coalesce(...)` when its typed arguments are NULL, as PostgreSQL's
+    parse-time type resolution does.
+    """
+
+    def __init__(self, params: Sequence[str], column_types: Mapping[str, str] | None) -> None:
         self.params = params
+        self.column_kinds = {
+            name: _static_kind_of_type(type_name)
+            for name, type_name in (column_types or {}).items()
+        }
+
+    def kind(self, node: Any) -> str | None:
+        """The static type of `node` ("int", "numeric", "text", ..., "unknown"; None: only
+        known at run time)."""
+        return _StaticKinds(self).of(node)
 
     def compile(self, node: Any) -> Fn:
         """A closure computing `node`; constant sub-trees are computed once, here."""
@@ -788,8 +857,9 @@ class _Compiler:
 
     def array(self, node: Any) -> Fn:
         if isinstance(node, ast.A_ArrayExpr):
-            values = [_literal(e) for e in node.elements or ()]
-            return _constant(values)
+            elements = node.elements or ()
+            kind = _common_kind(tuple(self.kind(e) for e in elements))
+            return _constant([_to_static_kind(_literal(e), kind) for e in elements])
         claim = self.compile(node)
 
         def array(row: Row, claims: Claims) -> Any:
@@ -819,12 +889,17 @@ class _Compiler:
 
     def _CoalesceExpr(self, node: ast.CoalesceExpr) -> Fn:
         args = tuple(self.compile(a) for a in node.args)
+        kinds = tuple(self.kind(a) for a in node.args)
+        target = _common_kind(kinds)
 
         def coalesce(row: Row, claims: Claims) -> Any:
-            for arg in args:
+            for i, arg in enumerate(args):
                 value = arg(row, claims)
                 if value is not None:
-                    return value
+                    kind = target
+                    if kind is None:
+                        kind = _runtime_common_kind(kinds, args, i, value, row, claims)
+                    return _to_static_kind(value, kind)
             return None
 
         return coalesce
@@ -857,6 +932,135 @@ def _literal(node: ast.A_Const) -> Any:
             return int(text)  # an integer too big for int4 is an int8 constant
         return Decimal(text)
     return _Unknown(val.sval)
+
+
+# -- static types (PostgreSQL's parse-time resolution, as far as coalesce needs it) ---------
+
+_NUMERIC_RANK = {"int": 0, "numeric": 1, "float": 2}
+_FUNCTION_KINDS = {"lower": "text", "upper": "text", "btrim": "text", "ltrim": "text"}
+_FUNCTION_KINDS |= {"rtrim": "text", "length": "int", "char_length": "int"}
+_FUNCTION_KINDS |= {"now": "timestamptz"}
+_RUNTIME_KINDS = {int: "int", Decimal: "numeric", float: "float", _Unknown: "unknown"}
+_RUNTIME_KINDS |= {str: "text", bool: "bool", date: "date", UUID: "uuid"}
+
+
+def _static_kind_of_type(type_name: str) -> str | None:
+    kind = _column_kind(type_name)
+    return "int" if kind in _INT_RANGES else kind
+
+
+def _runtime_kind(value: Any) -> str | None:
+    if type(value) is datetime:
+        return "timestamptz" if value.tzinfo is not None else "timestamp"
+    return _RUNTIME_KINDS.get(type(value))
+
+
+def _common_kind(kinds: Sequence[str | None]) -> str | None:
+    """The type PostgreSQL resolves for a set of expressions (None: not known statically)."""
+    if None in kinds:
+        return None
+    known = [k for k in kinds if k != "unknown"]
+    if not known:
+        return "text"  # all unknown: resolved as text
+    if all(k in _NUMERIC_RANK for k in known):
+        return max(known, key=_NUMERIC_RANK.__getitem__)
+    return known[0]
+
+
+def _runtime_common_kind(
+    kinds: Sequence[str | None],
+    args: Sequence[Fn],
+    found: int,
+    value: Any,
+    row: Row,
+    claims: Claims,
+) -> str | None:
+    """`_common_kind` with the run-time types of the arguments not typed statically.
+
+    An argument whose type stays unknown (a NULL column) leaves an unknown result as is.
+    """
+    resolved: list[str] = []
+    unresolved = False
+    for i, (kind, arg) in enumerate(zip(kinds, args, strict=True)):
+        if i == found:
+            kind = kind or _runtime_kind(value)
+        elif kind is None and i > found:
+            try:
+                other = arg(row, claims)
+            except EvaluationError:
+                other = None
+            kind = None if other is None else _runtime_kind(other)
+        if kind is None:
+            unresolved = True
+        else:
+            resolved.append(kind)
+    if unresolved and all(k == "unknown" for k in resolved):
+        return None
+    return _common_kind(resolved)
+
+
+def _to_static_kind(value: Any, kind: str | None) -> Any:
+    """A value converted to the resolved type of the expression that produced it."""
+    if value is None or kind is None or kind == "unknown":
+        return value
+    vtype = type(value)
+    if vtype is _Unknown:
+        return str(value) if kind == "text" else _parse_kind(value, _PARSE_KIND.get(kind, kind))
+    if kind == "numeric" and vtype is int:
+        return Decimal(value)
+    if kind == "float" and vtype in _EXACT:
+        return float(value)
+    return value
+
+
+_PARSE_KIND = {"int": "int8"}
+
+
+class _StaticKinds:
+    """Static types of nodes, given the compiler's column types."""
+
+    def __init__(self, compiler: _Compiler) -> None:
+        self.columns = compiler.column_kinds
+
+    def of(self, node: Any) -> str | None:
+        if isinstance(node, ast.ColumnRef):
+            return self.columns.get(node.fields[0].sval)
+        if isinstance(node, ast.A_Const):
+            return _literal_kind(node)
+        if isinstance(node, ast.TypeCast):
+            target = cast_target(node.typeName)
+            return "int" if target in _INT_RANGES else target
+        if isinstance(node, ast.FuncCall):
+            name = node.funcname[-1].sval
+            return self.of(node.args[0]) if name == "abs" else _FUNCTION_KINDS.get(name)
+        if isinstance(node, ast.CoalesceExpr):
+            return _common_kind(tuple(self.of(a) for a in node.args))
+        if isinstance(node, ast.A_Expr):
+            return self._operator(node)
+        if isinstance(node, _BOOL_NODES):
+            return "bool"
+        return None  # claims: typed by their values
+
+    def _operator(self, node: ast.A_Expr) -> str | None:
+        op = _op(node)
+        if node.kind != _A.AEXPR_OP or op not in ("+", "-", "*", "/", "||"):
+            return "bool"
+        if op == "||":
+            return "text"
+        if node.lexpr is None:
+            return self.of(node.rexpr)
+        kinds = [self.of(node.lexpr), self.of(node.rexpr)]
+        if None in kinds:
+            return None
+        numeric = [k for k in kinds if k in _NUMERIC_RANK]
+        return max(numeric, key=_NUMERIC_RANK.__getitem__) if numeric else None
+
+
+def _literal_kind(node: ast.A_Const) -> str:
+    value = _literal(node)
+    if value is None or type(value) is _Unknown:
+        return "unknown"
+    return _RUNTIME_KINDS.get(type(value), "unknown")
 
 
 # -- closure builders (module level: no `self` lookups per row) -----------------------------
@@ -998,12 +1202,7 @@ def _distinct(left: Fn, right: Fn) -> Fn:
 
 
 def _like(value: Fn, pattern: str, insensitive: bool) -> Fn:
-    try:
-        regex: re.Pattern[str] | EvaluationError = _like_regex(
-            pattern.translate(_ASCII_LOWER) if insensitive else pattern
-        )
-    except EvaluationError as error:
-        regex = error
+    matches = _like_matcher(pattern.translate(_ASCII_LOWER) if insensitive else pattern)
 
     def like(row: Row, claims: Claims) -> bool | None:
         text = value(row, claims)
@@ -1011,11 +1210,7 @@ def _like(value: Fn, pattern: str, insensitive: bool) -> Fn:
             return None
         if not isinstance(text, str):
             raise EvaluationError(f"operator does not exist: {_type_name(text)} ~~ unknown")
-        if isinstance(regex, EvaluationError):
-            raise regex
-        if insensitive:
-            text = text.translate(_ASCII_LOWER)
-        return regex.fullmatch(text) is not None
+        return matches(text.translate(_ASCII_LOWER) if insensitive else text)
 
     return like
 
@@ -1032,27 +1227,40 @@ def _strict_call(function: Callable[..., Any], args: tuple[Fn, ...]) -> Fn:
 
 # == evaluating ============================================================================
 
-_CACHE: dict[str, Fn] = {}
+_CACHE: dict[tuple[str, tuple[tuple[str, str], ...]], Fn] = {}
 _CACHE_SIZE = 1024
 
 
-def compile_evaluator(expr: Expression) -> Callable[[Row, Claims], bool | None]:
-    """Closures computing `expr` on (row, claims): TRUE, FALSE or None (NULL)."""
-    compiler = _Compiler(expr.params)
+def compile_evaluator(
+    expr: Expression, column_types: Mapping[str, str] | None = None
+) -> Callable[[Row, Claims], bool | None]:
+    """Closures computing `expr` on (row, claims): TRUE, FALSE or None (NULL).
+
+    `column_types` (column → type as format_type() prints it) is optional; without it a
+    column's type is taken from its value, which differs from PostgreSQL only for
+    `coalesce` over columns of different numeric types whose first ones are NULL.
+    """
+    compiler = _Compiler(expr.params, column_types)
     return compiler.compile_bool(expr.node)
 
 
-def evaluate(expr: Expression, row: Row, claims: Claims) -> bool | None:
+def evaluate(
+    expr: Expression,
+    row: Row,
+    claims: Claims,
+    column_types: Mapping[str, str] | None = None,
+) -> bool | None:
     """`expr` on one row and one caller's claims (a missing claim or column is NULL).
 
-    The expression is compiled once (cached by its text). Raises `EvaluationError` where
-    PostgreSQL would raise.
+    The expression is compiled once (cached). Raises `EvaluationError` where PostgreSQL
+    would raise. For a hot loop, keep the closure of `compile_evaluator` instead.
     """
-    fn = _CACHE.get(expr.text)
+    key = (expr.text, tuple(sorted(column_types.items())) if column_types else ())
+    fn = _CACHE.get(key)
     if fn is None:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.clear()
-        fn = _CACHE[expr.text] = compile_evaluator(expr)
+        fn = _CACHE[key] = compile_evaluator(expr, column_types)
     return fn(row, claims)  # type: ignore[no-any-return]
 
 
@@ -1191,6 +1399,11 @@ def _canonical(value: Any, kind: str) -> str | None:
     """A string equal for equal values of a column of `kind` (None: matches nothing)."""
     if value is None:
         return None
+    vtype = type(value)
+    if vtype is int and kind in _INT_RANGES:  # fast path: a row's own integer column
+        return str(value) if -_INT_RANGES[kind] <= value < _INT_RANGES[kind] else None
+    if vtype is str and kind == "text":  # fast path: a row's own text column
+        return value
     value = _partition_value(value, kind)
     if value is _NO_VALUE or value is None:
         return None
@@ -1249,7 +1462,8 @@ class ReadRule:
         """The scopes of one row (values as psycopg loads them; missing columns are NULL)."""
         scopes: list[str] = []
         for branch in self.branches:
-            if not all(test(row) for test in branch.row_tests):
+            tests = branch.row_tests
+            if tests and not all(test(row) for test in tests):
                 continue
             if not branch.partitions:
                 scopes.append(branch.prefix)
@@ -1366,7 +1580,7 @@ class _RuleCompiler:
     def __init__(self, expr: Expression, column_types: Mapping[str, str]) -> None:
         self.expr = expr
         self.column_types = column_types
-        self.compiler = _Compiler(expr.params)
+        self.compiler = _Compiler(expr.params, column_types)
 
     def constant(self, node: Any) -> bool | None:
         try:

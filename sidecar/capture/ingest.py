@@ -17,6 +17,7 @@ import structlog
 
 from sidecar.capture import pgoutput as po
 from sidecar.errors import SidecarError
+from sidecar.changes import Image
 from sidecar.route import Route
 from sidecar.store.base import ChangeStore, MutationRecord, RowWrite, StoredRow
 
@@ -187,75 +188,56 @@ class Ingest:
     # -- writing -------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Write the pending row changes into the store's open transaction, in order."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        # Images first: they carry the identity to look up. A change holding UNCHANGED
+        # values is routed again below, once the stored image can fill them in.
+        images: list[Image | None] = []
         wanted: dict[str, set[str]] = {}
-        idents: list[tuple[str | None, str | None]] = []
         for p in pending:
-            new_ident = p.route.ident_of(p.new) if p.new is not None else None  # type: ignore[arg-type]
-            idents.append((new_ident, p.old_ident))
-            s = wanted.setdefault(p.route.name, set())
-            if new_ident is not None:
-                s.add(new_ident)
+            ids = wanted.setdefault(p.route.name, set())
+            if p.new is None:
+                images.append(None)
+            else:
+                image = p.route.image(p.new)
+                images.append(image)
+                ids.add(image.ident)
             if p.old_ident is not None:
-                s.add(p.old_ident)
+                ids.add(p.old_ident)
         known: dict[tuple[str, str], StoredRow | None] = {}
         for coll, ids in wanted.items():
             found = self.store.get_rows(coll, ids)
             for i in ids:
                 known[(coll, i)] = found.get(i)
         writes: list[RowWrite] = []
-        for p, (new_ident, old_ident) in zip(pending, idents, strict=True):
+        for p, image in zip(pending, images, strict=True):
             coll = p.route.name
-            if p.op == "delete":
-                old = known.get((coll, old_ident))  # type: ignore[arg-type]
-                if old is not None:
+            if p.old_ident is not None and (image is None or p.old_ident != image.ident):
+                old = known.get((coll, p.old_ident))
+                if old is not None:  # a delete, or the old identity of a key change
                     writes.append(RowWrite(coll, old, None))
-                    known[(coll, old_ident)] = None  # type: ignore[index]
+                    known[(coll, p.old_ident)] = None
+            if image is None or p.new is None:
                 continue
-            assert new_ident is not None and p.new is not None
-            if old_ident is not None and old_ident != new_ident:
-                moved = known.get((coll, old_ident))
-                if moved is not None:
-                    writes.append(RowWrite(coll, moved, None))
-                    known[(coll, old_ident)] = None
-            current = known.get((coll, new_ident))
-            text = self._fill_unchanged(p.route, p.new, current)
-            image = p.route.image(text)
+            current = known.get((coll, image.ident))
+            if po.UNCHANGED in p.new:
+                if current is None:
+                    log.warning("unchanged TOAST value for a row the store lacks", collection=coll)
+                else:
+                    image = p.route.image(p.new, current.row, current.hidden)
             writes.append(RowWrite(coll, current, image))
-            known[(coll, new_ident)] = StoredRow(
-                image.ident, 0, image.rev, image.key, image.scopes, image.mirror
+            known[(coll, image.ident)] = StoredRow(
+                image.ident, 0, image.rev, image.key, image.scopes, image.row, image.hidden
             )
         self._touched |= self.store.write(writes)
         self.rows_applied += len(pending)
-
-    def _fill_unchanged(
-        self, route: Route, new: list[bytes | object | None], current: StoredRow | None
-    ) -> list[bytes | None]:
-        if po.UNCHANGED not in new:
-            return new  # type: ignore[return-value]
-        out: list[bytes | None] = []
-        for i, v in enumerate(new):
-            if v is po.UNCHANGED:
-                if current is None:
-                    log.warning(
-                        "unchanged TOAST value for a row the store does not have",
-                        collection=route.name,
-                        column=route.needed[i],
-                    )
-                    out.append(None)
-                else:
-                    m = current.mirror[i]
-                    out.append(None if m is None else m.encode("utf-8"))
-            else:
-                out.append(v)  # type: ignore[arg-type]
-        return out
 
     # -- initial copy --------------------------------------------------------------------
 
     def snapshot_rows(self, route: Route, rows: Sequence[Sequence[bytes | None]]) -> None:
         """Insert rows read by the initial copy (text of route.needed, in order)."""
         image = route.image
-        self.store.write([RowWrite(route.name, None, image(r)) for r in rows])
+        self.store.load(route.name, [image(r) for r in rows])
         self.rows_applied += len(rows)

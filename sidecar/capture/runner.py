@@ -54,6 +54,48 @@ class CaptureStatus:
     commits_applied: int = 0
     last_commit_at: float | None = None
     rebuilds: int = 0
+    batches: int = 0
+    writer_seconds: float = 0.0
+
+
+class _Inbox:
+    """Payloads read from the stream and not yet handed to the writer (bounded)."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.keepalive_pos = 0
+        self.wire_in_txn = False  # a Begin was read whose Commit was not
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def add(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+        tag = payload[0]
+        if tag == _B:
+            self.wire_in_txn = True
+        elif tag == _C:
+            self.wire_in_txn = False
+        if len(self.payloads) >= self.LIMIT:
+            self.room.clear()
+
+    def keepalive(self, pos: int) -> None:
+        self.keepalive_pos = max(self.keepalive_pos, pos)
+
+    async def wait(self) -> None:
+        await self.ready.wait()
+
+    async def wait_for_room(self) -> None:
+        await self.room.wait()
+
+    def take(self) -> tuple[list[bytes], int, bool]:
+        out = (self.payloads, self.keepalive_pos, self.wire_in_txn)
+        self.payloads, self.keepalive_pos = [], 0
+        self.ready.clear()
+        self.room.set()
+        return out
 
 
 class CaptureRunner:
@@ -195,48 +237,67 @@ class CaptureRunner:
             self._source = None
 
     async def _stream(self, source: ReplicationStream, ingest: Ingest) -> None:
+        """Read on the loop while the writer thread applies the previous batch.
+
+        The reader keeps filling the inbox while a batch is being written, so batches grow
+        with the load (group commit) and stay small when idle (low latency).
+        """
+        inbox = _Inbox()
+        reader = asyncio.create_task(self._read(source, inbox))
         st = self.status
-        wire_in_txn = False
-        while True:
-            raw = await source.read_batch(20_000)
-            payloads: list[bytes] = []
-            keepalive_pos = 0
-            for buf in raw:
-                first = buf[0]
-                if first == _W:
-                    xl = po.parse_copy_data(buf)
-                    payload = xl.payload
-                    if xl.start > st.received_lsn:
-                        st.received_lsn = xl.start
-                    payloads.append(payload)
-                    tag = payload[0]
-                    if tag == _B:
-                        wire_in_txn = True
-                    elif tag == _C:
-                        wire_in_txn = False
-                elif first == _K:
-                    ka = po.parse_copy_data(buf)
-                    assert isinstance(ka, po.Keepalive)
-                    keepalive_pos = max(keepalive_pos, ka.wal_end)
-                    st.server_lsn = max(st.server_lsn, ka.wal_end)
-                    if ka.reply:
-                        self._want_reply = True
-            if payloads:
-                result = await self._in_writer(ingest.process, payloads)
-                st.rows_applied += result.rows
-                if result.committed_lsn is not None:
-                    st.commits_applied += result.commits
-                    st.last_commit_at = time.time()
-                    self._advance(result.committed_lsn)
-                    if result.touched:
-                        self.notifier.publish(result.touched)
-                        if self.on_commit:
-                            self.on_commit(result.touched)
-            if keepalive_pos and not wire_in_txn and not ingest.in_transaction:
-                self._advance(keepalive_pos)
-            if self._want_reply:
-                self._want_reply = False
-                await self._send_status(source)
+        try:
+            while True:
+                await inbox.wait()
+                if reader.done():
+                    reader.result()  # re-raise the reader's error
+                payloads, keepalive_pos, wire_in_txn = inbox.take()
+                if payloads:
+                    started = time.perf_counter()
+                    result = await self._in_writer(ingest.process, payloads)
+                    st.batches += 1
+                    st.writer_seconds += time.perf_counter() - started
+                    st.rows_applied += result.rows
+                    if result.committed_lsn is not None:
+                        st.commits_applied += result.commits
+                        st.last_commit_at = time.time()
+                        self._advance(result.committed_lsn)
+                        if result.touched:
+                            self.notifier.publish(result.touched)
+                            if self.on_commit:
+                                self.on_commit(result.touched)
+                # Nothing of ours in flight: the server's position is safe to acknowledge.
+                if keepalive_pos and not wire_in_txn and not ingest.in_transaction:
+                    self._advance(keepalive_pos)
+                if self._want_reply:
+                    self._want_reply = False
+                    await self._send_status(source)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read(self, source: ReplicationStream, inbox: _Inbox) -> None:
+        st = self.status
+        try:
+            while True:
+                await inbox.wait_for_room()
+                for buf in await source.read_batch(20_000):
+                    first = buf[0]
+                    if first == _W:
+                        xl = po.parse_copy_data(buf)
+                        if xl.start > st.received_lsn:
+                            st.received_lsn = xl.start
+                        inbox.add(xl.payload)
+                    elif first == _K:
+                        ka = po.parse_copy_data(buf)
+                        assert isinstance(ka, po.Keepalive)
+                        inbox.keepalive(ka.wal_end)
+                        st.server_lsn = max(st.server_lsn, ka.wal_end)
+                        if ka.reply:
+                            self._want_reply = True
+                inbox.ready.set()
+        finally:
+            inbox.ready.set()  # wake the writer loop so it sees the reader ended
 
     async def _send_status(self, source: ReplicationStream, reply: bool = False) -> None:
         st = self.status

@@ -39,6 +39,7 @@ from pglast.stream import RawStream
 __all__ = [
     "ALLOWED_CASTS",
     "ALLOWED_FUNCTIONS",
+    "MAX_DEPTH",
     "MAX_EXPRESSION_LENGTH",
     "Expression",
     "ExpressionError",
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 MAX_EXPRESSION_LENGTH = 10_000
+MAX_DEPTH = 100  # nesting of the expression tree (keeps every later walk far from recursion limits)
 
 #: function name -> (min args, max args)
 ALLOWED_FUNCTIONS: dict[str, tuple[int, int]] = {
@@ -487,6 +489,8 @@ class _Checker:
         handler = _HANDLERS.get(type(node))
         if handler is None:
             raise self._fail(f"{_describe(node)} is not allowed in a rule expression", node)
+        if len(self._path) >= MAX_DEPTH:
+            raise self._fail(f"expression nested more than {MAX_DEPTH} levels deep", node)
         self._path.append(node)
         try:
             return handler(self, node)

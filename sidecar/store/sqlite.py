@@ -25,8 +25,14 @@ from pathlib import Path
 
 import orjson
 
+from sidecar.changes import Image
 from sidecar.store.base import MutationRecord, PageData, RowWrite, StoredRow, StoreState
 
+# Bumped when the file layout changes; a store of another format is rebuilt.
+FORMAT = "2"
+
+# Tables are plain rowid tables so that the initial copy appends; their indexes are built
+# after it (a bulk load runs without them).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rows (
@@ -36,8 +42,8 @@ CREATE TABLE IF NOT EXISTS rows (
     rev TEXT NOT NULL,
     key BLOB NOT NULL,
     scopes TEXT NOT NULL,
-    mirror TEXT NOT NULL,
-    PRIMARY KEY (collection, ident)
+    row BLOB NOT NULL,
+    hidden BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS entries (
     scope TEXT NOT NULL,
@@ -45,11 +51,8 @@ CREATE TABLE IF NOT EXISTS entries (
     collection TEXT NOT NULL,
     ident TEXT NOT NULL,
     deleted INTEGER NOT NULL,
-    line BLOB NOT NULL,
-    PRIMARY KEY (scope, version)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS entries_row ON entries (scope, collection, ident);
-CREATE INDEX IF NOT EXISTS entries_tombstones ON entries (version) WHERE deleted = 1;
+    line BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS marks (version INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS mutations (
     id TEXT PRIMARY KEY,
@@ -61,19 +64,42 @@ CREATE TABLE IF NOT EXISTS mutations (
 );
 """
 
+_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS rows_ident ON rows (collection, ident);
+CREATE INDEX IF NOT EXISTS entries_scope ON entries (scope, version);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_row ON entries (scope, collection, ident);
+CREATE INDEX IF NOT EXISTS entries_tombstones ON entries (version) WHERE deleted = 1;
+"""
+
 _TABLES = ("rows", "entries", "marks", "mutations", "meta")
 
 _UPSERT_ROW = (
-    "INSERT INTO rows (collection, ident, version, rev, key, scopes, mirror) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, ident) DO UPDATE SET "
+    "INSERT INTO rows (collection, ident, version, rev, key, scopes, row, hidden) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, ident) DO UPDATE SET "
     "version = excluded.version, rev = excluded.rev, key = excluded.key, "
-    "scopes = excluded.scopes, mirror = excluded.mirror"
+    "scopes = excluded.scopes, row = excluded.row, hidden = excluded.hidden"
 )
-_MIRROR_ONLY = "UPDATE rows SET mirror = ? WHERE collection = ? AND ident = ?"
+_INSERT_ROW = (
+    "INSERT INTO rows (collection, ident, version, rev, key, scopes, row, hidden) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_ROW = (
+    "UPDATE rows SET version = ?, rev = ?, key = ?, scopes = ?, row = ?, hidden = ? "
+    "WHERE collection = ? AND ident = ?"
+)
+_HIDDEN_ONLY = "UPDATE rows SET hidden = ? WHERE collection = ? AND ident = ?"
 _DELETE_ROW = "DELETE FROM rows WHERE collection = ? AND ident = ?"
 _PUT_ENTRY = (
     "INSERT OR REPLACE INTO entries (scope, version, collection, ident, deleted, line) "
     "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_ENTRY = (
+    "UPDATE entries SET version = ?, deleted = ?, line = ? "
+    "WHERE scope = ? AND collection = ? AND ident = ?"
+)
+_INSERT_ENTRY = (
+    "INSERT INTO entries (scope, version, collection, ident, deleted, line) "
+    "VALUES (?, ?, ?, ?, 0, ?)"
 )
 
 
@@ -111,6 +137,23 @@ def delete_line(collection_json: bytes, key: bytes, rev: str, version: int) -> b
     )
 
 
+class _Runs:
+    """Statements to run in order, consecutive ones with the same SQL batched."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, list[tuple[object, ...]]]] = []
+
+    def add(self, sql: str, params: tuple[object, ...]) -> None:
+        if self.runs and self.runs[-1][0] is sql:
+            self.runs[-1][1].append(params)
+        else:
+            self.runs.append((sql, [params]))
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        for sql, params in self.runs:
+            conn.executemany(sql, params)
+
+
 class SQLiteStore:
     """ChangeStore on one SQLite file. Writer methods must be called from one thread."""
 
@@ -123,11 +166,16 @@ class SQLiteStore:
         self._w.execute("PRAGMA cache_size=-65536")
         self._w.execute("PRAGMA temp_store=MEMORY")
         self._w.executescript(_SCHEMA)
+        if self._meta("format") not in (None, FORMAT):
+            self._drop_all()
+            self._w.executescript(_SCHEMA)
         self._local = threading.local()
         self._in_txn = False
         self._coll_json: dict[str, bytes] = {}
         if self._meta("epoch") is None:
             self._init_meta()
+        self._w.executescript(_INDEXES)
+        self._indexed = True
         self._version = int(self._meta("version") or 0)
         self._state = self._load_state()
 
@@ -146,6 +194,7 @@ class SQLiteStore:
     def _init_meta(self) -> None:
         self._w.execute("BEGIN IMMEDIATE")
         self._set_meta(
+            format=FORMAT,
             epoch=secrets.token_hex(4),
             lsn=0,
             version=0,
@@ -175,9 +224,9 @@ class SQLiteStore:
         """Wipe everything and start a new epoch (old cursors become invalid)."""
         if self._in_txn:
             self.rollback()
-        for table in _TABLES:
-            self._w.execute(f"DROP TABLE IF EXISTS {table}")
-        self._w.executescript(_SCHEMA)
+        self._drop_all()
+        self._w.executescript(_SCHEMA)  # without the secondary indexes: a bulk load follows
+        self._indexed = False
         self._init_meta()
         self._w.execute("BEGIN IMMEDIATE")
         self._set_meta(slot=slot, system_id=system_id, database=database)
@@ -185,6 +234,10 @@ class SQLiteStore:
         self._version = 0
         self._state = self._load_state()
         return self._state
+
+    def _drop_all(self) -> None:
+        for table in _TABLES:
+            self._w.execute(f"DROP TABLE IF EXISTS {table}")
 
     def close(self) -> None:
         if self._in_txn:
@@ -202,6 +255,15 @@ class SQLiteStore:
             self._w.execute("BEGIN IMMEDIATE")
             self._in_txn = True
 
+    def _ensure_indexes(self) -> None:
+        """Create the secondary indexes (inside the open transaction) if a bulk load left
+        them out."""
+        if not self._indexed:
+            for stmt in _INDEXES.strip().split(";"):
+                if stmt.strip():
+                    self._w.execute(stmt)
+            self._indexed = True
+
     def _cj(self, collection: str) -> bytes:
         cj = self._coll_json.get(collection)
         if cj is None:
@@ -214,89 +276,104 @@ class SQLiteStore:
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for ident, version, rev, key, scopes, mirror in self._w.execute(
-                "SELECT ident, version, rev, key, scopes, mirror FROM rows "
+            for ident, version, rev, key, scopes, row, hidden in self._w.execute(
+                "SELECT ident, version, rev, key, scopes, row, hidden FROM rows "
                 f"WHERE collection = ? AND ident IN ({marks})",
                 (collection, *chunk),
             ):
                 out[ident] = StoredRow(
-                    ident,
-                    version,
-                    rev,
-                    bytes(key),
-                    tuple(orjson.loads(scopes)),
-                    tuple(orjson.loads(mirror)),
+                    ident, version, rev, key, tuple(orjson.loads(scopes)), row, hidden
                 )
         return out
 
     def write(self, writes: Sequence[RowWrite]) -> set[str]:
         """Apply row changes in order; returns the scopes whose content changed."""
         self._begin()
+        self._ensure_indexes()
         touched: set[str] = set()
-        entries: list[tuple[str, int, str, str, int, bytes]] = []
-        row_ops: list[tuple[str, list[tuple[object, ...]]]] = []
-
-        def row_op(sql: str, params: tuple[object, ...]) -> None:
-            if row_ops and row_ops[-1][0] is sql:
-                row_ops[-1][1].append(params)
-            else:
-                row_ops.append((sql, [params]))
-
+        rows = _Runs()
+        entries = _Runs()
         version = self._version
         for w in writes:
-            cj = self._cj(w.collection)
-            old, new = w.old, w.new
+            coll, old, new = w.collection, w.old, w.new
+            cj = self._cj(coll)
             if new is None:
                 if old is None:
                     continue
                 version += 1
                 line = delete_line(cj, old.key, old.rev, version)
                 for s in old.scopes:
-                    entries.append((s, version, w.collection, old.ident, 1, line))
+                    entries.add(_UPDATE_ENTRY, (version, 1, line, s, coll, old.ident))
                 touched.update(old.scopes)
-                row_op(_DELETE_ROW, (w.collection, old.ident))
+                rows.add(_DELETE_ROW, (coll, old.ident))
                 continue
-            mirror = orjson.dumps(new.mirror)
             if old is not None and old.rev == new.rev and old.scopes == new.scopes:
-                if old.mirror != new.mirror:
-                    row_op(_MIRROR_ONLY, (mirror, w.collection, new.ident))
+                if old.hidden != new.hidden:
+                    rows.add(_HIDDEN_ONLY, (new.hidden, coll, new.ident))
                 continue
             version += 1
             line = upsert_line(cj, new.key, new.row, new.rev, version)
+            old_scopes = old.scopes if old is not None else ()
             for s in new.scopes:
-                entries.append((s, version, w.collection, new.ident, 0, line))
+                if s in old_scopes:  # the row's entry in this scope exists: move it
+                    entries.add(_UPDATE_ENTRY, (version, 0, line, s, coll, new.ident))
+                else:  # new here (perhaps over an old tombstone)
+                    entries.add(_PUT_ENTRY, (s, version, coll, new.ident, 0, line))
             touched.update(new.scopes)
-            if old is not None:
-                left = [s for s in old.scopes if s not in new.scopes]
-                if left:
-                    tomb = delete_line(cj, old.key, old.rev, version)
-                    for s in left:
-                        entries.append((s, version, w.collection, old.ident, 1, tomb))
-                    touched.update(left)
-                if old.ident != new.ident:  # cannot happen via capture; kept for safety
-                    row_op(_DELETE_ROW, (w.collection, old.ident))
-            row_op(
-                _UPSERT_ROW,
-                (
-                    w.collection,
-                    new.ident,
-                    version,
-                    new.rev,
-                    new.key,
-                    orjson.dumps(list(new.scopes)).decode(),
-                    mirror.decode(),
-                ),
+            scopes_json = orjson.dumps(new.scopes).decode()
+            if old is None:
+                rows.add(
+                    _UPSERT_ROW,
+                    (coll, new.ident, version, new.rev, new.key, scopes_json, new.row, new.hidden),
+                )
+                continue
+            left = [s for s in old_scopes if s not in new.scopes]
+            if left:
+                tomb = delete_line(cj, old.key, old.rev, version)
+                for s in left:
+                    entries.add(_UPDATE_ENTRY, (version, 1, tomb, s, coll, old.ident))
+                touched.update(left)
+            rows.add(
+                _UPDATE_ROW,
+                (version, new.rev, new.key, scopes_json, new.row, new.hidden, coll, new.ident),
             )
-        for sql, params in row_ops:
-            self._w.executemany(sql, params)
-        if entries:
-            self._w.executemany(_PUT_ENTRY, entries)
+        rows.run(self._w)
+        entries.run(self._w)
         self._version = version
         return touched
+
+    def load(self, collection: str, images: Sequence[Image]) -> None:
+        """Bulk insert for the initial copy into an empty store (no old images)."""
+        self._begin()
+        cj = self._cj(collection)
+        version = self._version
+        rows: list[tuple[object, ...]] = []
+        entries: list[tuple[object, ...]] = []
+        for im in images:
+            version += 1
+            line = upsert_line(cj, im.key, im.row, im.rev, version)
+            for s in im.scopes:
+                entries.append((s, version, collection, im.ident, line))
+            rows.append(
+                (
+                    collection,
+                    im.ident,
+                    version,
+                    im.rev,
+                    im.key,
+                    orjson.dumps(im.scopes).decode(),
+                    im.row,
+                    im.hidden,
+                )
+            )
+        self._w.executemany(_INSERT_ROW, rows)
+        self._w.executemany(_INSERT_ENTRY, entries)
+        self._version = version
 
     def truncate(self, collection: str) -> set[str]:
         """Every row of the collection becomes a tombstone in each of its scopes."""
         self._begin()
+        self._ensure_indexes()
         cj = self._cj(collection)
         touched: set[str] = set()
         version = self._version
@@ -336,6 +413,8 @@ class SQLiteStore:
         self._w.execute(
             "INSERT OR REPLACE INTO marks (version, at) VALUES (?, ?)", (self._version, time.time())
         )
+        if snapshot_done:
+            self._ensure_indexes()
         self._w.execute("COMMIT")
         self._in_txn = False
         self._state = self._load_state()

@@ -42,17 +42,17 @@ def make_store(
 def image(id_: int, title: str, *scopes: str) -> Image:
     row = orjson.dumps({"id": id_, "title": title})
     return Image(
-        ident=orjson.dumps([str(id_)]).decode(),
+        ident=orjson.dumps({"id": id_}).decode(),
         key=orjson.dumps({"id": id_}),
         row=row,
         rev=rev_of(row),
         scopes=tuple(scopes),
-        mirror=(str(id_), title),
+        hidden=b"{}",
     )
 
 
 def current(store: ChangeStore, id_: int, coll: str = "c") -> StoredRow | None:
-    ident = orjson.dumps([str(id_)]).decode()
+    ident = orjson.dumps({"id": id_}).decode()
     return store.get_rows(coll, [ident]).get(ident)
 
 
@@ -194,6 +194,19 @@ def test_rollback_discards_uncommitted_writes(make_store):
     put(s, 3, "next", "a")
     s.commit(11)
     assert [c["version"] for c in lines(s, ["a"])] == ["1", "2"]
+
+
+def test_bulk_load_then_incremental_writes(make_store):
+    s = make_store()
+    s.reset(slot="s", system_id="x", database="d")
+    s.load("c", [image(i, f"r{i}", "a") for i in range(1, 6)])
+    s.commit(10, snapshot_done=True)
+    assert [c["version"] for c in lines(s, ["a"])] == ["1", "2", "3", "4", "5"]
+    put(s, 2, "changed", "a")
+    s.commit(11)
+    got = lines(s, ["a"])
+    assert [c["key"]["id"] for c in got] == [1, 3, 4, 5, 2]  # replaced, not duplicated
+    assert current(s, 2).row == orjson.dumps({"id": 2, "title": "changed"})
 
 
 def test_reader_on_another_thread_sees_commits_only(make_store):

@@ -1,0 +1,70 @@
+"""Shared set-up for the benchmarks: a private PostgreSQL and an in-process service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+from sidecar.config.loader import load_config_text
+from sidecar.config.model import Config
+from sidecar.embedded import EmbeddedPostgres
+
+SECRET = "bench-secret-0123456789-0123456789"
+
+
+@contextmanager
+def postgres() -> Iterator[EmbeddedPostgres]:
+    pg = EmbeddedPostgres(settings={"max_wal_size": "'4GB'", "checkpoint_timeout": "'30min'"})
+    pg.start()
+    try:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        yield pg
+    finally:
+        pg.stop()
+
+
+def config(pg: EmbeddedPostgres, store: Path, collections: str) -> Config:
+    text = f"""
+database: {{url: "{pg.url("bench")}", slot: bench, publication: bench}}
+store: {{path: "{store}"}}
+auth: {{jwt: {{secret: "{SECRET}"}}}}
+log: {{level: warning, format: json}}
+collections:
+{collections}
+"""
+    return load_config_text(text, file="bench.yaml", env={})
+
+
+def current_lsn(pg: EmbeddedPostgres) -> str:
+    with psycopg.connect(pg.dsn("bench")) as conn:
+        return str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])  # type: ignore[index]
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def report(name: str, rows: int, ours: float, ref_name: str, ref: float) -> dict[str, float]:
+    ours_rate, ref_rate = rows / ours, rows / ref
+    print(
+        f"{name}: {rows:,} rows in {ours:.2f}s = {ours_rate:,.0f} rows/s; "
+        f"{ref_name}: {ref:.2f}s = {ref_rate:,.0f} rows/s; ratio {ours_rate / ref_rate:.2f}x",
+        flush=True,
+    )
+    return {
+        "rows": rows,
+        "seconds": ours,
+        "rows_per_s": ours_rate,
+        "ref_rows_per_s": ref_rate,
+        "ratio": ours_rate / ref_rate,
+    }

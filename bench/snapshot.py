@@ -1,0 +1,63 @@
+"""Initial copy: rows/s from process start to ready, for a 500,000-row table.
+
+Reference: `COPY … TO STDOUT` of the same rows, read by psycopg to nowhere, in the same
+run. Target: ≥ 0.05× COPY and ≥ 150,000 rows/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from bench.harness import Timer, config, postgres, report
+from sidecar.service import Service
+
+COLLECTIONS = """
+  items:
+    table: items
+    read: "owner = :sub"
+"""
+
+
+async def run(rows: int) -> dict[str, float]:
+    with postgres() as pg, tempfile.TemporaryDirectory() as tmp:
+        dsn = pg.dsn("bench")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE items (id int PRIMARY KEY, owner int NOT NULL, val int NOT NULL, "
+                "note text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+            )
+            conn.execute(
+                "INSERT INTO items SELECT g, g %% 1000, g, 'note ' || g "
+                "FROM generate_series(1, %s) g",
+                (rows,),
+            )
+            conn.execute("VACUUM ANALYZE items")
+        with Timer() as ref, psycopg.connect(dsn) as conn:
+            n = 0
+            with conn.cursor().copy("COPY items TO STDOUT") as copy:
+                for block in copy:
+                    n += len(block)
+        cfg = config(pg, Path(tmp) / "store.db", COLLECTIONS)
+        with Timer() as ours:
+            service = await Service.start(cfg)
+            await service.capture.wait_ready(600)
+        copied = service.capture.status.copy.rows
+        await service.close()
+        assert copied == rows, f"copied {copied} of {rows}"
+        return report("initial copy", rows, ours.seconds, "COPY TO STDOUT", ref.seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=500_000)
+    args = parser.parse_args()
+    asyncio.run(run(args.rows))
+
+
+if __name__ == "__main__":
+    main()
