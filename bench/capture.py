@@ -36,7 +36,8 @@ async def run(rows: int) -> dict[str, float]:
                 "note text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
             )
             conn.execute(
-                "INSERT INTO items SELECT g, g %% 1000, g, 'note ' || g FROM generate_series(1, %s) g",
+                "INSERT INTO items SELECT g, g %% 1000, g, 'note ' || g "
+                "FROM generate_series(1, %s) g",
                 (rows,),
             )
         cfg = config(pg, Path(tmp) / "store.db", COLLECTIONS)

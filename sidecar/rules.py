@@ -1512,8 +1512,14 @@ _Formula = tuple[str, tuple[Any, ...]] | _Literal | bool
 
 
 def _nnf(node: Any, negate: bool, constant: Callable[[Any], bool | None]) -> _Formula:
-    """Negation normal form; constant atoms become True/False (a NULL one: never TRUE)."""
-    if isinstance(node, ast.BoolExpr):
+    """Negation normal form over atoms; constant atoms become True/False.
+
+    An atom is a maximal sub-expression that is not an AND/OR/NOT mixing columns with
+    claims: a boolean combination of columns only (or of claims only) stays one atom, so
+    only the mixed part of a rule multiplies branches. A constant that is not TRUE (FALSE
+    or NULL) becomes False: in Kleene logic that never turns a FALSE-or-NULL rule TRUE.
+    """
+    if isinstance(node, ast.BoolExpr) and _mixes_columns_and_claims(node):
         if node.boolop == enums.BoolExprType.NOT_EXPR:
             return _nnf(node.args[0], not negate, constant)
         is_and = (node.boolop == enums.BoolExprType.AND_EXPR) != negate
@@ -1523,6 +1529,11 @@ def _nnf(node: Any, negate: bool, constant: Callable[[Any], bool | None]) -> _Fo
         value = constant(node)
         return value is (not negate)
     return _Literal(node, negate)
+
+
+def _mixes_columns_and_claims(node: Any) -> bool:
+    columns, params = _refs(node)
+    return bool(columns) and bool(params)
 
 
 def _dnf(formula: _Formula, expr: Expression) -> list[list[_Literal]]:

@@ -16,8 +16,8 @@ import orjson
 import structlog
 
 from sidecar.capture import pgoutput as po
-from sidecar.errors import SidecarError
 from sidecar.changes import Image
+from sidecar.errors import SidecarError
 from sidecar.route import Route
 from sidecar.store.base import ChangeStore, MutationRecord, RowWrite, StoredRow
 
