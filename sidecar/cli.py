@@ -40,6 +40,7 @@ async def serve(config: Config, *, ready_message: str | None = None) -> None:
     try:
         await site.start()
         if ready_message:
+            await service.capture.wait_ready()
             print(ready_message, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

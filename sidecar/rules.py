@@ -1,42 +1,52 @@
 """Rules: a Python evaluator of rule expressions, and the read scopes compiled from them.
 
-**Evaluator.** `compile_evaluator(expr)` turns a parsed `Expression` into nested closures
-once; `evaluate(expr, row, claims)` runs the (cached) closures on one row. Values are what
-psycopg's loaders return (int, float, Decimal, str, bool, date, datetime, UUID, dict/list,
-None) and the semantics are PostgreSQL's:
+**Evaluator.** `compile_evaluator(expr, column_types)` turns a parsed `Expression` into
+nested closures once; `evaluate(expr, row, claims, column_types)` runs the (cached)
+closures on one row. Values are what psycopg's loaders return (int, float, Decimal, str,
+bool, date, datetime, UUID, dict/list, None) and the semantics are PostgreSQL's:
 
 - three-valued logic: NULL propagates through comparisons, arithmetic and functions;
   AND/OR are Kleene's; `x IN (..., NULL)` is NULL when nothing matches; `= ANY(array)` is
   FALSE for an empty array even for a NULL left side; `IS [NOT] DISTINCT FROM` never yields
-  NULL; `coalesce` is lazy;
+  NULL; `coalesce` is lazy and takes the common type of its arguments;
 - string literals and string claims are PostgreSQL's *unknown* type: met with a typed value
   (an int column, a date column, ...) they are first converted to its type with that type's
-  input syntax (`'42'` → 42, `'2024-01-01'` → a date); two unknowns compare as text;
+  input syntax (`'42'` → 42, `' 42 '` → 42, `'2024-01-01'` → a date); two unknowns compare
+  as text; a string claim is bound the same way on the write side (psycopg sends `str`
+  parameters as unknown);
 - text compares by code point, which is PostgreSQL's C collation, and `lower`, `upper` and
-  `ILIKE` fold ASCII letters only (the C ctype); the test databases use C;
-- integer division truncates toward zero; numeric literals (`1.5`) are Decimal and numeric
-  division picks its result scale as PostgreSQL does; division by zero is an error;
-- LIKE: `%` any run, `_` one character, backslash escapes the next character.
+  `ILIKE` fold ASCII letters only (the C ctype); the sidecar's databases are expected to
+  use C (the tests do);
+- integer division truncates toward zero; numeric literals (`1.5`) are Decimal; numeric
+  results keep PostgreSQL's scales, division included (select_div_scale); division by zero
+  is an error;
+- LIKE: `%` any run, `_` one character, backslash escapes the next character; a pattern
+  ending with a lone backslash fails only when matching reaches it, as in PostgreSQL.
 
 A value PostgreSQL would refuse at run time (bad input syntax for a type, division by zero,
 comparing text with an integer, ...) raises `EvaluationError`.
 
-Known differences from a PostgreSQL session (documented, deliberate): a timestamp without a
-zone meeting a timestamptz (or a date meeting one) is taken as UTC, not the session time
-zone; date/time input is ISO 8601 only; integer overflow is not detected; an exact number
+Known differences from a PostgreSQL session (deliberate): a timestamp without a zone
+meeting a timestamptz (or a date meeting one) is taken as UTC, not the session time zone;
+date/time input is ISO 8601 only; integer overflow is not detected; an exact number
 (integer, numeric) compared with a double compares with the double's shortest decimal
 representation (PostgreSQL converts the exact one to double; they differ only beyond 15-17
 significant digits); string elements of a claim array are unknown-typed like string claims;
-a scalar claim used as `= ANY(:claim)` is a one-element array.
+a scalar claim used as `= ANY(:claim)` is a one-element array (`bind_claims` wraps it the
+same way for the write side); without `column_types`, `coalesce(a, b)` of two columns of
+different numeric types whose first is NULL takes the type of the value it returns.
 
 **Scopes.** `compile_read_rule(expr, column_types)` puts the rule in disjunctive normal form
-(NOT pushed down to atoms, which De Morgan allows in Kleene logic) and classifies each atom
-of each branch: partition atoms (`column = :claim`, `column IN (:a, :b)`, `column =
-ANY(:claims)`), row atoms (columns and literals only) and claim atoms (claims and literals
-only). A row's scope in branch `i` is `"i:" + canonical(partition column values)` when its
-row atoms are TRUE; a request's scopes are the same strings built from claim values coerced
-to the columns' types, when its claim atoms are TRUE. Visible ⇔ the two sets intersect ⇔
-`evaluate(...) is True`.
+over atoms (NOT pushed down, which De Morgan allows in Kleene logic; a boolean combination
+of columns only, or of claims only, stays one atom) and classifies the atoms of each branch:
+partition atoms (`column = <claims>`, `column IN (<claims and literals>)`,
+`column = ANY(:claim)`), row atoms (columns and literals only) and claim atoms (claims and
+literals only). A row's scope in branch `i` is `'i:' + JSON list of the partition values`
+(e.g. `0:["42"]`, canonical per column type) when its row atoms are TRUE and no partition
+value is NULL; a request's scopes are the same strings built from its claim values coerced
+to the columns' types, when its claim atoms are TRUE; a branch without partition atoms
+gives `'i:'`. Visible ⇔ the two sets intersect ⇔ `evaluate(...) is True` (with the same
+column types).
 """
 
 from __future__ import annotations
@@ -251,7 +261,7 @@ def _float_text(value: float) -> str:
         return "Infinity" if value > 0 else "-Infinity"
     if value == 0:
         return "-0" if math.copysign(1.0, value) < 0 else "0"
-    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    sign, digits, exponent = _shortest_decimal(value).normalize(_NUMERIC).as_tuple()
     assert isinstance(exponent, int)
     e10 = len(digits) - 1 + exponent
     if -4 <= e10 < 15:
@@ -259,6 +269,37 @@ def _float_text(value: float) -> str:
     text = "".join(map(str, digits))
     mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
     return f"{'-' if sign else ''}{mantissa}e{'+' if e10 >= 0 else '-'}{abs(e10):02d}"
+
+
+def _shortest_decimal(value: float) -> Decimal:
+    """The shortest decimal strictly inside `value`'s rounding interval, closest to it.
+
+    PostgreSQL's Ryu (d2s.c) never accepts a decimal on the interval's bounds, where
+    Python's repr() does when the tie would round back to `value`.
+    """
+    exact = Decimal(value)
+    down = _half_gap(exact, math.nextafter(value, -math.inf))
+    up = _half_gap(exact, math.nextafter(value, math.inf))
+    low = _NUMERIC.subtract(exact, down if down is not None else up)
+    high = _NUMERIC.add(exact, up if up is not None else down)
+    for digits in range(1, 18):
+        rounded = Decimal(format(value, f".{digits - 1}e"))
+        step = Decimal((0, (1,), rounded.adjusted() - digits + 1))
+        candidates = [
+            c
+            for c in (rounded, _NUMERIC.subtract(rounded, step), _NUMERIC.add(rounded, step))
+            if low < c < high
+        ]
+        if candidates:
+            return min(candidates, key=lambda c: abs(_NUMERIC.subtract(c, exact)))
+    return Decimal(repr(value))
+
+
+def _half_gap(exact: Decimal, neighbour: float) -> Decimal | None:
+    """Half the distance to a neighbouring double (None past ±max: the other side's)."""
+    if math.isinf(neighbour):
+        return None
+    return _NUMERIC.divide(abs(_NUMERIC.subtract(Decimal(neighbour), exact)), 2)
 
 
 def _numeric_text(value: Decimal) -> str:

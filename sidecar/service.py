@@ -93,9 +93,8 @@ class Service:
         return service
 
     async def _purge_loop(self) -> None:
+        await self.capture.wait_ready()
         while True:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.capture.wait_ready()
             try:
                 purged = await self.capture.purge_tombstones()
                 if purged:

@@ -22,6 +22,7 @@ from sidecar.values import session_options
 log = structlog.get_logger("sidecar.snapshot")
 
 BATCH = 10_000
+PROGRESS_EVERY = 100_000
 
 
 @dataclass(slots=True)
@@ -87,6 +88,8 @@ def copy_tables(
                         n += len(batch)
                         progress.rows += len(batch)
                         batch = []
+                        if progress.rows % PROGRESS_EVERY < BATCH:
+                            log.info("copying", **progress.as_dict())
                         if on_batch:
                             on_batch()
                 if batch:

@@ -14,14 +14,20 @@ How a text becomes an `Expression`:
    is walked against an allow-list: anything not explicitly allowed is refused.
 
 Every refusal is an `ExpressionError` naming the offending token and its 0-based character
-offset in the text as the user wrote it (positions of the rewritten text are mapped back).
+offset in the text as the user wrote it (positions of the rewritten text are mapped back;
+pglast keeps no location for constants, which are located at their enclosing operator).
+Claim names keep their case (`:Sub` is not `:sub`); `:"odd-name"` quotes one.
 
 The allowed subset: unqualified column references, `:claim` parameters, constants (integer,
 numeric, string, boolean, NULL), comparisons `= <> != < <= > >=`, `IS [NOT] DISTINCT FROM`,
 AND/OR/NOT, `IN (list)`, `= ANY(:claim)` and `= ANY(ARRAY[<literals>])`, `IS [NOT] NULL`,
 `IS [NOT] TRUE/FALSE/UNKNOWN`, `[NOT] BETWEEN` (not SYMMETRIC), `[NOT] [I]LIKE` with a
-constant pattern, arithmetic `+ - * /`, string concatenation `||`, casts to a few scalar
-types and the functions of `ALLOWED_FUNCTIONS` (optionally qualified `pg_catalog.`).
+constant pattern (no ESCAPE clause), arithmetic `+ - * /`, string concatenation `||`,
+casts to the types of `ALLOWED_CASTS` (no typmods, no arrays), `coalesce` and the functions
+of `ALLOWED_FUNCTIONS` (optionally qualified `pg_catalog.`). Limits: `MAX_EXPRESSION_LENGTH`
+characters, `MAX_DEPTH` levels of nesting. Beyond PostgreSQL's own checks, a few obviously
+non-boolean shapes are refused early: a constant, arithmetic or function call where a
+boolean is expected, and a boolean operand of arithmetic or of a function.
 """
 
 from __future__ import annotations
@@ -716,7 +722,7 @@ def _func_name(node: ast.FuncCall) -> str | None:
 
 
 def cast_target(type_name: ast.TypeName) -> str | None:
-    """The canonical allowed type of a cast, or None if it is not allowed."""
+    """The canonical allowed type of a cast (`int4`, `numeric`, ...), or None if refused."""
     names = [s.sval for s in type_name.names if isinstance(s, ast.String)]
     if len(names) == 2 and names[0] == "pg_catalog":
         names = names[1:]

@@ -17,7 +17,7 @@ from sidecar.config.loader import load_config
 from sidecar.embedded import EmbeddedPostgres
 from sidecar.observability import configure_logging
 
-DEMO_SECRET = "demo-secret-change-me"
+DEMO_SECRET = "demo-secret-change-me-0123456789abcdef"
 
 
 def demo_token(subject: str, secret: str = DEMO_SECRET, hours: int = 24) -> str:

@@ -271,3 +271,36 @@ async def test_live_pull_wakes_on_commit(pg_dsn, pg_url, sidecar_factory):
     assert [c["row"]["title"] for c in page["changes"]] == ["ping"]
     timed = await sc.pull(1, page["cursor"], live="true", timeout=0.3)
     assert timed["changes"] == [] and timed["cursor"] == page["cursor"]
+
+
+async def test_not_ready_during_initial_copy(pg_dsn, pg_url, tmp_path):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from sidecar.http.app import create_app
+    from sidecar.service import Service
+    from tests.integration.conftest import auth, make_config
+
+    sql(
+        pg_dsn,
+        SCHEMA,
+        "INSERT INTO todo_items (title, owner_id) "
+        "SELECT 't' || g, g % 7 FROM generate_series(1, 60000) g",
+    )
+    service = await Service.start(make_config(pg_url, tmp_path / "s.db", TODOS))
+    client = TestClient(TestServer(create_app(service)))
+    await client.start_server()
+    try:
+        resp = await client.get("/readyz")
+        body = await resp.json(content_type=None)
+        assert resp.status == 503 and body["code"] == "unavailable"
+        assert resp.headers["Retry-After"] == "5"
+        assert body["progress"]["phase"] in ("starting", "copying")
+        resp = await client.get("/v1/pull", headers=auth(1))
+        assert resp.status == 503 and (await resp.json(content_type=None))["code"] == "unavailable"
+        assert (await client.get("/healthz")).status == 200
+        await service.capture.wait_ready(60)
+        assert (await client.get("/readyz")).status == 200
+        assert service.capture.status.copy.rows == 60003
+    finally:
+        await client.close()
+        await service.close()

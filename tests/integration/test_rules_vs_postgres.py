@@ -1,10 +1,11 @@
 """The Python evaluator agrees with PostgreSQL's own verdict, row by row.
 
-Generated rules are rendered with `render_sql` and run by PostgreSQL itself over a batch of
-generated rows (claims bound as `$n` parameters with a `RawCursor`); for every row TRUE,
-FALSE and NULL must match `evaluate`. A rule PostgreSQL refuses at run time (a data error,
-e.g. a LIKE pattern ending with a backslash) is rejected with `assume`; any other error is
-a failure, and so is an evaluator error where PostgreSQL had an answer.
+Generated rules are rendered with `render_sql` (through `bind_claims`) and run by
+PostgreSQL itself over a batch of generated rows, claims bound as `$n` parameters with a
+`RawCursor`; for every row TRUE, FALSE and NULL must match `evaluate`. A rule PostgreSQL
+refuses at run time (a data error, e.g. a LIKE pattern ending with a backslash) is
+rejected with `assume`; any other error is a failure, and so is an evaluator error where
+PostgreSQL had an answer. The read scopes are checked against PostgreSQL the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from psycopg import RawCursor
 
-from sidecar.config.expressions import parse_expression, render_sql
-from sidecar.rules import EvaluationError, compile_read_rule, evaluate
+from sidecar.config.expressions import parse_expression
+from sidecar.rules import EvaluationError, bind_claims, compile_read_rule, evaluate
 from tests.unit.test_rules import CLAIM_VALUES, PROPERTY_TYPES, ROW_VALUES, read_rules
 
 pytestmark = pytest.mark.pg
@@ -56,12 +57,12 @@ def postgres_verdicts(
     conn: psycopg.Connection[Any], text: str, rows: list[dict[str, Any]], claims: dict[str, Any]
 ) -> list[bool | None]:
     """PostgreSQL's value of the rule for each row (raises psycopg errors)."""
-    sql, names = render_sql(parse_expression(text))
+    sql, params = bind_claims(parse_expression(text), claims)
     conn.execute("TRUNCATE t")
     with conn.cursor() as cur:
         values = [(i, *(row.get(c) for c in COLUMNS)) for i, row in enumerate(rows)]
         cur.executemany(INSERT, values)
-        cur.execute(f"SELECT id, ({sql}) FROM t ORDER BY id", [claims.get(n) for n in names])
+        cur.execute(f"SELECT id, ({sql}) FROM t ORDER BY id", params)
         return [value for _, value in cur.fetchall()]
 
 
@@ -396,5 +397,30 @@ def test_scopes_agree_with_postgres(conn: psycopg.Connection[Any]) -> None:
             for row, pg in zip(rows, verdicts, strict=True):
                 seen = bool(set(rule.row_scopes(row)) & request)
                 assert seen == (pg is True), (text, row, claim, pg)
+
+    check()
+
+
+def test_number_semantics_match_postgres(conn: psycopg.Connection[Any]) -> None:
+    """Numeric scales (division included) and double output, against PostgreSQL's text."""
+    expr = parse_expression(
+        "(x / y)::text = q AND (x * y)::text = m AND (x - y)::text = s "
+        "AND (x / 7)::text = q7 AND (f || '') = ft AND (f = g) = eq"
+    )
+    types = {"x": "numeric", "y": "numeric", "f": "double precision", "g": "double precision"}
+    query = (
+        "SELECT ($1::numeric / $2::numeric)::text, ($1::numeric * $2::numeric)::text, "
+        "($1::numeric - $2::numeric)::text, ($1::numeric / 7)::text, $3::float8::text, "
+        "$3::float8 = $4::float8"
+    )
+    decimals = st.decimals(min_value=-(10**9), max_value=10**9, allow_nan=False, places=None)
+    floats = st.one_of(st.floats(), st.sampled_from([1e15, 1e16, 123456789012345.0, 1e-5, -0.0]))
+
+    @settings(max_examples=200, deadline=None)
+    @given(x=decimals, y=decimals.filter(lambda d: d != 0), f=floats, g=floats)
+    def check(x: Decimal, y: Decimal, f: float, g: float) -> None:
+        q, m, s, q7, ft, eq = conn.execute(query, [x, y, f, g]).fetchone()  # type: ignore[misc]
+        row = {"x": x, "y": y, "f": f, "g": g, "q": q, "m": m, "s": s, "q7": q7, "ft": ft}
+        assert evaluate(expr, {**row, "eq": eq}, {}, types) is True, (row, eq)
 
     check()

@@ -90,7 +90,7 @@ def test_schema_is_valid_draft_2020_12_and_the_symlink_points_at_it() -> None:
 def test_demo_model() -> None:
     config = load_config(ROOT / "config" / "demo.yaml", env={"DATABASE_URL": "postgresql://x"})
     assert config.database.url == "postgresql://x"
-    assert config.auth.jwt.secret == "demo-secret-change-me"
+    assert config.auth.jwt.secret == "demo-secret-change-me-0123456789abcdef"
     assert config.store.path == str(ROOT / "config" / "data" / "sidecar.db")
     assert list(config.collections) == ["todos", "projects"]
     todos = config.collections["todos"]

@@ -295,6 +295,8 @@ def test_claims() -> None:
     assert evaluate(expr, {"owner_id": 42}, {}) is None  # a missing claim is NULL
     assert evaluate(expr, {"owner_id": 42}, {"sub": None}) is None
     assert ev(":role = 'admin'", {}, {"role": "admin"}) is True
+    assert ev(":role IS NULL", {}, {}) is True
+    assert ev(":role = 'admin'", {}, {}) is None
     assert ev(":sub::int > 3", {}, {"sub": "7"}) is True
     assert ev("team IN (:a, :b)", {"team": "x"}, {"b": "x"}) is True
     with pytest.raises(EvaluationError):
@@ -500,6 +502,15 @@ def test_other_refusals_are_located() -> None:
     with pytest.raises(ExpressionError, match=f"more than {MAX_BRANCHES}"):
         rule(" AND ".join([clause] * 6))
     assert len(rule(" AND ".join([clause] * 5)).branches) == MAX_BRANCHES
+
+
+def test_pure_row_and_pure_claim_parts_do_not_multiply_branches() -> None:
+    many = " OR ".join(f"a = {i}" for i in range(100))
+    r = rule(f"({many}) AND (owner_id = :sub OR :role = 'admin' OR :role = 'root')")
+    assert len(r.branches) == 3  # the 100-way OR is one row atom, each claim test one atom
+    assert r.row_scopes({"a": 50, "owner_id": 1}) == ('0:["1"]', "1:", "2:")
+    assert r.request_scopes({"sub": 1}) == ('0:["1"]',)
+    assert r.row_scopes({"a": 500, "owner_id": 1}) == ()
 
 
 def test_bind_claims() -> None:
