@@ -26,6 +26,7 @@ class TableInfo:
     replica_identity: str  # 'd' default (primary key), 'n' nothing, 'f' full, 'i' index
     identity_index: tuple[str, ...]  # columns of the replica identity index ('d' or 'i')
     unique_keys: tuple[tuple[str, ...], ...]  # unique indexes whose columns are all NOT NULL
+    partitioned: bool = False
 
     def column(self, name: str) -> ColumnInfo | None:
         for c in self.columns:
@@ -46,7 +47,7 @@ class TableInfo:
 
 
 _TABLE_SQL = """
-SELECT c.oid, c.relreplident
+SELECT c.oid, c.relreplident, c.relkind = 'p'
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
 """
@@ -77,7 +78,7 @@ def load_table(conn: psycopg.Connection, ref: TableRef) -> TableInfo | None:
     row = conn.execute(_TABLE_SQL, (ref.schema, ref.name)).fetchone()
     if row is None:
         return None
-    oid, replident = int(row[0]), str(row[1])
+    oid, replident, partitioned = int(row[0]), str(row[1]), bool(row[2])
     columns = tuple(
         ColumnInfo(name, int(type_oid), type_name, bool(nullable))
         for name, type_oid, type_name, nullable in conn.execute(_COLUMNS_SQL, (oid,))
@@ -103,4 +104,5 @@ def load_table(conn: psycopg.Connection, ref: TableRef) -> TableInfo | None:
         replica_identity=replident,
         identity_index=identity_index,
         unique_keys=tuple(sorted(unique_keys, key=lambda k: (k != primary_key, k))),
+        partitioned=partitioned,
     )

@@ -75,6 +75,10 @@ class InvalidRequest(SidecarError):
     code, status, title = "invalid_request", 400, "Invalid request"
 
 
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+
+
 class _RetryAfter(SidecarError):
     def __init__(self, detail: str, retry_after: int = 1, **extra: Any) -> None:
         super().__init__(detail, **extra)

@@ -65,10 +65,37 @@ def _identity_fix(conn: psycopg.Connection, info: TableInfo) -> str:
     return f"ALTER TABLE {info.ref.qualified} ADD PRIMARY KEY (<key columns>);"
 
 
+def _privilege_checks(
+    conn: psycopg.Connection, coll: CollectionConfig, info: TableInfo, problems: list[str]
+) -> None:
+    """The table grants the collection needs: SELECT always, and each write op's own."""
+    needed = ["SELECT", *(op.upper() for op in coll.write.ops)]
+    if {"update", "delete"} & set(coll.write.ops):
+        needed.append("UPDATE")  # SELECT … FOR UPDATE locks the rows first
+    role = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+    missing = [
+        p
+        for p in dict.fromkeys(needed)
+        if not conn.execute("SELECT has_table_privilege(%s, %s)", (info.oid, p)).fetchone()[0]  # type: ignore[index]
+    ]
+    if missing:
+        problems.append(
+            f"collection {coll.name!r}: role {role!r} lacks {', '.join(missing)} on "
+            f"{info.ref}: run GRANT {', '.join(missing)} ON {info.ref.qualified} TO {_q(role)};"
+        )
+
+
 def _collection_checks(
     conn: psycopg.Connection, coll: CollectionConfig, info: TableInfo, problems: list[str]
 ) -> None:
     where = f"collection {coll.name!r} ({info.ref})"
+    if info.partitioned:
+        problems.append(
+            f"{where}: partitioned tables are not supported yet; map each partition as a "
+            "collection of its own"
+        )
+        return
+    _privilege_checks(conn, coll, info, problems)
     names = set(info.column_names)
     for label, cols in (
         ("columns", coll.columns or ()),
@@ -124,13 +151,16 @@ def _publication_checks(
         (pub,),
     ).fetchone()
     if row is None:
+        create = f"CREATE PUBLICATION {_q(pub)} FOR TABLE " + ", ".join(
+            t.ref.qualified for t in tables.values()
+        )
         if not config.database.create_publication:
             problems.append(
                 f"publication {pub!r} does not exist and database.create_publication is "
-                f"false: run CREATE PUBLICATION {_q(pub)} FOR TABLE "
-                + ", ".join(t.ref.qualified for t in tables.values())
-                + ";"
+                f"false: have a DBA run {create};"
             )
+        else:
+            _can_create_publication(conn, tables, create, problems)
         return False
     published = {
         int(oid)
@@ -159,6 +189,36 @@ def _publication_checks(
             f"publication {pub!r} is FOR ALL TABLES; the sidecar ignores tables it does not map"
         )
     return True
+
+
+def _can_create_publication(
+    conn: psycopg.Connection, tables: dict[str, TableInfo], create: str, problems: list[str]
+) -> None:
+    """CREATE PUBLICATION needs CREATE on the database and ownership of every table."""
+    is_super, can_create = conn.execute(
+        "SELECT rolsuper, has_database_privilege(current_database(), 'CREATE') "
+        "FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()  # type: ignore[misc]
+    if is_super:
+        return
+    not_owned = [
+        str(t.ref)
+        for t in tables.values()
+        if not conn.execute(
+            "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = %s", (t.oid,)
+        ).fetchone()[0]  # type: ignore[index]
+    ]
+    if not can_create or not_owned:
+        why = []
+        if not can_create:
+            why.append("CREATE on the database")
+        if not_owned:
+            why.append("ownership of " + ", ".join(not_owned))
+        problems.append(
+            f"the publication is missing and the sidecar's role cannot create it (needs "
+            f"{' and '.join(why)}): have a DBA run {create}; "
+            "or set database.create_publication: false once it exists"
+        )
 
 
 def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:

@@ -105,9 +105,14 @@ class Puller:
         return list(dict.fromkeys(scopes))
 
     def schema_for(self, principal: Principal) -> dict[str, object]:
+        """The collections this caller can read (it has a scope in) or write."""
         return {
             "schema_version": self.schema_version,
-            "collections": {name: collection_schema(r) for name, r in self.routes.items()},
+            "collections": {
+                name: collection_schema(r)
+                for name, r in self.routes.items()
+                if r.request_scopes(principal.claims) or r.config.write.ops
+            },
         }
 
     # -- pull ----------------------------------------------------------------------------

@@ -1305,13 +1305,16 @@ def evaluate(
     return fn(row, claims)  # type: ignore[no-any-return]
 
 
-def bind_claims(expr: Expression, claims: Claims) -> tuple[str, tuple[Any, ...]]:
-    """SQL text of `expr` (`$n` placeholders) and the claim values to bind, in order.
+def bind_claims(
+    expr: Expression, claims: Claims, first_param: int = 1
+) -> tuple[str, tuple[Any, ...]]:
+    """SQL text of `expr` (`$n` placeholders from `first_param`) and the claim values to
+    bind, in order.
 
     A missing claim is NULL; a scalar claim used only as `= ANY(:claim)` is wrapped in a
     list, as the evaluator does.
     """
-    sql, names = render_sql(expr)
+    sql, names = render_sql(expr, first_param)
     arrays = _array_only_params(expr)
     values = []
     for number, name in enumerate(names, start=1):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import structlog
+from psycopg_pool import AsyncConnectionPool
 
 from sidecar.auth import Authenticator
 from sidecar.capture.runner import CaptureRunner
@@ -22,8 +23,10 @@ from sidecar.notify import Notifier
 from sidecar.observability import Metrics
 from sidecar.preflight import PreflightReport, create_publication, run_preflight
 from sidecar.pull import Puller
+from sidecar.push import Pusher
 from sidecar.route import Route
 from sidecar.store.sqlite import SQLiteStore
+from sidecar.values import configure_connection, session_options
 
 log = structlog.get_logger("sidecar")
 
@@ -49,6 +52,10 @@ def prepare_database(config: Config) -> PreflightReport:
     return report
 
 
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    configure_connection(conn)
+
+
 @dataclass
 class Service:
     config: Config
@@ -57,6 +64,8 @@ class Service:
     notifier: Notifier
     capture: CaptureRunner
     puller: Puller
+    pusher: Pusher
+    pool: AsyncConnectionPool
     auth: Authenticator
     metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -78,6 +87,17 @@ class Service:
             max_page=config.limits.max_page,
             max_wait=config.limits.pull_wait,
         )
+        pool = AsyncConnectionPool(
+            config.database.url,
+            min_size=1,
+            max_size=config.database.pool_size,
+            kwargs={"options": session_options(), "application_name": "sidecar-push"},
+            configure=_configure,
+            open=False,
+            name="sidecar-push",
+        )
+        await pool.open()
+        pusher = Pusher(routes, store, capture, pool, user_claim=config.auth.claims.user)
         service = cls(
             config=config,
             store=store,
@@ -85,6 +105,8 @@ class Service:
             notifier=notifier,
             capture=capture,
             puller=puller,
+            pusher=pusher,
+            pool=pool,
             auth=Authenticator(config.auth),
             metrics=Metrics(),
         )
@@ -121,5 +143,6 @@ class Service:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.pool.close()
         await self.capture.stop()
         self.store.close()

@@ -84,6 +84,16 @@ def _build_adapters() -> AdaptersMap:
 
 ADAPTERS = _build_adapters()
 
+
+def configure_connection(conn: psycopg.AsyncConnection | psycopg.Connection) -> None:
+    """Make a connection load values exactly as capture does (same rev on both paths)."""
+    for name in ("date", "timestamp", "timestamptz", "time", "timetz", "interval"):
+        oid = pg_types[name].oid
+        loader = ADAPTERS.get_loader(oid, Format.TEXT)
+        if loader is not None:
+            conn.adapters.register_loader(oid, loader)
+
+
 _FLOAT_OIDS = {pg_types["float4"].oid, pg_types["float8"].oid}
 _FLOAT_ARRAY_OIDS = {pg_types["float4"].array_oid, pg_types["float8"].array_oid}
 

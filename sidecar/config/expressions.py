@@ -32,6 +32,7 @@ boolean is expected, and a boolean operand of arithmetic or of a function.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -740,9 +741,26 @@ def cast_target(type_name: ast.TypeName) -> str | None:
 # -- rendering ----------------------------------------------------------------------------
 
 
-def render_sql(expr: Expression) -> tuple[str, tuple[str, ...]]:
-    """SQL text of `expr` with `$1..$n` placeholders, and the claim name of each placeholder.
+def render_sql(expr: Expression, first_param: int = 1) -> tuple[str, tuple[str, ...]]:
+    """SQL text of `expr` with `$n` placeholders, and the claim name of each placeholder.
 
-    Run it with bound parameters (psycopg `RawCursor`): claim values are never spliced in.
+    Placeholders are numbered from `first_param`, so several expressions can share one
+    statement. Run it with bound parameters (psycopg `RawCursor`): claim values are never
+    spliced in.
     """
-    return RawStream()(expr.node), expr.params
+    node = expr.node
+    if first_param != 1:
+        node = copy.deepcopy(node)
+        _shift_params(node, first_param - 1)
+    return RawStream()(node), expr.params
+
+
+def _shift_params(node: Any, offset: int) -> None:
+    if isinstance(node, ast.Node):
+        if isinstance(node, ast.ParamRef):
+            node.number += offset
+        for name in node:
+            _shift_params(getattr(node, name), offset)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            _shift_params(item, offset)

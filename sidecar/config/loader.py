@@ -759,6 +759,7 @@ class _Builder:
             publication=_typed(raw, "publication", str, defaults.publication),
             slot=_typed(raw, "slot", str, defaults.slot),
             create_publication=_typed(raw, "create_publication", bool, defaults.create_publication),
+            pool_size=_typed(raw, "pool_size", int, defaults.pool_size),
         )
 
     def store(self, raw: dict[str, Any]) -> StoreConfig:

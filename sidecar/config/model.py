@@ -56,6 +56,7 @@ class DatabaseConfig:
     publication: str = "sidecar"
     slot: str = "sidecar"
     create_publication: bool = True
+    pool_size: int = 10  # connections for the write path
 
 
 @dataclass(frozen=True, slots=True)

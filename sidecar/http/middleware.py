@@ -10,7 +10,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from sidecar.errors import InvalidRequest, NotFound, SidecarError
+from sidecar.errors import MethodNotAllowed, NotFound, PayloadTooLarge, SidecarError
 from sidecar.observability import Metrics
 
 log = structlog.get_logger("sidecar.http")
@@ -56,10 +56,13 @@ def make_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRespo
                 response = problem_response(NotFound(f"no such endpoint: {request.path}"), request)
             except web.HTTPMethodNotAllowed as exc:
                 allowed = ", ".join(sorted(exc.allowed_methods))
-                err = InvalidRequest(f"method {request.method} not allowed; use {allowed}")
+                err = MethodNotAllowed(f"method {request.method} not allowed; use {allowed}")
                 response = problem_response(err, request)
-                response.set_status(405)
-                response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+                response.headers["Allow"] = allowed
+            except web.HTTPRequestEntityTooLarge as exc:
+                response = problem_response(
+                    PayloadTooLarge(f"the body is larger than {exc.max_size} bytes"), request
+                )
             except SidecarError as exc:
                 response = problem_response(exc, request)
             except web.HTTPException:

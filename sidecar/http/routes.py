@@ -7,9 +7,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.auth import Principal
-from sidecar.capture.pgoutput import str_to_lsn
+from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
 from sidecar.changes import Cursor
-from sidecar.errors import InvalidRequest, Unavailable
+from sidecar.errors import InvalidRequest, PayloadTooLarge, Unavailable
+from sidecar.mutations import parse_push
 from sidecar.pull import PullRequest, render_page
 from sidecar.service import Service
 
@@ -108,7 +109,7 @@ async def readyz(request: web.Request) -> web.Response:
             retry_after=5,
             progress=service.capture.progress(),
         )
-    return _json({"status": "ready", "lsn": service.capture.status.flushed_lsn})
+    return _json({"status": "ready", "lsn": lsn_to_str(service.capture.status.flushed_lsn)})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -174,3 +175,34 @@ async def _pull_ndjson(
 
 def _with_limit(req: PullRequest, limit: int) -> PullRequest:
     return PullRequest(req.cursor, req.collections, limit, req.live, req.timeout, req.after_lsn)
+
+
+async def push(request: web.Request) -> web.Response:
+    service = _service(request)
+    principal = _principal(request)
+    body = await _json_body(request, service.config.limits.max_body)
+    mutations, atomic = parse_push(
+        body, collections=service.routes, max_push=service.config.limits.max_push
+    )
+    result = await service.pusher.push(principal, mutations, atomic)
+    return _json(
+        {
+            "results": [r.as_json() for r in result.results],
+            "lsn": None if result.lsn is None else lsn_to_str(result.lsn),
+        }
+    )
+
+
+async def _json_body(request: web.Request, max_body: int) -> object:
+    if request.content_length is not None and request.content_length > max_body:
+        raise PayloadTooLarge(f"the body is larger than {max_body} bytes (limits.max_body)")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"the body is larger than {max_body} bytes (limits.max_body)"
+        ) from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None

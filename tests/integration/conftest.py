@@ -100,6 +100,17 @@ class Sidecar:
         assert resp.status == 200, body
         return body
 
+    async def push(
+        self, mutations: list[dict], sub: str | int = 1, atomic: bool = False, **claims: Any
+    ) -> tuple[int, dict]:
+        assert self.client is not None
+        resp = await self.client.post(
+            "/v1/push",
+            json={"mutations": mutations, "atomic": atomic},
+            headers=auth(sub, **claims),
+        )
+        return resp.status, await resp.json(content_type=None)
+
     async def pull_all(self, sub: str | int = 1, cursor: str | None = None) -> tuple[list, str]:
         """Every page until has_more is false."""
         changes: list = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -144,12 +145,13 @@ def _write_load(dsn: str, stop: threading.Event, counter: list[int]) -> None:
 
 
 class SidecarProcess:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, **env: str) -> None:
         self.config, self.port, self.log = config, port, log
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar.cli", "run", "--config", str(self.config)],
             stdout=self.log.open("ab"),
@@ -261,3 +263,97 @@ collections:
     finally:
         stop.set()
         side.stop()
+
+
+@pytest.mark.slow
+async def test_kill9_during_pushes_applies_each_mutation_exactly_once(pg_dsn, pg_url, tmp_path):
+    sql(pg_dsn, "CREATE TABLE items (id serial PRIMARY KEY, owner int, val int, note text)")
+    port = free_port()
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        f"""
+database: {{url: "{pg_url}", slot: push_kill, publication: push_kill}}
+store: {{path: "{tmp_path / "store.db"}"}}
+server: {{host: 127.0.0.1, port: {port}}}
+auth: {{jwt: {{secret: "{SECRET}"}}}}
+log: {{level: warning, format: json}}
+collections:
+  items:
+    table: items
+    read: "true"
+    write: {{ops: [insert]}}
+"""
+    )
+    # Dies on its own right after a COMMIT, before answering (the window that matters),
+    # and is also killed from outside at random moments.
+    side = SidecarProcess(
+        config, port, tmp_path / "sidecar.log", SIDECAR_FAILPOINTS="push.after_commit=0.25"
+    )
+    side.start()
+    await side.wait_ready()
+    stop = asyncio.Event()
+    deaths = [0]
+
+    async def killer() -> int:
+        kills = 0
+        while not stop.is_set():
+            await asyncio.sleep(random.uniform(0.05, 0.6))
+            if stop.is_set():
+                break
+            assert side.proc is not None
+            if side.proc.poll() is None:
+                side.kill9()
+                kills += 1
+            else:
+                deaths[0] += 1
+            side.start()
+            with contextlib.suppress(AssertionError):  # it may die again before ready
+                await side.wait_ready()
+        return kills
+
+    async def push_until_answered(http: aiohttp.ClientSession, batch: list[dict]) -> dict:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "no answer for two minutes"
+            assert not killing.done() or killing.exception() is None, killing.exception()
+            try:
+                async with http.post(
+                    f"http://127.0.0.1:{port}/v1/push", json={"mutations": batch}
+                ) as r:
+                    if r.status == 200:
+                        return await r.json()
+                    assert r.status == 503, await r.text()
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.05)
+
+    killing = asyncio.create_task(killer())
+    answered: dict[str, str] = {}
+    try:
+        timeout = aiohttp.ClientTimeout(total=15)
+        async with aiohttp.ClientSession(headers=auth(1), timeout=timeout) as http:
+            for b in range(60):
+                batch = [
+                    {
+                        "id": f"k{b}-{i}",
+                        "collection": "items",
+                        "op": "insert",
+                        "data": {"note": f"k{b}-{i}", "val": i},
+                    }
+                    for i in range(10)
+                ]
+                body = await push_until_answered(http, batch)
+                for r in body["results"]:
+                    answered[r["id"]] = r["status"]
+    finally:
+        stop.set()
+        kills = await killing
+        side.stop()
+    with psycopg.connect(pg_dsn) as conn:
+        counts = dict(conn.execute("SELECT note, count(*) FROM items GROUP BY note").fetchall())
+    assert len(counts) == 600, "a mutation was lost"
+    assert set(counts.values()) == {1}, "a mutation was applied twice"
+    assert set(answered.values()) <= {"applied", "duplicate"}
+    assert deaths[0] >= 2, "the sidecar never died between commit and response"
+    assert kills + deaths[0] >= 3
+    assert "duplicate" in answered.values(), "no retry of a committed batch happened"

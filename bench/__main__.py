@@ -1,0 +1,16 @@
+"""`python -m bench`: every benchmark, one after the other, each printing its ratio."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench import capture, snapshot
+
+
+def main() -> None:
+    asyncio.run(snapshot.run(500_000))
+    asyncio.run(capture.run(500_000))
+
+
+if __name__ == "__main__":
+    main()
