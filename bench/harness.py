@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,12 +13,20 @@ import psycopg
 from sidecar.config.loader import load_config_text
 from sidecar.config.model import Config
 from sidecar.embedded import EmbeddedPostgres
+from sidecar.observability import configure_logging
 
 SECRET = "bench-secret-0123456789-0123456789"
 
 
+def quiet_logs() -> None:
+    """Production logging (JSON at info level), written to /dev/null: the cost is measured,
+    the terminal is spared."""
+    configure_logging("info", "json", open(os.devnull, "w"))  # noqa: SIM115
+
+
 @contextmanager
 def postgres() -> Iterator[EmbeddedPostgres]:
+    quiet_logs()
     pg = EmbeddedPostgres(settings={"max_wal_size": "'4GB'", "checkpoint_timeout": "'30min'"})
     pg.start()
     try:

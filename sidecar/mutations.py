@@ -9,6 +9,7 @@ value of the wrong type for the column's PostgreSQL type) reject that mutation o
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import uuid
@@ -168,6 +169,7 @@ _INT_BITS = {"smallint": 16, "integer": 32, "bigint": 64}
 _NUMERIC = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
+@functools.lru_cache(maxsize=512)
 def _base_type(type_name: str) -> str:
     return re.sub(r"\(.*\)", "", type_name).strip()
 

@@ -23,7 +23,6 @@ Non-atomic batches give each mutation a savepoint: a refused one never blocks th
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,9 +56,6 @@ log = structlog.get_logger("sidecar.push")
 CAPTURE_WAIT = 5.0  # seconds a push waits for capture before deciding on duplicates
 RETRIES = 3
 
-# Mutation ids whose changes were written in the current push (zero-row effects are not).
-_written: contextvars.ContextVar[set[str]] = contextvars.ContextVar("sidecar_push_written")
-
 
 class CaptureProgress(Protocol):
     async def wait_for_lsn(self, lsn: int, timeout: float) -> bool: ...
@@ -79,6 +75,25 @@ class Current:
     row: Mapping[str, Any]  # JSON form of the exposed columns
     rev: str
     readable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A decided mutation: the statement that carries it out."""
+
+    m: Mutation
+    route: Route
+    statement: write_sql.Statement
+    returns_row: bool  # insert/update RETURN the read/check verdicts and the new row
+    key: Mapping[str, Any] | None = None  # deletes: the key (JSON); updates: typed key
+    data: Mapping[str, Any] | None = None  # updates: the columns to set
+
+
+Plan = MutationResult | _Write
+
+
+class _SlowPath(Exception):
+    """Roll the batch back and run it again one savepoint per mutation."""
 
 
 class _Refused(Exception):
@@ -150,10 +165,25 @@ class Pusher:
         mutations: Sequence[Mutation],
         atomic: bool,
     ) -> PushResult:
+        """Fast path first (writes pipelined, no savepoints); if any write fails a rule or
+        the database refuses one, the transaction is rolled back and the batch runs again
+        one savepoint per mutation, so only the culprit is refused."""
+        try:
+            return await self._run_batch(conn, principal, mutations, atomic, fast=True)
+        except _SlowPath:
+            return await self._run_batch(conn, principal, mutations, atomic, fast=False)
+
+    async def _run_batch(
+        self,
+        conn: psycopg.AsyncConnection,
+        principal: Principal,
+        mutations: Sequence[Mutation],
+        atomic: bool,
+        *,
+        fast: bool,
+    ) -> PushResult:
         results: dict[str, MutationResult] = {}
-        applied: list[MutationResult] = []
-        written: set[str] = set()
-        _written.set(written)
+        written: list[MutationResult] = []
         try:
             async with conn.transaction():
                 await self._lock_ids(conn, [m.id for m in mutations])
@@ -161,13 +191,21 @@ class Pusher:
                 results.update(duplicates)
                 todo = [m for m in mutations if m.id not in duplicates]
                 current = await self._lock_rows(conn, principal, todo)
+                writes: list[_Write] = []
                 for m in todo:
-                    result = await self._one(conn, principal, m, current.get(m.id), atomic)
-                    results[m.id] = result
-                    if result.status == "applied":
-                        applied.append(result)
-                    elif atomic:
-                        raise _Aborted(result)
+                    plan = self._plan_safely(principal, m, current.get(m.id))
+                    if isinstance(plan, _Write):
+                        writes.append(plan)
+                        continue
+                    results[m.id] = plan
+                    if atomic and plan.status != "applied":
+                        raise _Aborted(plan)
+                if fast:
+                    done = await self._write_pipelined(conn, principal, writes, atomic)
+                else:
+                    done = await self._write_one_by_one(conn, principal, writes, atomic)
+                results.update(done)
+                written = [r for w in writes if (r := done[w.m.id]).status == "applied"]
         except _Aborted as abort:
             return PushResult(self._aborted(mutations, abort.result, results), None)
         failpoints.hit("push.after_commit")  # tests: die between COMMIT and the response
@@ -176,11 +214,152 @@ class Pusher:
             cur = await conn.execute("SELECT pg_current_wal_insert_lsn()::text")
             row = await cur.fetchone()
             lsn = str_to_lsn(row[0]) if row else None
-            for r in applied:
+            for r in written:
                 self.recent[r.id] = r
         for m in mutations:
             self._log(principal, m, results[m.id])
         return PushResult([results[m.id] for m in mutations], lsn)
+
+    async def _write_pipelined(
+        self,
+        conn: psycopg.AsyncConnection,
+        principal: Principal,
+        writes: Sequence[_Write],
+        atomic: bool,
+    ) -> dict[str, MutationResult]:
+        """All writes in one pipeline, then every record in one statement."""
+        if not writes:
+            return {}
+        groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        singles: list[int] = []
+        for n, w in enumerate(writes):
+            if w.data:  # an update: rows changing the same columns share one statement
+                groups.setdefault((w.route.name, tuple(w.data)), []).append(n)
+            else:
+                singles.append(n)
+        rows: list[Sequence[Any] | None] = [None] * len(writes)
+        try:
+            async with conn.pipeline():
+                pending = []
+                for n in singles:
+                    cur = psycopg.AsyncRawCursor(conn)
+                    await cur.execute(writes[n].statement.text, writes[n].statement.params)
+                    pending.append((cur, [n]))
+                for (coll, cols), members in groups.items():
+                    items = [(writes[n].key or {}, writes[n].data or {}) for n in members]
+                    st = write_sql.update_many(self.routes[coll], items, cols, principal.claims)
+                    cur = psycopg.AsyncRawCursor(conn)
+                    await cur.execute(st.text, st.params)
+                    pending.append((cur, members))
+            for cur, members in pending:
+                if len(members) == 1 and members[0] in singles:
+                    n = members[0]
+                    rows[n] = await cur.fetchone() if writes[n].returns_row else None
+                else:
+                    for row in await cur.fetchall():
+                        rows[members[row[0]]] = row[1:]
+        except (pge.SerializationFailure, pge.DeadlockDetected):
+            raise
+        except psycopg.Error:
+            raise _SlowPath() from None
+        out: dict[str, MutationResult] = {}
+        records: list[bytes] = []
+        for w, row in zip(writes, rows, strict=True):
+            result, record = self._verdict(principal, w, row)
+            if result.status != "applied":
+                if atomic:
+                    raise _Aborted(result)
+                raise _SlowPath()  # undo just this one: run the batch with savepoints
+            out[w.m.id] = result
+            records.append(record)
+        await _raw(conn, write_sql.emit_messages(records))
+        return out
+
+    async def _write_one_by_one(
+        self,
+        conn: psycopg.AsyncConnection,
+        principal: Principal,
+        writes: Sequence[_Write],
+        atomic: bool,
+    ) -> dict[str, MutationResult]:
+        out: dict[str, MutationResult] = {}
+        for w in writes:
+            try:
+                if atomic:
+                    out[w.m.id] = await self._write_one(conn, principal, w)
+                else:
+                    async with conn.transaction():  # a savepoint: undone if refused
+                        out[w.m.id] = await self._write_one(conn, principal, w)
+            except _Refused as refused:
+                out[w.m.id] = refused.result
+            except (pge.SerializationFailure, pge.DeadlockDetected):
+                raise
+            except psycopg.Error as exc:
+                result = rejected(w.m.id, _db_error(exc))
+                if atomic:
+                    raise _Aborted(result) from None
+                out[w.m.id] = result
+            if atomic and out[w.m.id].status != "applied":
+                raise _Aborted(out[w.m.id])
+        return out
+
+    async def _write_one(
+        self, conn: psycopg.AsyncConnection, principal: Principal, w: _Write
+    ) -> MutationResult:
+        cur = await _raw(conn, w.statement)
+        row = await cur.fetchone() if w.returns_row else None
+        result, record = self._verdict(principal, w, row)
+        if result.status != "applied":
+            raise _Refused(result)
+        await _raw(conn, write_sql.emit_messages([record]))
+        return result
+
+    def _verdict(
+        self, principal: Principal, w: _Write, row: Sequence[Any] | None
+    ) -> tuple[MutationResult, bytes]:
+        """The outcome of a write from its RETURNING row, and its WAL record."""
+        m, route = w.m, w.route
+        if not w.returns_row:  # a delete of a row locked and checked beforehand
+            return MutationResult(m.id, "applied"), self._record(principal, route, m, None, w.key)
+        if row is None:
+            return MutationResult(
+                m.id, "conflict", error=NotFound("the row is gone").to_problem()
+            ), b""
+        if not row[0]:
+            refusal = Forbidden("the change would put the row outside your read scope")
+            return rejected(m.id, refusal), b""
+        if not row[1]:
+            refusal = ValidationFailed("the collection's check rule refused the row")
+            return rejected(m.id, refusal), b""
+        image = route.image_of_values(dict(zip(route.needed, row[2:], strict=True)))
+        key = orjson.loads(image.key)
+        result = MutationResult(m.id, "applied", rev=image.rev, row=orjson.loads(image.row))
+        return result, self._record(principal, route, m, image.rev, key)
+
+    def _record(
+        self,
+        principal: Principal,
+        route: Route,
+        m: Mutation,
+        rev: str | None,
+        key: Mapping[str, Any] | None,
+    ) -> bytes:
+        """The idempotency/audit record carried by pg_logical_emit_message."""
+        return orjson.dumps(
+            {
+                "id": m.id,
+                "sub": principal.subject,
+                "dev": principal.device,
+                "outcome": {
+                    "status": "applied",
+                    "rev": rev,
+                    "collection": route.name,
+                    "op": m.op,
+                    "key": key,
+                    "client_time": m.client_time,
+                },
+            }
+        )
 
     def _aborted(
         self,
@@ -290,57 +469,67 @@ class Pusher:
 
     # -- one mutation --------------------------------------------------------------------
 
-    async def _one(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        m: Mutation,
-        current: Current | None,
-        atomic: bool,
-    ) -> MutationResult:
+    def _plan_safely(self, principal: Principal, m: Mutation, current: Current | None) -> Plan:
         try:
-            if atomic:
-                return await self._apply(conn, principal, m, current)
-            async with conn.transaction():  # a savepoint: undone if this mutation fails
-                return await self._apply(conn, principal, m, current)
-        except _Refused as refused:
-            return refused.result
+            return self._plan(principal, m, current)
         except SidecarError as exc:
             return rejected(m.id, exc)
-        except psycopg.Error as exc:
-            if isinstance(exc, pge.SerializationFailure | pge.DeadlockDetected):
-                raise
-            if atomic:
-                raise _Aborted(rejected(m.id, _db_error(exc))) from None
-            return rejected(m.id, _db_error(exc))
 
-    async def _apply(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        m: Mutation,
-        current: Current | None,
-    ) -> MutationResult:
+    def _plan(self, principal: Principal, m: Mutation, current: Current | None) -> Plan:
+        """Decide a mutation against the locked row: a result now, or a write to run."""
         route = self.routes[m.collection]
-        wc = route.config.write
-        if m.op not in wc.ops:
+        if m.op not in route.config.write.ops:
             raise Forbidden(f"{m.op} is not allowed on collection {m.collection!r}")
         self._check_key(route, m)
         if m.op == "insert":
-            return await self._insert(conn, principal, route, m, current)
+            return self._plan_insert(principal, route, m, current)
         if current is None:
             if m.op == "delete":  # already gone: the client's intent holds, nothing to do
                 return MutationResult(m.id, "applied")
-            return MutationResult(
-                m.id,
-                "conflict",
-                error=NotFound(f"no row with key {dict(m.key)} in {m.collection!r}").to_problem(),
-            )
+            missing = NotFound(f"no row with key {dict(m.key)} in {m.collection!r}")
+            return MutationResult(m.id, "conflict", error=missing.to_problem())
         if not current.readable:
             raise Forbidden("that row is outside your read scope")
         if m.op == "delete":
-            return await self._delete(conn, principal, route, m, current)
-        return await self._update(conn, principal, route, m, current)
+            if current.rev != m.base_rev and route.config.conflict.kind != "client_wins":
+                return self._conflict(m, current, "the row changed since base_rev")
+            key = {c: current.values[c] for c in route.key}
+            return _Write(m, route, write_sql.delete(route, key), False, _key_of(route, current))
+        data = self._data(route, m, principal, inserting=False)
+        for c in route.config.write.immutable:
+            if c in data and data[c] != current.row.get(c):
+                raise ValidationFailed(f"column {c} is immutable", column=c)
+        if current.rev != m.base_rev:
+            resolved = self._resolve(route.config, m, current, data)
+            if isinstance(resolved, MutationResult):
+                return resolved
+            data = resolved
+        return self._update_write(principal, route, m, current, data)
+
+    def _plan_insert(
+        self, principal: Principal, route: Route, m: Mutation, current: Current | None
+    ) -> Plan:
+        if current is None:
+            data = self._data(route, m, principal, inserting=True)
+            return _Write(m, route, write_sql.insert(route, data, principal.claims), True)
+        if not current.readable:
+            raise Forbidden("a row with that key exists outside your read scope")
+        if route.config.conflict.kind != "client_wins":
+            return self._conflict(m, current, "a row with that key already exists")
+        data = self._data(route, m, principal, inserting=False)
+        return self._update_write(principal, route, m, current, data)
+
+    def _update_write(
+        self,
+        principal: Principal,
+        route: Route,
+        m: Mutation,
+        current: Current,
+        data: Mapping[str, Any],
+    ) -> _Write:
+        key = {c: current.values[c] for c in route.key}
+        st = write_sql.update(route, key, data, principal.claims)
+        return _Write(m, route, st, True, key=key, data=dict(data))
 
     def _check_key(self, route: Route, m: Mutation) -> None:
         extra = [c for c in m.key if c not in route.key]
@@ -372,7 +561,10 @@ class Pusher:
         for c in data:
             check_value(route.table.column(c), data[c])  # type: ignore[arg-type]
         for c, v in wc.set.items():
-            data[c] = _claim_value(v, principal.claims)
+            if inserting:  # server-assigned on insert; a client value is overridden
+                data[c] = _claim_value(v, principal.claims)
+            else:  # and kept by the server afterwards: a client value is ignored
+                data.pop(c, None)
         return data
 
     def _conflict(self, m: Mutation, current: Current, detail: str) -> MutationResult:
@@ -383,59 +575,6 @@ class Pusher:
             row=current.row,
             error=Conflict(detail).to_problem(),
         )
-
-    async def _insert(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        route: Route,
-        m: Mutation,
-        current: Current | None,
-    ) -> MutationResult:
-        if current is not None:  # the key exists already
-            if not current.readable:
-                raise Forbidden("a row with that key exists outside your read scope")
-            strategy = route.config.conflict
-            if strategy.kind != "client_wins":
-                return self._conflict(m, current, "a row with that key already exists")
-            data = self._data(route, m, principal, inserting=False)
-            return await self._write_update(conn, principal, route, m, current, data)
-        data = self._data(route, m, principal, inserting=True)
-        st = write_sql.insert(route, data, principal.claims)
-        return await self._finish(conn, principal, route, m, st)
-
-    async def _delete(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        route: Route,
-        m: Mutation,
-        current: Current,
-    ) -> MutationResult:
-        if current.rev != m.base_rev and route.config.conflict.kind != "client_wins":
-            return self._conflict(m, current, "the row changed since base_rev")
-        await _raw(conn, write_sql.delete(route, m.key))
-        await self._emit(conn, principal, route, m, None, orjson.loads(_key_json(route, current)))
-        return MutationResult(m.id, "applied")
-
-    async def _update(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        route: Route,
-        m: Mutation,
-        current: Current,
-    ) -> MutationResult:
-        data = self._data(route, m, principal, inserting=False)
-        for c in route.config.write.immutable:
-            if c in data and c not in route.config.write.set and data[c] != current.row.get(c):
-                raise ValidationFailed(f"column {c} is immutable", column=c)
-        if current.rev != m.base_rev:
-            resolved = self._resolve(route.config, m, current, data)
-            if isinstance(resolved, MutationResult):
-                return resolved
-            data = resolved
-        return await self._write_update(conn, principal, route, m, current, data)
 
     def _resolve(
         self,
@@ -454,10 +593,8 @@ class Pusher:
             merged = {}
             for c, v in data.items():
                 server = current.row.get(c, v)
-                if c in config.write.set or server == v:
-                    merged[c] = v
-                elif c in m.base and m.base[c] == server:
-                    merged[c] = v  # only the client changed this field
+                if server == v or (c in m.base and m.base[c] == server):
+                    merged[c] = v  # unchanged on the server, or the same change on both
                 else:
                     return self._conflict(m, current, f"field {c} changed on both sides")
             return merged
@@ -470,80 +607,9 @@ class Pusher:
             return self._conflict(m, current, f"the server row is newer ({column})")
         return self._conflict(m, current, "the row changed since base_rev")
 
-    async def _write_update(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        route: Route,
-        m: Mutation,
-        current: Current,
-        data: dict[str, Any],
-    ) -> MutationResult:
-        key = {c: current.values[c] for c in route.key}
-        st = write_sql.update(route, key, data, principal.claims)
-        return await self._finish(conn, principal, route, m, st)
 
-    async def _finish(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        route: Route,
-        m: Mutation,
-        st: write_sql.Statement,
-    ) -> MutationResult:
-        """Run the write, enforce read (ownership after) and check rules, emit the record."""
-        row = await (await _raw(conn, st)).fetchone()
-        if row is None:
-            raise _Refused(
-                MutationResult(m.id, "conflict", error=NotFound("the row is gone").to_problem())
-            )
-        readable, checked = row[0], row[1]
-        if not readable:
-            raise _Refused(
-                rejected(
-                    m.id,
-                    Forbidden("the change would put the row outside your read scope"),
-                )
-            )
-        if not checked:
-            raise _Refused(
-                rejected(m.id, ValidationFailed("the collection's check rule refused the row"))
-            )
-        values = dict(zip(route.needed, row[2:], strict=True))
-        image = route.image_of_values(values)
-        await self._emit(conn, principal, route, m, image.rev, orjson.loads(image.key))
-        return MutationResult(m.id, "applied", rev=image.rev, row=orjson.loads(image.row))
-
-    async def _emit(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        route: Route,
-        m: Mutation,
-        rev: str | None,
-        key: Mapping[str, Any],
-    ) -> None:
-        payload = orjson.dumps(
-            {
-                "id": m.id,
-                "sub": principal.subject,
-                "dev": principal.device,
-                "outcome": {
-                    "status": "applied",
-                    "rev": rev,
-                    "collection": route.name,
-                    "op": m.op,
-                    "key": key,
-                    "client_time": m.client_time,
-                },
-            }
-        )
-        await _raw(conn, write_sql.emit_message(payload))
-        _written.get().add(m.id)
-
-
-def _key_json(route: Route, current: Current) -> bytes:
-    return orjson.dumps({c: to_json_value(current.values[c]) for c in route.key})
+def _key_of(route: Route, current: Current) -> dict[str, Any]:
+    return {c: to_json_value(current.values[c]) for c in route.key}
 
 
 def _claim_value(value: Any, claims: Mapping[str, Any]) -> Any:

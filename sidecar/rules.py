@@ -52,6 +52,7 @@ column types).
 from __future__ import annotations
 
 import decimal
+import functools
 import itertools
 import math
 import re
@@ -1325,7 +1326,8 @@ def bind_claims(
     return sql, tuple(values)
 
 
-def _array_only_params(expr: Expression) -> set[int]:
+@functools.lru_cache(maxsize=1024)
+def _array_only_params(expr: Expression) -> frozenset[int]:
     """Parameter numbers that only ever appear as `= ANY($n)`."""
     in_any: set[int] = set()
     elsewhere: set[int] = set()
@@ -1339,7 +1341,7 @@ def _array_only_params(expr: Expression) -> set[int]:
     for node in _walk(expr.node):
         if isinstance(node, ast.ParamRef) and node.number not in in_any:
             elsewhere.add(node.number)
-    return in_any - elsewhere
+    return frozenset(in_any - elsewhere)
 
 
 # == read scopes ===========================================================================

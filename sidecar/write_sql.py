@@ -140,7 +140,40 @@ def delete(route: Route, key: Mapping[str, Any]) -> Statement:
     return st
 
 
-def emit_message(payload: bytes) -> Statement:
+def emit_messages(payloads: Sequence[bytes]) -> Statement:
+    """One transactional WAL message per payload, prefix `sidecar`, in one statement."""
     st = Statement()
-    st.add(f"SELECT pg_logical_emit_message(true, 'sidecar', {st.value(payload.decode())}::text)")
+    arr = st.value([p.decode() for p in payloads], "text[]")
+    st.add(f"SELECT count(pg_logical_emit_message(true, 'sidecar', m)) FROM unnest({arr}) AS m")
+    return st
+
+
+def update_many(
+    route: Route,
+    items: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    columns: Sequence[str],
+    claims: Mapping[str, Any],
+) -> Statement:
+    """One UPDATE for many rows that change the same columns; RETURNING tags each row
+    with its position in `items`, then the read and check verdicts and the new row."""
+    st = Statement()
+    rows = []
+    for i, (key, data) in enumerate(items):
+        vals = [st.value(i, "integer")]
+        vals += [st.value(key[c], column_type(route, c)) for c in route.key]
+        vals += [st.value(data[c], column_type(route, c)) for c in columns]
+        rows.append("(" + ", ".join(vals) + ")")
+    names = ["sidecar_i"]
+    names += [f"sidecar_k{n}" for n in range(len(route.key))]
+    names += [f"sidecar_d{n}" for n in range(len(columns))]
+    sets = ", ".join(f"{ident(c)} = v.sidecar_d{n}" for n, c in enumerate(columns))
+    where = " AND ".join(f"t.{ident(c)} = v.sidecar_k{n}" for n, c in enumerate(route.key))
+    read = st.rule(route.config.read, claims)
+    check = st.rule(route.config.write.check, claims)
+    select = ", ".join(f"t.{ident(c)}" for c in route.needed)
+    st.add(
+        f"UPDATE {table_name(route)} AS t SET {sets} ",
+        f"FROM (VALUES {', '.join(rows)}) AS v({', '.join(names)}) WHERE {where} ",
+        f"RETURNING v.sidecar_i, {read}, {check}, {select}",
+    )
     return st

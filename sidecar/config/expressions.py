@@ -33,6 +33,7 @@ boolean is expected, and a boolean operand of arithmetic or of a function.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -748,11 +749,17 @@ def render_sql(expr: Expression, first_param: int = 1) -> tuple[str, tuple[str, 
     statement. Run it with bound parameters (psycopg `RawCursor`): claim values are never
     spliced in.
     """
+    return _render(expr, first_param), expr.params
+
+
+@functools.lru_cache(maxsize=4096)
+def _render(expr: Expression, first_param: int) -> str:
+    """Deparsing is slow next to a query: each (expression, numbering) is rendered once."""
     node = expr.node
     if first_param != 1:
         node = copy.deepcopy(node)
         _shift_params(node, first_param - 1)
-    return RawStream()(node), expr.params
+    return RawStream()(node)
 
 
 def _shift_params(node: Any, offset: int) -> None:
