@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -9,9 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sidecar.auth import Principal
 from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
 from sidecar.changes import Cursor
-from sidecar.errors import InvalidRequest, PayloadTooLarge, Unavailable
+from sidecar.errors import Forbidden, InvalidRequest, PayloadTooLarge, Unavailable
 from sidecar.mutations import parse_push
 from sidecar.pull import PullRequest, render_page
+from sidecar.rules import evaluate
 from sidecar.service import Service
 
 SERVICE = web.AppKey("service", Service)
@@ -206,3 +209,39 @@ async def _json_body(request: web.Request, max_body: int) -> object:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+async def audit(request: web.Request) -> web.Response:
+    """Who changed a row through the sidecar, newest first (callers with the admin claim)."""
+    service = _service(request)
+    principal = _principal(request)
+    admin = service.config.auth.admin
+    if admin is None or evaluate(admin, {}, principal.claims) is not True:
+        raise Forbidden("the audit trail needs the admin claim configured in auth.admin")
+    collection = request.query.get("collection", "")
+    if collection not in service.routes:
+        raise InvalidRequest(f"unknown collection {collection!r}", parameter="collection")
+    try:
+        key = orjson.loads(request.query.get("key", ""))
+    except orjson.JSONDecodeError:
+        key = None
+    if not isinstance(key, dict) or not key:
+        raise InvalidRequest('key must be a JSON object, e.g. key={"id":1}', parameter="key")
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    records = await asyncio.to_thread(service.store.audit, collection, orjson.dumps(key), limit)
+    entries = []
+    for r in records:
+        outcome = orjson.loads(r.outcome)
+        entries.append(
+            {
+                "id": r.id,
+                "subject": r.subject,
+                "device": r.device,
+                "op": outcome.get("op"),
+                "status": outcome.get("status"),
+                "rev": outcome.get("rev"),
+                "client_time": outcome.get("client_time"),
+                "lsn": lsn_to_str(r.lsn),
+            }
+        )
+    return _json({"collection": collection, "key": key, "mutations": entries})

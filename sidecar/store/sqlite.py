@@ -503,6 +503,21 @@ class SQLiteStore:
             return None
         return MutationRecord(row[0], row[1], row[2], int(row[3]), bytes(row[4]))
 
+    def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
+        """The recorded mutations of one row (key: JSON object), newest first."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT id, subject, device, lsn, outcome FROM mutations "
+                "WHERE json_extract(outcome, '$.collection') = ? "
+                "AND json(json_extract(outcome, '$.key')) = json(?) "
+                "ORDER BY lsn DESC LIMIT ?",
+                (collection, key.decode(), limit),
+            )
+            .fetchall()
+        )
+        return [MutationRecord(r[0], r[1], r[2], int(r[3]), bytes(r[4])) for r in rows]
+
     def counts(self) -> dict[str, int]:
         conn = self._reader()
         rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]

@@ -32,11 +32,14 @@ def auth(sub: str | int, **claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(sub, **claims)}"}
 
 
-def make_config(url: str, store: Path, collections: str, extra: str = "") -> Config:
+def make_config(
+    url: str, store: Path, collections: str, extra: str = "", admin: str | None = None
+) -> Config:
+    admin_key = f', admin: "{admin}"' if admin else ""
     text = f"""
 database: {{url: "{url}", slot: sidecar_test, publication: sidecar_test}}
 store: {{path: "{store}"}}
-auth: {{jwt: {{secret: "{SECRET}"}}}}
+auth: {{jwt: {{secret: "{SECRET}"}}{admin_key}}}
 {extra}
 collections:
 {collections}
@@ -153,8 +156,10 @@ def state_of(changes: list, state: dict | None = None) -> dict:
 async def sidecar_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Sidecar]]]:
     made: list[Sidecar] = []
 
-    async def factory(url: str, collections: str, extra: str = "") -> Sidecar:
-        sc = Sidecar(make_config(url, tmp_path / "store.db", collections, extra))
+    async def factory(
+        url: str, collections: str, extra: str = "", admin: str | None = None
+    ) -> Sidecar:
+        sc = Sidecar(make_config(url, tmp_path / "store.db", collections, extra, admin))
         made.append(sc)
         return await sc.start()
 

@@ -566,3 +566,42 @@ async def test_op_not_allowed(sc):
         ]
     )
     assert body["results"][0]["error"]["code"] == "forbidden"
+
+
+async def test_audit_trail_for_admins(pg_dsn, pg_url, sidecar_factory):
+    import json
+
+    from tests.integration.conftest import auth
+
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, todos(), admin=":role = 'admin'")
+    row = (await current(sc))["mine"]
+    _, body = await sc.push(
+        [
+            {
+                "id": "au1",
+                "collection": "todos",
+                "op": "update",
+                "key": row["key"],
+                "data": {"done": True},
+                "base_rev": row["rev"],
+                "client_time": "2026-11-24T10:00:00Z",
+            }
+        ]
+    )
+    await sc.pull(1, after_lsn=body["lsn"])
+    params = {"collection": "todos", "key": json.dumps(row["key"])}
+    assert sc.client is not None
+    resp = await sc.client.get("/v1/audit", params=params, headers=auth(1))
+    assert resp.status == 403 and (await resp.json())["code"] == "forbidden"
+    resp = await sc.client.get("/v1/audit", params=params, headers=auth(7, role="admin"))
+    trail = await resp.json()
+    assert resp.status == 200, trail
+    (entry,) = trail["mutations"]
+    assert entry["id"] == "au1" and entry["subject"] == "1" and entry["op"] == "update"
+    assert entry["rev"] == body["results"][0]["rev"]
+    assert entry["client_time"] == "2026-11-24T10:00:00Z"
+    resp = await sc.client.get(
+        "/v1/audit", params={"collection": "todos", "key": "nope"}, headers=auth(7, role="admin")
+    )
+    assert resp.status == 400
