@@ -39,22 +39,36 @@ async def serve(config: Config, *, ready_message: str | None = None) -> None:
     site = web.TCPSite(runner, config.server.host, config.server.port)
     try:
         await site.start()
-        if ready_message:
-            await service.capture.wait_ready()
-            print(ready_message, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         capture_task = service.tasks[0]
+        if ready_message:
+            ready = asyncio.create_task(service.capture.wait_ready())
+            await asyncio.wait({ready, capture_task}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not capture_task.done():
+                print(ready_message, flush=True)
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, capture_task}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
-        if capture_task.done() and service.capture.status.phase == "failed":
-            raise SidecarError(f"capture stopped: {service.capture.status.error}")
+        if capture_task.done() and not stop.is_set():
+            raise SidecarError(f"capture stopped: {_capture_failure(service, capture_task)}")
     finally:
         await runner.cleanup()
         await service.close()
+
+
+def _capture_failure(service: object, task: asyncio.Task[None]) -> str:
+    """Why the capture task ended (it only ends on a failure)."""
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    if exc is not None:
+        return f"{type(exc).__name__}: {exc}"
+    status = service.capture.status  # type: ignore[attr-defined]
+    return str(status.error or status.phase)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -768,6 +768,12 @@ class _Builder:
         retention = self.duration(
             raw, ("store", "tombstone_retention"), defaults.tombstone_retention
         )
+        if path == ":memory:":
+            self.problems.add(
+                ("store", "path"),
+                "must be a file: the store is read from several threads and must survive "
+                "restarts (e.g. ./data/sidecar.db)",
+            )
         return StoreConfig(path=self.store_path(path), tombstone_retention=retention)
 
     def store_path(self, path: str) -> str:
