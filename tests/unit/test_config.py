@@ -515,7 +515,7 @@ def test_store_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
     file.write_text(MINIMAL + "store: {path: ../state/s.db}\n")
     assert load_config(file, env={}).store.path == str(tmp_path / "state" / "s.db")
     file.write_text(MINIMAL + "store: {path: ':memory:'}\n")
-    with pytest.raises(ConfigError, match="store.path: must be a file"):
+    with pytest.raises(ConfigError, match=r"store\.path: must be a file"):
         load_config(file, env={})
     assert load(MINIMAL).store.path == str(Path("test.yaml").resolve().parent / "data/sidecar.db")
     assert load_config_text(MINIMAL, env={}).store.path == StoreConfig().path
