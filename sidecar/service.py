@@ -24,6 +24,7 @@ from sidecar.observability import Metrics
 from sidecar.preflight import PreflightReport, create_publication, run_preflight
 from sidecar.pull import Puller
 from sidecar.push import Pusher
+from sidecar.ratelimit import RateLimiter
 from sidecar.route import Route
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.values import configure_connection, session_options
@@ -68,6 +69,7 @@ class Service:
     pool: AsyncConnectionPool
     auth: Authenticator
     metrics: Metrics
+    limiter: RateLimiter | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -109,6 +111,7 @@ class Service:
             pool=pool,
             auth=Authenticator(config.auth),
             metrics=Metrics(),
+            limiter=RateLimiter(config.limits.rate) if config.limits.rate else None,
         )
         service.tasks.append(asyncio.create_task(capture.run(), name="capture"))
         service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))

@@ -27,8 +27,13 @@ def _service(request: web.Request) -> Service:
     return request.app[SERVICE]
 
 
-def _principal(request: web.Request) -> Principal:
-    return _service(request).auth.authenticate(request.headers.get("Authorization"))
+async def _principal(request: web.Request) -> Principal:
+    """The authenticated caller, who also spends one token of their rate limit."""
+    service = _service(request)
+    principal = await service.auth.authenticate(request.headers.get("Authorization"))
+    if service.limiter is not None:
+        service.limiter.take(principal.subject, principal.device)
+    return principal
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -125,13 +130,13 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def schema(request: web.Request) -> web.Response:
-    principal = _principal(request)
+    principal = await _principal(request)
     return _json(_service(request).puller.schema_for(principal))
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
     service = _service(request)
-    principal = _principal(request)
+    principal = await _principal(request)
     req = parse_pull(request, service.config.limits.max_page)
     puller = service.puller
     if NDJSON in request.headers.get("Accept", ""):
@@ -182,7 +187,7 @@ def _with_limit(req: PullRequest, limit: int) -> PullRequest:
 
 async def push(request: web.Request) -> web.Response:
     service = _service(request)
-    principal = _principal(request)
+    principal = await _principal(request)
     body = await _json_body(request, service.config.limits.max_body)
     mutations, atomic = parse_push(
         body, collections=service.routes, max_push=service.config.limits.max_push
@@ -214,7 +219,7 @@ async def _json_body(request: web.Request, max_body: int) -> object:
 async def audit(request: web.Request) -> web.Response:
     """Who changed a row through the sidecar, newest first (callers with the admin claim)."""
     service = _service(request)
-    principal = _principal(request)
+    principal = await _principal(request)
     admin = service.config.auth.admin
     if admin is None or evaluate(admin, {}, principal.claims) is not True:
         raise Forbidden("the audit trail needs the admin claim configured in auth.admin")

@@ -304,3 +304,19 @@ async def test_not_ready_during_initial_copy(pg_dsn, pg_url, tmp_path):
     finally:
         await client.close()
         await service.close()
+
+
+async def test_rate_limit_under_concurrent_load(pg_dsn, pg_url, sidecar_factory):
+    import asyncio
+
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS, extra="limits: {rate: 5/s}")
+    responses = await asyncio.gather(*(sc.get("/v1/pull") for _ in range(20)))
+    statuses = sorted(r.status for r in responses)
+    assert statuses.count(200) in (5, 6) and statuses.count(429) >= 14
+    limited = next(r for r in responses if r.status == 429)
+    body = await limited.json(content_type=None)
+    assert body["code"] == "rate_limited" and int(limited.headers["Retry-After"]) >= 1
+    assert (await sc.get("/v1/pull", sub=2)).status == 200  # another caller is unaffected
+    await asyncio.sleep(1.1)
+    assert (await sc.get("/v1/pull")).status == 200  # refilled
