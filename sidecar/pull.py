@@ -17,8 +17,9 @@ import orjson
 
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, Page
-from sidecar.errors import CursorExpired, InvalidRequest, Unavailable
+from sidecar.errors import CursorExpired, Forbidden, InvalidRequest, Unavailable
 from sidecar.notify import Notifier
+from sidecar.permissions import Permissions
 from sidecar.route import Route
 from sidecar.store.base import ChangeStore
 
@@ -76,7 +77,9 @@ class Puller:
         *,
         max_page: int,
         max_wait: float,
+        permissions: Permissions,
     ) -> None:
+        self.permissions = permissions
         self.store = store
         self.routes = dict(routes)
         self.notifier = notifier
@@ -87,16 +90,25 @@ class Puller:
 
     # -- scopes --------------------------------------------------------------------------
 
-    def select_routes(self, collections: Sequence[str] | None) -> list[Route]:
+    def select_routes(self, principal: Principal, collections: Sequence[str] | None) -> list[Route]:
+        """The requested collections (default: all) the caller's scopes and roles allow."""
         if collections is None:
-            return list(self.routes.values())
+            return [
+                r for r in self.routes.values() if self.permissions.can_read(principal, r.config)
+            ]
         unknown = [c for c in collections if c not in self.routes]
         if unknown:
             raise InvalidRequest(
                 f"unknown collection(s): {', '.join(unknown)}; known: {', '.join(self.routes)}",
                 parameter="collections",
             )
-        return [self.routes[c] for c in dict.fromkeys(collections)]
+        routes = [self.routes[c] for c in dict.fromkeys(collections)]
+        denied = [r.name for r in routes if not self.permissions.can_read(principal, r.config)]
+        if denied:
+            raise Forbidden(
+                f"your token does not allow reading {', '.join(denied)} (scope or roles)"
+            )
+        return routes
 
     def scopes_for(self, principal: Principal, routes: Sequence[Route]) -> list[str]:
         scopes: list[str] = []
@@ -111,7 +123,11 @@ class Puller:
             "collections": {
                 name: collection_schema(r)
                 for name, r in self.routes.items()
-                if r.request_scopes(principal.claims) or r.config.write.ops
+                if (
+                    self.permissions.can_read(principal, r.config)
+                    and r.request_scopes(principal.claims)
+                )
+                or (self.permissions.can_write(principal, r.config) and r.config.write.ops)
             },
         }
 
@@ -153,7 +169,7 @@ class Puller:
                     "the store has not caught up with after_lsn yet; retry", retry_after=1
                 )
         after = self._start_version(req.cursor)
-        routes = self.select_routes(req.collections)
+        routes = self.select_routes(principal, req.collections)
         scopes = self.scopes_for(principal, routes)
         page = await self._page(scopes, after, limit)
         if req.live and not page.lines and not page.has_more and scopes:

@@ -47,6 +47,7 @@ from sidecar.errors import (
     ValidationFailed,
 )
 from sidecar.mutations import Mutation, MutationResult, check_value, rejected
+from sidecar.permissions import Permissions
 from sidecar.route import Route
 from sidecar.store.base import ChangeStore
 from sidecar.values import to_json_value
@@ -137,7 +138,9 @@ class Pusher:
         pool: AsyncConnectionPool,
         *,
         user_claim: str = "sub",
+        permissions: Permissions | None = None,
     ) -> None:
+        self.permissions = permissions
         self.routes = dict(routes)
         self.store = store
         self.capture = capture
@@ -480,6 +483,8 @@ class Pusher:
         route = self.routes[m.collection]
         if m.op not in route.config.write.ops:
             raise Forbidden(f"{m.op} is not allowed on collection {m.collection!r}")
+        if self.permissions is not None and not self.permissions.can_write(principal, route.config):
+            raise Forbidden(f"your token does not allow writing {m.collection!r} (scope or roles)")
         self._check_key(route, m)
         if m.op == "insert":
             return self._plan_insert(principal, route, m, current)

@@ -21,6 +21,7 @@ from sidecar.config.model import Config
 from sidecar.errors import PreflightError
 from sidecar.notify import Notifier
 from sidecar.observability import Metrics
+from sidecar.permissions import Permissions
 from sidecar.preflight import PreflightReport, create_publication, run_preflight
 from sidecar.pull import Puller
 from sidecar.push import Pusher
@@ -80,6 +81,7 @@ class Service:
         }
         store = SQLiteStore(Path(config.store.path))
         notifier = Notifier()
+        permissions = Permissions(config.auth)
         capture = CaptureRunner(config, store, list(routes.values()), notifier)
         puller = Puller(
             store,
@@ -88,6 +90,7 @@ class Service:
             capture,
             max_page=config.limits.max_page,
             max_wait=config.limits.pull_wait,
+            permissions=permissions,
         )
         pool = AsyncConnectionPool(
             config.database.url,
@@ -99,7 +102,14 @@ class Service:
             name="sidecar-push",
         )
         await pool.open()
-        pusher = Pusher(routes, store, capture, pool, user_claim=config.auth.claims.user)
+        pusher = Pusher(
+            routes,
+            store,
+            capture,
+            pool,
+            user_claim=config.auth.claims.user,
+            permissions=permissions,
+        )
         service = cls(
             config=config,
             store=store,

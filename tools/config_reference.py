@@ -38,25 +38,23 @@ STATUS_NOTES: dict[str, str] = {
         "existing publication is a preflight problem naming the `ALTER PUBLICATION … ADD "
         "TABLE` to run."
     ),
-    "store.path": (
-        "`:memory:` is accepted but does not work with `sidecar run` yet: pulls read through "
-        "separate read-only connections, which see a different (empty) in-memory database."
-    ),
+    "store.path": "`:memory:` is refused: the store must be a file that survives restarts.",
     "store.tombstone_retention": (
         "Tombstones (and recorded mutation ids) older than this are purged once the initial "
         "copy is done and then every hour, so a cursor stays valid for at least this long "
         "after the change it points at was stored, and at most about an hour longer."
     ),
     "auth.jwt.jwks": (
-        "Not yet: only HMAC tokens (`secret`) are verified today. With `jwks` instead of "
-        "`secret` the config loads, but every `/v1` request is refused with 401."
+        "A file path or an http(s) URL. The key set is cached for 10 minutes and fetched again "
+        "when a token names an unknown `kid` (at most every 30 s). Tokens must carry `exp`."
     ),
-    "auth.jwt.algorithms": "Only the HS256/HS384/HS512 entries are used today (see `jwks`).",
     "auth.admin": (
-        "Not yet: the rule is parsed and checked (claims only) but nothing uses it; "
-        "`/metrics`, `/readyz` and `/healthz` need no token."
+        "Grants `GET /v1/audit`. `/metrics`, `/readyz` and `/healthz` need no token."
     ),
-    "limits.rate": "Not yet enforced: the value is validated, no request is rate limited.",
+    "limits.rate": (
+        "A token bucket per subject and device: bursts up to the count, refilled evenly; past "
+        "it, `429 rate_limited` with `Retry-After`."
+    ),
     "limits.pull_wait": (
         "Also bounds how long `after_lsn=` waits for the store to catch up (the request's "
         "`timeout=`, at least 1 second, capped to this)."

@@ -799,6 +799,8 @@ class _Builder:
             claims=ClaimsConfig(
                 user=_typed(claims, "user", str, defaults.user),
                 device=_typed(claims, "device", str, defaults.device),
+                scope=_typed(claims, "scope", str, defaults.scope),
+                roles=_typed(claims, "roles", str, defaults.roles),
             ),
             admin=self.admin(raw),
         )
@@ -883,6 +885,7 @@ class _Builder:
             write=write,
             conflict=conflict,
             line=self.problems.where.line(path, at_key=True),
+            roles=_names(raw.get("roles")),
         )
 
     def table(self, value: Any, path: KeyPath) -> TableRef | None:

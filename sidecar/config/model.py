@@ -89,6 +89,8 @@ class ClaimsConfig:
 
     user: str = "sub"
     device: str = "device_id"
+    scope: str = "scope"  # OAuth-style scopes: sync:read, sync:write, <collection>:read|write
+    roles: str = "roles"  # matched against a collection's `roles:`
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,7 @@ class CollectionConfig:
     write: WriteConfig
     conflict: ConflictStrategy
     line: int | None  # where the collection is declared in the config file
+    roles: tuple[str, ...] | None = None  # only callers with one of these roles
 
 
 @dataclass(frozen=True, slots=True)
