@@ -8,12 +8,14 @@ retention is refused with `cursor_expired` (410): the client must resync from sc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
+import structlog
 
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, Page
@@ -22,6 +24,11 @@ from sidecar.notify import Notifier
 from sidecar.permissions import Permissions
 from sidecar.route import Route
 from sidecar.store.base import ChangeStore
+
+MAX_LIVE_PER_SUBJECT = 16  # live pulls one subject may have waiting at once
+MAX_LIVE_TOTAL = 20_000  # and the whole process
+
+log = structlog.get_logger("sidecar.pull")
 
 
 class CaptureState(Protocol):
@@ -80,6 +87,9 @@ class Puller:
         permissions: Permissions,
     ) -> None:
         self.permissions = permissions
+        self._missing: set[tuple[str, str]] = set()
+        self._live: dict[str, int] = {}
+        self._live_total = 0
         self.store = store
         self.routes = dict(routes)
         self.notifier = notifier
@@ -113,8 +123,21 @@ class Puller:
     def scopes_for(self, principal: Principal, routes: Sequence[Route]) -> list[str]:
         scopes: list[str] = []
         for route in routes:
+            self._note_missing_claims(principal, route)
             scopes.extend(route.request_scopes(principal.claims))
         return list(dict.fromkeys(scopes))
+
+    def _note_missing_claims(self, principal: Principal, route: Route) -> None:
+        """A claim the read rule needs but the token lacks makes its conditions false;
+        say so once per collection and claim, so a misconfigured issuer is noticed."""
+        for claim in route.config.read.claims:
+            if claim not in principal.claims and (route.name, claim) not in self._missing:
+                self._missing.add((route.name, claim))
+                log.warning(
+                    "token without a claim the read rule uses: its conditions are false",
+                    collection=route.name,
+                    claim=claim,
+                )
 
     def schema_for(self, principal: Principal) -> dict[str, object]:
         """The collections this caller can read (it has a scope in) or write."""
@@ -174,9 +197,28 @@ class Puller:
         page = await self._page(scopes, after, limit)
         if req.live and not page.lines and not page.has_more and scopes:
             timeout = max(0.0, min(req.timeout, self.max_wait))
-            if await self.notifier.wait(scopes, timeout):
-                page = await self._page(scopes, page.cursor.version, limit)
+            with self._live_slot(principal.subject):
+                if await self.notifier.wait(scopes, timeout):
+                    page = await self._page(scopes, page.cursor.version, limit)
         return page
+
+    @contextlib.contextmanager
+    def _live_slot(self, subject: str) -> Iterator[None]:
+        """Bound the live waits of one subject and of the whole process (503 past it)."""
+        mine = self._live.get(subject, 0)
+        if mine >= MAX_LIVE_PER_SUBJECT or self._live_total >= MAX_LIVE_TOTAL:
+            raise Unavailable("too many live pulls waiting; retry shortly", retry_after=2)
+        self._live[subject] = mine + 1
+        self._live_total += 1
+        try:
+            yield
+        finally:
+            self._live_total -= 1
+            left = self._live[subject] - 1
+            if left:
+                self._live[subject] = left
+            else:
+                del self._live[subject]
 
     async def _page(self, scopes: list[str], after: int, limit: int) -> Page:
         state = self.store.state()  # read before the query: its version is a safe floor
