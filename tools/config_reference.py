@@ -48,9 +48,7 @@ STATUS_NOTES: dict[str, str] = {
         "A file path or an http(s) URL. The key set is cached for 10 minutes and fetched again "
         "when a token names an unknown `kid` (at most every 30 s). Tokens must carry `exp`."
     ),
-    "auth.admin": (
-        "Grants `GET /v1/audit`. `/metrics`, `/readyz` and `/healthz` need no token."
-    ),
+    "auth.admin": ("Grants `GET /v1/audit`. `/metrics`, `/readyz` and `/healthz` need no token."),
     "limits.rate": (
         "A token bucket per subject and device: bursts up to the count, refilled evenly; past "
         "it, `429 rate_limited` with `Retry-After`."
