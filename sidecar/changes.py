@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
 from sidecar.errors import InvalidRequest
@@ -48,9 +49,12 @@ class Page:
     has_more: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Image:
-    """A row as the store keeps it (everything pre-serialised as JSON)."""
+class Image(NamedTuple):
+    """A row as the store keeps it (everything pre-serialised as JSON).
+
+    A named tuple rather than a dataclass: capture builds one per row change, and a
+    tuple is built several times faster than a frozen dataclass.
+    """
 
     ident: str  # JSON object of the identity columns: the row's key in the store
     key: bytes  # JSON object of the client key

@@ -16,17 +16,22 @@ form of that value — exact for text, json and arrays of them, the types that T
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from hashlib import blake2b
 from typing import Any
 
 import orjson
+import structlog
 
 from sidecar.capture.pgoutput import UNCHANGED
 from sidecar.catalog import TableInfo
-from sidecar.changes import Image, rev_of
+from sidecar.changes import Image
 from sidecar.config.model import CollectionConfig
 from sidecar.rules import ReadRule, compile_read_rule
-from sidecar.values import dumps, json_fixer, make_transformer
+from sidecar.values import JSON_OPTIONS, dumps, json_fixer, make_transformer
+from sidecar.values import default as values_default
+
+log = structlog.get_logger("sidecar.capture")
 
 Text = bytes | None
 _EMPTY = b"{}"
@@ -34,6 +39,32 @@ _EMPTY = b"{}"
 
 def scope_prefix(collection: str) -> str:
     return f"{collection}/"
+
+
+def _json_of(columns: tuple[tuple[str, int], ...]) -> Callable[[Sequence[Any]], bytes]:
+    """JSON object of some columns of a row given as values (name, index in the values)."""
+    encode, default, opts = orjson.dumps, values_default, JSON_OPTIONS
+    if len(columns) == 1:
+        ((name, index),) = columns
+        return lambda values: encode({name: values[index]}, default, opts)
+    return lambda values: encode({c: values[i] for c, i in columns}, default, opts)
+
+
+class PendingImage:
+    """A row change with values sent as UNCHANGED (TOAST): completed by the store with
+    the row's stored JSON when the change is applied (see `ChangeStore.apply`)."""
+
+    __slots__ = ("ident", "route", "text")
+
+    def __init__(self, route: Route, text: Sequence[Any], ident: str) -> None:
+        self.route, self.text, self.ident = route, text, ident
+
+    def complete(self, row: bytes | None, hidden: bytes | None) -> Image:
+        if row is None:
+            log.warning(
+                "unchanged TOAST value for a row the store lacks", collection=self.route.name
+            )
+        return self.route.image(self.text, row, hidden)
 
 
 class Route:
@@ -65,20 +96,20 @@ class Route:
         pos = {c: i for i, c in enumerate(self.needed)}
         self._n = len(self.needed)
         self._n_exposed = len(self.exposed)
-        self._key_pos = tuple((c, pos[c]) for c in self.key)
-        self._ident_pos = tuple((c, pos[c]) for c in self.ident_columns)
-        self._ident_is_key = self.ident_columns == self.key
         self._hidden = self.needed[self._n_exposed :]
+        self._ident_pos = tuple((c, pos[c]) for c in self.ident_columns)
+        self._key_json = _json_of(tuple((c, pos[c]) for c in self.key))
+        self._ident_json = None if self.ident_columns == self.key else _json_of(self._ident_pos)
         self._fixers = tuple(
             (i, f) for i, oid in enumerate(self.needed_oids) if (f := json_fixer(oid)) is not None
         )
         self._prefix = scope_prefix(self.name)
-        self._rule_uses_columns = bool(self.read.columns)
         self._static_scopes = (
-            None
-            if self._rule_uses_columns
-            else tuple(self._prefix + s for s in self.read.row_scopes({}))
+            None if self.read.columns else tuple(self._prefix + s for s in self.read.row_scopes({}))
         )
+        self._scopes = self.read.scoper(self._prefix, self.needed)
+        # The image of a row given the typed values of every needed column, in order.
+        self.image_of_typed: Callable[[Sequence[Any]], Image] = self._image_builder()
 
     # -- identity -----------------------------------------------------------------------
 
@@ -100,7 +131,14 @@ class Route:
         """
         if UNCHANGED in text:
             return self._image_merging(text, old_row, old_hidden)
-        return self._image(list(self._tx.load_sequence(text)))
+        return self.image_of_typed(self._tx.load_sequence(text))
+
+    def change_image(self, text: Sequence[Any]) -> Image | PendingImage:
+        """The image of a row change: pending when values were sent as UNCHANGED, to be
+        completed by the store with the row's stored JSON."""
+        if UNCHANGED in text:
+            return PendingImage(self, text, self.ident_of(text))
+        return self.image_of_typed(self._tx.load_sequence(text))
 
     def _image_merging(
         self, text: Sequence[Any], old_row: bytes | None, old_hidden: bytes | None
@@ -114,33 +152,43 @@ class Route:
         for i, v in enumerate(text):
             if v is UNCHANGED:
                 values[i] = old.get(self.needed[i])
-        return self._image(values)
+        return self.image_of_typed(values)
 
-    def _image(self, values: list[Any]) -> Image:
-        for i, fix in self._fixers:
-            values[i] = fix(values[i])
-        needed = self.needed
+    def _image_builder(self) -> Callable[[Sequence[Any]], Image]:
+        """`image_of_typed` for this route. Capture and the initial copy call it once per
+        row, so it is a closure over locals."""
+        needed, exposed, hidden_names = self.needed, self.exposed, self._hidden
         n = self._n_exposed
-        if n == self._n:
-            row = dict(zip(needed, values, strict=True))
-            hidden = _EMPTY
-        else:
-            row = dict(zip(needed[:n], values[:n], strict=True))
-            hidden = dumps(dict(zip(self._hidden, values[n:], strict=True)))
-        row_json = dumps(row)
-        key = dumps({c: values[i] for c, i in self._key_pos})
-        ident = key if self._ident_is_key else dumps({c: values[i] for c, i in self._ident_pos})
-        if self._static_scopes is not None:
-            scopes = self._static_scopes
-        else:
-            full = row if n == self._n else dict(zip(needed, values, strict=True))
-            p = self._prefix
-            scopes = tuple(p + s for s in self.read.row_scopes(full))
-        return Image(ident.decode(), key, row_json, rev_of(row_json), scopes, hidden)
+        fixers = self._fixers
+        key_json, ident_json = self._key_json, self._ident_json
+        static, scopes_of = self._static_scopes, self._scopes
+        encode, default, opts = orjson.dumps, values_default, JSON_OPTIONS
+
+        def image(values: Sequence[Any]) -> Image:
+            if fixers:
+                values = list(values)
+                for i, fix in fixers:
+                    values[i] = fix(values[i])
+            # zip() without strict=: the lengths match by construction, and the keyword
+            # argument alone costs a sixth of this function.
+            if hidden_names:
+                row = encode(dict(zip(exposed, values)), default, opts)  # noqa: B905
+                hidden = encode(dict(zip(hidden_names, values[n:])), default, opts)  # noqa: B905
+            else:
+                row = encode(dict(zip(needed, values)), default, opts)  # noqa: B905
+                hidden = _EMPTY
+            key = key_json(values)
+            ident = key if ident_json is None else ident_json(values)
+            scopes = scopes_of(values) if static is None else static
+            return Image(
+                ident.decode(), key, row, blake2b(row, digest_size=8).hexdigest(), scopes, hidden
+            )
+
+        return image
 
     def image_of_values(self, values: Mapping[str, Any]) -> Image:
         """The image of a row given typed values by column name (e.g. from a SELECT)."""
-        return self._image([values.get(c) for c in self.needed])
+        return self.image_of_typed([values.get(c) for c in self.needed])
 
     def request_scopes(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(self._prefix + s for s in self.read.request_scopes(claims))

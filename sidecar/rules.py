@@ -1496,6 +1496,24 @@ def _encode(values: list[str]) -> str:
     return orjson.dumps(values).decode()
 
 
+Scopes = tuple[str, ...]
+
+
+def _one_partition(head: str, index: int, kind: str) -> Callable[[Sequence[Any]], Scopes]:
+    """The scopes of a rule `column = <claims>`: one scope, `head` + the JSON list of the
+    value's canonical form (none when the value matches nothing)."""
+    limit = _INT_RANGES.get(kind, 0)
+
+    def scopes(values: Sequence[Any]) -> Scopes:
+        value = values[index]
+        if type(value) is int and -limit <= value < limit:  # an integer column's own value
+            return (f'{head}["{value}"]',)  # digits need no JSON escaping: as _encode
+        canonical = _canonical(value, kind)
+        return () if canonical is None else (head + _encode([canonical]),)
+
+    return scopes
+
+
 @dataclass(frozen=True)
 class ReadRule:
     """A read rule compiled to scopes: visible ⇔ row_scopes ∩ request_scopes ≠ ∅."""
@@ -1523,6 +1541,25 @@ class ReadRule:
             else:
                 scopes.append(branch.prefix + _encode(values))
         return tuple(scopes)
+
+    def scoper(self, prefix: str, columns: Sequence[str]) -> Callable[[Sequence[Any]], Scopes]:
+        """`row_scopes` of rows given as values in `columns` order, each scope prefixed.
+
+        Capture calls this once per row change, so the usual shape of a rule (one branch
+        whose only atom is `column = <claims>`) gets a closure that reads the value
+        directly, without building a dict per row; other rules go through `row_scopes`.
+        """
+        names = tuple(columns)
+        if len(self.branches) == 1:
+            branch = self.branches[0]
+            if not branch.row_tests and len(branch.partitions) == 1:
+                part = branch.partitions[0]
+                return _one_partition(prefix + branch.prefix, names.index(part.column), part.kind)
+
+        def scopes(values: Sequence[Any]) -> Scopes:
+            return tuple(prefix + s for s in self.row_scopes(dict(zip(names, values, strict=True))))
+
+        return scopes
 
     def request_scopes(self, claims: Claims) -> tuple[str, ...]:
         """The scopes a caller with `claims` may read."""

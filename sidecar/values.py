@@ -120,7 +120,7 @@ def json_fixer(type_oid: int) -> Callable[[Any], Any] | None:
     return None
 
 
-def _default(value: Any) -> Any:
+def default(value: Any) -> Any:
     """orjson's fallback for types it does not encode itself."""
     if isinstance(value, Decimal):
         return str(value)
@@ -145,12 +145,15 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-_OPTS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_NON_STR_KEYS
+JSON_OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_NON_STR_KEYS
 
 
 def dumps(value: Any) -> bytes:
-    """JSON bytes for typed values (see module doc for the mapping)."""
-    return orjson.dumps(value, default=_default, option=_OPTS)
+    """JSON bytes for typed values (see module doc for the mapping).
+
+    Hot loops call `orjson.dumps(value, default, JSON_OPTIONS)` themselves: the same.
+    """
+    return orjson.dumps(value, default=default, option=JSON_OPTIONS)
 
 
 def to_json_value(value: Any) -> Any:

@@ -1,16 +1,25 @@
-"""Ingest: decoded changes → store writes (runs on the single store-writer thread).
+"""Ingest: decoded changes → store writes.
 
-For each row change it looks up the row's last image in the store (for TOASTed values
-sent as "unchanged", for the scopes the row is leaving, and for the key of a delete),
-routes the new text values (typed values, JSON, rev, scopes) and writes the result.
-A primary-key change is a delete of the old identity and an upsert of the new one.
-The store transaction is committed at transaction boundaries with the commit's end LSN.
+Two threads share the work so that Python and SQLite run on both cores at once: the
+calling thread decodes the stream and routes each row change into its image (typed
+values, JSON, rev, scopes); every `_FLUSH_EVERY` changes it hands the batch to the store's
+writer thread (`ChangeStore.apply`, which looks up the rows' stored state and writes the
+net effect) and goes on routing the next one. At most `_IN_FLIGHT` batches wait for the
+writer, which bounds memory for transactions of any size: their rows go into the store's
+open transaction batch by batch. The store commits at transaction boundaries with the
+commit's end LSN, after every batch before it was written.
+
+A primary-key change is a delete of the old identity and an upsert of the new one. A
+TOASTed value sent as "unchanged" is filled in by the store from the row's stored image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -19,12 +28,15 @@ from sidecar.capture import pgoutput as po
 from sidecar.changes import Image
 from sidecar.errors import SidecarError
 from sidecar.route import Route
-from sidecar.store.base import ChangeStore, MutationRecord, RowWrite, StoredRow
+from sidecar.store.base import ChangeStore, MutationRecord, RowChange
 
 log = structlog.get_logger("sidecar.capture")
 
+T = TypeVar("T")
+
 MESSAGE_PREFIX = "sidecar"
-_FLUSH_EVERY = 5000  # pending row changes before they are written into the open transaction
+_FLUSH_EVERY = 5000  # row changes per batch handed to the store
+_IN_FLIGHT = 2  # batches handed to the writer and not yet written, at most
 
 
 class SchemaChanged(SidecarError):
@@ -35,14 +47,11 @@ class SchemaChanged(SidecarError):
 class _RelMap:
     route: Route
     positions: tuple[int, ...]  # index in the relation tuple of each of route.needed
+    whole: bool  # route.needed is every column of the relation, in its order
 
-
-@dataclass(slots=True)
-class _Pending:
-    route: Route
-    op: str  # "upsert" | "delete"
-    new: list[bytes | object | None] | None  # text of route.needed (may hold UNCHANGED)
-    old_ident: str | None
+    def needed(self, row: Sequence[Any]) -> Sequence[Any]:
+        """The values of route.needed in a tuple of the relation."""
+        return row if self.whole else [row[p] for p in self.positions]
 
 
 @dataclass(slots=True)
@@ -54,17 +63,29 @@ class BatchResult:
 
 
 class Ingest:
-    """Applies pgoutput messages to the store. Not thread-safe: one writer thread."""
+    """Applies pgoutput messages to the store. One calling thread at a time.
 
-    def __init__(self, store: ChangeStore, routes: Iterable[Route], skip_through: int) -> None:
+    `writer` runs the store's methods (its single writer thread); without one they run
+    on the calling thread.
+    """
+
+    def __init__(
+        self,
+        store: ChangeStore,
+        routes: Iterable[Route],
+        skip_through: int,
+        writer: Executor | None = None,
+    ) -> None:
         self.store = store
         self.routes_by_oid = {r.table.oid: r for r in routes}
         self.relations: dict[int, _RelMap] = {}
         self.decoder = po.Decoder()
         self.skip_through = skip_through  # commits ending at or before this are applied
+        self._writer = writer
+        self._in_flight: deque[Future[set[str]]] = deque()
         self._in_txn = False
         self._skipping = False
-        self._pending: list[_Pending] = []
+        self._changes: list[RowChange] = []
         self._mutations: list[MutationRecord] = []
         self._touched: set[str] = set()
         self._last_commit_lsn: int | None = None
@@ -95,21 +116,29 @@ class Ingest:
                     f"column {route.table.ref}.{name} changed type; update the config "
                     "if needed and restart"
                 )
-        self.relations[rel.relid] = _RelMap(route, tuple(by_name[c][0] for c in route.needed))
+        positions = tuple(by_name[c][0] for c in route.needed)
+        whole = positions == tuple(range(len(rel.columns)))
+        self.relations[rel.relid] = _RelMap(route, positions, whole)
 
     # -- messages ------------------------------------------------------------------------
 
     def process(self, payloads: Sequence[bytes]) -> BatchResult:
-        """Decode and apply a batch of XLogData payloads; commit at the last boundary."""
+        """Decode and apply a batch of pgoutput messages; commit at the last boundary."""
         start_rows = self.rows_applied
         commits = 0
         decode = self.decoder.decode
+        on_row = self._on_row
+        changes = self._changes
+        update, insert, delete = po.Update, po.Insert, po.Delete
         for payload in payloads:
             msg = decode(payload)
             kind = type(msg)
-            if kind is po.Insert or kind is po.Update or kind is po.Delete:
+            if kind is update or kind is insert or kind is delete:
                 if not self._skipping:
-                    self._on_row(msg)  # type: ignore[arg-type]
+                    on_row(msg)  # type: ignore[arg-type]
+                    if len(changes) >= _FLUSH_EVERY:
+                        self._flush()
+                        changes = self._changes
             elif kind is po.Begin:
                 self._in_txn = True
                 self._skipping = msg.final_lsn < self.skip_through  # type: ignore[union-attr]
@@ -120,19 +149,16 @@ class Ingest:
                     commits += 1
                 self._skipping = False
             elif kind is po.Relation:  # even in a skipped transaction: it is sent once
-                self._flush()
                 self._on_relation(msg)  # type: ignore[arg-type]
             elif not self._skipping:
                 self._on_other(msg)
-            if len(self._pending) >= _FLUSH_EVERY:
-                self._flush()
+                changes = self._changes
         self._flush()
+        self.drain()
         result = BatchResult(None, rows=self.rows_applied - start_rows, commits=commits)
         if not self._in_txn and self._last_commit_lsn is not None:
-            if self._mutations:
-                self.store.record_mutations(self._mutations)
-                self._mutations = []
-            self.store.commit(self._last_commit_lsn)
+            mutations, self._mutations = self._mutations, []
+            self._on_writer(self._commit, mutations, self._last_commit_lsn)
             self.skip_through = max(self.skip_through, self._last_commit_lsn)
             result.committed_lsn = self._last_commit_lsn
             result.touched = self._touched
@@ -140,25 +166,28 @@ class Ingest:
             self._last_commit_lsn = None
         return result
 
+    def _commit(self, mutations: Sequence[MutationRecord], lsn: int) -> None:
+        if mutations:
+            self.store.record_mutations(mutations)
+        self.store.commit(lsn)
+
     def _on_row(self, msg: po.Insert | po.Update | po.Delete) -> None:
         rm = self.relations.get(msg.relid)
         if rm is None:
             if msg.relid in self.routes_by_oid:
                 raise SchemaChanged(f"row change for relation {msg.relid} before its Relation")
             return
-        pos = rm.positions
         route = rm.route
         if type(msg) is po.Delete:
-            old = msg.old
-            self._pending.append(
-                _Pending(route, "delete", None, route.ident_of([old[p] for p in pos]))
-            )
+            self._changes.append(RowChange(route.name, route.ident_of(rm.needed(msg.old)), None))
             return
-        new = [msg.new[p] for p in pos]
-        old_ident = None
+        image = route.change_image(rm.needed(msg.new))
+        gone = None
         if type(msg) is po.Update and msg.old is not None:
-            old_ident = route.ident_of([msg.old[p] for p in pos])
-        self._pending.append(_Pending(route, "upsert", new, old_ident))
+            old_ident = route.ident_of(rm.needed(msg.old))
+            if old_ident != image.ident:  # the identity changed: the old one is gone
+                gone = old_ident
+        self._changes.append(RowChange(route.name, gone, image))
 
     def _on_other(self, msg: object) -> None:
         if type(msg) is po.Truncate:
@@ -166,7 +195,7 @@ class Ingest:
             for relid in msg.relids:
                 rm = self.relations.get(relid)
                 if rm is not None:
-                    self._touched |= self.store.truncate(rm.route.name)
+                    self._touched |= self._on_writer(self.store.truncate, rm.route.name)
         elif type(msg) is po.LogicalMessage and msg.prefix == MESSAGE_PREFIX:
             self._on_message(msg)
 
@@ -188,56 +217,44 @@ class Ingest:
     # -- writing -------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Write the pending row changes into the store's open transaction, in order."""
-        if not self._pending:
+        """Hand the pending row changes to the writer, in order."""
+        if not self._changes:
             return
-        pending, self._pending = self._pending, []
-        # Images first: they carry the identity to look up. A change holding UNCHANGED
-        # values is routed again below, once the stored image can fill them in.
-        images: list[Image | None] = []
-        wanted: dict[str, set[str]] = {}
-        for p in pending:
-            ids = wanted.setdefault(p.route.name, set())
-            if p.new is None:
-                images.append(None)
-            else:
-                image = p.route.image(p.new)
-                images.append(image)
-                ids.add(image.ident)
-            if p.old_ident is not None:
-                ids.add(p.old_ident)
-        known: dict[tuple[str, str], StoredRow | None] = {}
-        for coll, ids in wanted.items():
-            found = self.store.get_rows(coll, ids)
-            for i in ids:
-                known[(coll, i)] = found.get(i)
-        writes: list[RowWrite] = []
-        for p, image in zip(pending, images, strict=True):
-            coll = p.route.name
-            if p.old_ident is not None and (image is None or p.old_ident != image.ident):
-                old = known.get((coll, p.old_ident))
-                if old is not None:  # a delete, or the old identity of a key change
-                    writes.append(RowWrite(coll, old, None))
-                    known[(coll, p.old_ident)] = None
-            if image is None or p.new is None:
-                continue
-            current = known.get((coll, image.ident))
-            if po.UNCHANGED in p.new:
-                if current is None:
-                    log.warning("unchanged TOAST value for a row the store lacks", collection=coll)
-                else:
-                    image = p.route.image(p.new, current.row, current.hidden)
-            writes.append(RowWrite(coll, current, image))
-            known[(coll, image.ident)] = StoredRow(
-                image.ident, 0, image.rev, image.key, image.scopes, image.row, image.hidden
-            )
-        self._touched |= self.store.write(writes)
-        self.rows_applied += len(pending)
+        changes, self._changes = self._changes, []
+        self._submit(self.store.apply, changes)
+        self.rows_applied += len(changes)
+
+    def _submit(self, fn: Callable[..., set[str]], *args: Any) -> None:
+        """Run `fn` on the writer after what was handed to it before; keep going meanwhile
+        unless `_IN_FLIGHT` batches are already waiting."""
+        if self._writer is None:
+            self._touched |= fn(*args)
+            return
+        self._in_flight.append(self._writer.submit(fn, *args))
+        while len(self._in_flight) > _IN_FLIGHT:
+            self._touched |= self._in_flight.popleft().result()
+
+    def drain(self) -> None:
+        """Wait until the writer wrote every batch handed to it (raising its error)."""
+        while self._in_flight:
+            self._touched |= self._in_flight.popleft().result()
+
+    def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the writer once everything before it is written; return its result."""
+        self.drain()
+        if self._writer is None:
+            return fn(*args)
+        return self._writer.submit(fn, *args).result()
 
     # -- initial copy --------------------------------------------------------------------
 
-    def snapshot_rows(self, route: Route, rows: Sequence[Sequence[bytes | None]]) -> None:
-        """Insert rows read by the initial copy (text of route.needed, in order)."""
-        image = route.image
-        self.store.load(route.name, [image(r) for r in rows])
+    def snapshot_rows(self, route: Route, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows read by the initial copy (typed values of route.needed, in order)."""
+        image = route.image_of_typed
+        images: list[Image] = [image(r) for r in rows]
+        self._submit(self._load, route.name, images)
         self.rows_applied += len(rows)
+
+    def _load(self, collection: str, images: Sequence[Image]) -> set[str]:
+        self.store.load(collection, images)
+        return set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +39,10 @@ log = structlog.get_logger("sidecar.capture")
 T = TypeVar("T")
 
 STATUS_INTERVAL = 1.0
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
 IDLE_REPLY_INTERVAL = 10.0  # when idle, ask the server for its position this often
 _W, _K, _B, _C = ord("w"), ord("k"), ord("B"), ord("C")
+_XLOG_HEADER = 25  # tag, start, end, clock
 
 
 @dataclass
@@ -58,6 +61,21 @@ class CaptureStatus:
     writer_seconds: float = 0.0
 
 
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector run less often (process-wide).
+
+    Capture allocates several container objects per row change, millions per second while
+    catching up. With CPython's default threshold (700 allocations) a young collection
+    runs every hundred rows or so, and older ones keep walking the batches in flight:
+    measured, a fifth of the capture time. Nearly everything here is freed by reference
+    counting the moment it is dropped, so collecting less often costs no memory to speak
+    of.
+    """
+    young, older, oldest = gc.get_threshold()
+    if young < GC_YOUNG_THRESHOLD:
+        gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 class _Inbox:
     """Payloads read from the stream and not yet handed to the writer (bounded)."""
 
@@ -71,13 +89,13 @@ class _Inbox:
         self.room = asyncio.Event()
         self.room.set()
 
-    def add(self, payload: bytes) -> None:
-        self.payloads.append(payload)
-        tag = payload[0]
-        if tag == _B:
-            self.wire_in_txn = True
-        elif tag == _C:
-            self.wire_in_txn = False
+    def extend(self, payloads: list[bytes]) -> None:
+        self.payloads.extend(payloads)
+        for payload in reversed(payloads):  # the last Begin or Commit tells
+            tag = payload[0]
+            if tag in (_B, _C):
+                self.wire_in_txn = tag == _B
+                break
         if len(self.payloads) >= self.LIMIT:
             self.room.clear()
 
@@ -117,6 +135,8 @@ class CaptureRunner:
         self.on_commit = on_commit
         self.status = CaptureStatus()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="sidecar-writer")
+        # Decodes and routes while the writer writes the previous batch (see Ingest).
+        self.router = ThreadPoolExecutor(1, thread_name_prefix="sidecar-router")
         self._source: ReplicationStream | None = None
         self._lsn_changed = asyncio.Event()
         self._want_reply = False
@@ -128,6 +148,9 @@ class CaptureRunner:
 
     async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+
+    async def _in_router(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.router, fn, *args)
 
     @property
     def ready(self) -> bool:
@@ -176,6 +199,7 @@ class CaptureRunner:
 
     async def run(self) -> None:
         """Capture until cancelled; reconnects with backoff after connection errors."""
+        _tune_gc()
         backoff = 1.0
         try:
             while not self._stopping:
@@ -201,6 +225,7 @@ class CaptureRunner:
     async def stop(self) -> None:
         self._stopping = True
         await self._close_source()
+        self.router.shutdown(wait=True)
         self.writer.shutdown(wait=True)
 
     async def _close_source(self) -> None:
@@ -219,7 +244,7 @@ class CaptureRunner:
         if reason is not None:
             await self._rebuild(source, reason, system.system_id, system.dbname)
         state = self.store.state()
-        ingest = Ingest(self.store, self.routes, skip_through=state.lsn)
+        ingest = Ingest(self.store, self.routes, skip_through=state.lsn, writer=self.writer)
         await source.start(state.lsn)
         self.status.phase, self.status.error = "streaming", None
         self.status.flushed_lsn = max(self.status.flushed_lsn, state.lsn)
@@ -253,7 +278,7 @@ class CaptureRunner:
                 payloads, keepalive_pos, wire_in_txn = inbox.take()
                 if payloads:
                     started = time.perf_counter()
-                    result = await self._in_writer(ingest.process, payloads)
+                    result = await self._in_router(ingest.process, payloads)
                     st.batches += 1
                     st.writer_seconds += time.perf_counter() - started
                     st.rows_applied += result.rows
@@ -281,13 +306,15 @@ class CaptureRunner:
         try:
             while True:
                 await inbox.wait_for_room()
+                payloads: list[bytes] = []
+                last_xlog = None
                 for buf in await source.read_batch(20_000):
                     first = buf[0]
-                    if first == _W:
-                        xl = po.parse_copy_data(buf)
-                        if xl.start > st.received_lsn:
-                            st.received_lsn = xl.start
-                        inbox.add(xl.payload)
+                    if first == _W:  # XLogData: a 24-byte header, then one pgoutput message
+                        if len(buf) < _XLOG_HEADER:
+                            po.parse_copy_data(buf)  # raises the ProtocolError
+                        payloads.append(buf[_XLOG_HEADER:])
+                        last_xlog = buf
                     elif first == _K:
                         ka = po.parse_copy_data(buf)
                         assert isinstance(ka, po.Keepalive)
@@ -295,6 +322,10 @@ class CaptureRunner:
                         st.server_lsn = max(st.server_lsn, ka.wal_end)
                         if ka.reply:
                             self._want_reply = True
+                if last_xlog is not None:  # positions only grow: the last one is the highest
+                    xl = po.parse_copy_data(last_xlog)
+                    st.received_lsn = max(st.received_lsn, xl.start)
+                    inbox.extend(payloads)
                 inbox.ready.set()
         finally:
             inbox.ready.set()  # wake the writer loop so it sees the reader ended
@@ -383,7 +414,7 @@ class CaptureRunner:
         )
         self.status.phase = "copying"
         self.status.copy = CopyProgress()
-        ingest = Ingest(self.store, self.routes, skip_through=0)
+        ingest = Ingest(self.store, self.routes, skip_through=0)  # loads on the writer
 
         def copy_and_commit() -> None:
             copy_tables(

@@ -3,6 +3,11 @@
 Rows stream from COPY in batches (bounded memory) into the store's open transaction; the
 store commits once, with the slot's consistent point as its LSN, so a crash during the
 copy leaves a store that is rebuilt on the next start.
+
+psycopg parses the COPY text and loads each column with the same loaders the replication
+stream uses (`values.ADAPTERS`, chosen by the column type OIDs given to `set_types`), so
+rows arrive typed, without a str → bytes → typed round trip. One thread reads, routes and
+writes (the store's writer): the server produces the COPY stream on the other core.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import structlog
@@ -17,7 +23,7 @@ from psycopg import sql
 
 from sidecar.capture.ingest import Ingest
 from sidecar.route import Route
-from sidecar.values import session_options
+from sidecar.values import ADAPTERS, session_options
 
 log = structlog.get_logger("sidecar.snapshot")
 
@@ -65,7 +71,11 @@ def copy_tables(
     """Copy every route's table into the store (uncommitted); returns rows copied."""
     started = time.monotonic()
     with psycopg.connect(
-        dsn, autocommit=True, options=session_options(), application_name="sidecar-copy"
+        dsn,
+        autocommit=True,
+        options=session_options(),
+        application_name="sidecar-copy",
+        context=ADAPTERS,
     ) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if snapshot_name:
@@ -80,9 +90,10 @@ def copy_tables(
             )
             n = 0
             with conn.cursor().copy(query) as copy:
-                batch: list[list[bytes | None]] = []
+                copy.set_types(list(route.needed_oids))
+                batch: list[tuple[Any, ...]] = []
                 for row in copy.rows():
-                    batch.append([None if v is None else v.encode("utf-8") for v in row])
+                    batch.append(row)
                     if len(batch) >= BATCH:
                         ingest.snapshot_rows(route, batch)
                         n += len(batch)
@@ -99,6 +110,7 @@ def copy_tables(
             progress.tables_done += 1
             log.info("copied table", collection=route.name, table=str(route.table.ref), rows=n)
         conn.execute("COMMIT")
+    ingest.drain()
     elapsed = time.monotonic() - started
     log.info(
         "initial copy done",

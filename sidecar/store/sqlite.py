@@ -2,12 +2,19 @@
 
 Tables:
 - `rows`: the latest image of every synced row (compacted), keyed by (collection, ident);
-- `entries`: per scope, the row's latest change line (an upsert, or a tombstone for a
-  scope the row left), keyed by (scope, version) so a pull is one index range scan, and
-  unique by (scope, collection, ident) so a newer change replaces the older one;
+  a row in exactly one scope (the usual case) names it in `scope`, and is itself that
+  scope's entry for the row: indexed by (scope, version), it is what a pull reads;
+- `entries`: the other entries, per scope: tombstones (a scope the row left: they keep
+  the key and rev the row had) and the upsert entries of rows in several scopes (they
+  hold no copy of the row: a pull reads it from `rows`, an upsert entry's version being
+  always its row's). Keyed by (scope, version); a row's upsert entry is found by
+  (scope, row version), a tombstone, to be replaced when the row comes back, by identity;
 - `marks`: version → wall time, to find the tombstones older than the retention period;
 - `mutations`: applied mutation ids and their first outcome;
 - `meta`: epoch, last applied LSN, version counter, snapshot state, slot identity.
+
+So a change of a row that stays in its one scope rewrites one record, and a pull is one
+merged range scan of two indexes.
 
 A write batch and its LSN commit in one SQLite transaction (`synchronous=FULL`, so an
 acknowledged LSN survives a crash of the process or of the machine).
@@ -20,16 +27,26 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from sidecar.changes import Image
-from sidecar.store.base import MutationRecord, PageData, RowWrite, StoredRow, StoreState
+from sidecar.store.base import (
+    MutationRecord,
+    PageData,
+    RowChange,
+    RowWrite,
+    StoredRow,
+    StoreState,
+)
+from sidecar.store.netting import Netting, RowState, Stored
 
 # Bumped when the file layout changes; a store of another format is rebuilt.
-FORMAT = "2"
+FORMAT = "3"
 
 # Tables are plain rowid tables so that the initial copy appends; their indexes are built
 # after it (a bulk load runs without them).
@@ -42,6 +59,7 @@ CREATE TABLE IF NOT EXISTS rows (
     rev TEXT NOT NULL,
     key BLOB NOT NULL,
     scopes TEXT NOT NULL,
+    scope TEXT,
     row BLOB NOT NULL,
     hidden BLOB NOT NULL
 );
@@ -51,7 +69,8 @@ CREATE TABLE IF NOT EXISTS entries (
     collection TEXT NOT NULL,
     ident TEXT NOT NULL,
     deleted INTEGER NOT NULL,
-    line BLOB NOT NULL
+    key BLOB,
+    rev TEXT
 );
 CREATE TABLE IF NOT EXISTS marks (version INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS mutations (
@@ -66,41 +85,105 @@ CREATE TABLE IF NOT EXISTS mutations (
 
 _INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS rows_ident ON rows (collection, ident);
-CREATE INDEX IF NOT EXISTS entries_scope ON entries (scope, version);
-CREATE UNIQUE INDEX IF NOT EXISTS entries_row ON entries (scope, collection, ident);
-CREATE INDEX IF NOT EXISTS entries_tombstones ON entries (version) WHERE deleted = 1;
+CREATE INDEX IF NOT EXISTS rows_scope ON rows (scope, version);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_scope ON entries (scope, version);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_tombstone ON entries (collection, ident, scope)
+    WHERE deleted = 1;
+CREATE INDEX IF NOT EXISTS entries_purge ON entries (version) WHERE deleted = 1;
 """
 
 _TABLES = ("rows", "entries", "marks", "mutations", "meta")
 
-_UPSERT_ROW = (
-    "INSERT INTO rows (collection, ident, version, rev, key, scopes, row, hidden) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, ident) DO UPDATE SET "
-    "version = excluded.version, rev = excluded.rev, key = excluded.key, "
-    "scopes = excluded.scopes, row = excluded.row, hidden = excluded.hidden"
-)
-_INSERT_ROW = (
-    "INSERT INTO rows (collection, ident, version, rev, key, scopes, row, hidden) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPDATE_ROW = (
-    "UPDATE rows SET version = ?, rev = ?, key = ?, scopes = ?, row = ?, hidden = ? "
-    "WHERE collection = ? AND ident = ?"
-)
-_HIDDEN_ONLY = "UPDATE rows SET hidden = ? WHERE collection = ? AND ident = ?"
-_DELETE_ROW = "DELETE FROM rows WHERE collection = ? AND ident = ?"
-_PUT_ENTRY = (
-    "INSERT OR REPLACE INTO entries (scope, version, collection, ident, deleted, line) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
-_UPDATE_ENTRY = (
-    "UPDATE entries SET version = ?, deleted = ?, line = ? "
-    "WHERE scope = ? AND collection = ? AND ident = ?"
-)
-_INSERT_ENTRY = (
-    "INSERT INTO entries (scope, version, collection, ident, deleted, line) "
-    "VALUES (?, ?, ?, ?, 0, ?)"
-)
+# Batched statements take their rows as one JSON array parameter (json_each): a batch is
+# then a single sqlite3_step, which runs without the GIL, instead of one step per row
+# (executemany), each of which must win the GIL back from the threads routing rows.
+# Blobs travel as JSON strings and are cast back. A row update without `row` (null) keeps
+# the stored one: a change of hidden columns only.
+_LOOKUP = """
+SELECT json_group_array(json_array(
+    r.ident, r.rowid, r.version, r.rev, json(r.scopes), CAST(r.key AS TEXT),
+    CAST(r.hidden AS TEXT){row}))
+FROM json_each(?1) v CROSS JOIN rows r ON r.collection = ?2 AND r.ident = v.value
+"""
+_ROWS_DELETE = "DELETE FROM rows WHERE rowid IN (SELECT value FROM json_each(?))"
+_ROWS_UPDATE = """
+UPDATE rows SET version = v.value ->> 1, rev = v.value ->> 2,
+    key = CAST(v.value ->> 3 AS BLOB), scopes = v.value -> 4, scope = v.value ->> 5,
+    row = coalesce(CAST(v.value ->> 6 AS BLOB), row), hidden = CAST(v.value ->> 7 AS BLOB)
+FROM json_each(?) v WHERE rows.rowid = v.value ->> 0
+"""
+_ROWS_INSERT = """
+INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, row, hidden)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, CAST(value ->> 4 AS BLOB),
+    value -> 5, value ->> 6, CAST(value ->> 7 AS BLOB), CAST(value ->> 8 AS BLOB)
+FROM json_each(?)
+"""
+_ROWS_REWRITE = """
+UPDATE rows SET version = v.value ->> 1, rev = v.value ->> 2,
+    key = CAST(v.value ->> 3 AS BLOB), row = CAST(v.value ->> 4 AS BLOB),
+    hidden = CAST(v.value ->> 5 AS BLOB)
+FROM json_each(?) v WHERE rows.rowid = v.value ->> 0
+"""
+# The usual batch, tried first: rows changed once each, staying in their one scope. The
+# statement finds them itself (no lookup); a row that is not such a change is left alone,
+# which the count of rows changed tells. The collection comes with each row: a join term
+# on a parameter alone would make the planner scan the collection's rows.
+_ROWS_REWRITE_IN_SCOPE = """
+UPDATE rows SET version = ?2 + v.key, rev = v.value ->> 2, row = CAST(v.value ->> 4 AS BLOB),
+    key = coalesce(CAST(v.value ->> 5 AS BLOB), rows.key),
+    hidden = coalesce(CAST(v.value ->> 6 AS BLOB), X'7B7D')
+FROM json_each(?1) v
+WHERE rows.collection = v.value ->> 0 AND rows.ident = v.value ->> 1
+    AND rows.scope = v.value ->> 3 AND rows.rev <> v.value ->> 2
+"""
+_ENTRIES_RENUMBER = """
+UPDATE entries SET version = v.value ->> 2 FROM json_each(?) v
+WHERE entries.scope = v.value ->> 0 AND entries.version = v.value ->> 1
+"""
+_ENTRIES_MOVE = """
+UPDATE entries SET version = v.value ->> 2, deleted = v.value ->> 3,
+    key = CAST(v.value ->> 4 AS BLOB), rev = v.value ->> 5
+FROM json_each(?) v
+WHERE entries.scope = v.value ->> 0 AND entries.version = v.value ->> 1
+"""
+_ENTRIES_DELETE = """
+DELETE FROM entries WHERE rowid IN (
+    SELECT e.rowid FROM json_each(?) v CROSS JOIN entries e
+    ON e.scope = v.value ->> 0 AND e.version = v.value ->> 1)
+"""
+_TOMBSTONES_DELETE = """
+DELETE FROM entries WHERE rowid IN (
+    SELECT e.rowid FROM json_each(?) v CROSS JOIN entries e
+    ON e.collection = v.value ->> 0 AND e.ident = v.value ->> 1 AND e.scope = v.value ->> 2
+        AND e.deleted = 1)
+"""
+_ENTRIES_INSERT = """
+INSERT INTO entries (scope, version, collection, ident, deleted, key, rev)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
+    CAST(value ->> 5 AS BLOB), value ->> 6
+FROM json_each(?)
+"""
+_LOAD_ROW = """
+INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, row, hidden)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_LOAD_ENTRY = """
+INSERT INTO entries (scope, version, collection, ident, deleted) VALUES (?, ?, ?, ?, 0)
+"""
+# A scope's changes after a version: its one-scope rows merged with its other entries.
+_PULL = """
+SELECT version, 0, collection, key, rev, row FROM rows WHERE scope = ?1 AND version > ?2
+UNION ALL
+SELECT e.version, e.deleted, e.collection, coalesce(e.key, r.key), coalesce(e.rev, r.rev), r.row
+FROM entries e LEFT JOIN rows r
+    ON e.deleted = 0 AND r.collection = e.collection AND r.ident = e.ident
+WHERE e.scope = ?1 AND e.version > ?2
+ORDER BY 1 LIMIT ?3
+"""
+_LOOKUP_CHUNK = 20_000  # identities per lookup statement
+_EMPTY = b"{}"
+_SCOPES_CACHE = 100_000  # distinct scope lists whose JSON is kept
+_IN_SCOPE_SKIP = 8  # batches that skip the one-statement attempt after it missed
 
 
 def upsert_line(collection_json: bytes, key: bytes, row: bytes, rev: str, version: int) -> bytes:
@@ -137,21 +220,9 @@ def delete_line(collection_json: bytes, key: bytes, rev: str, version: int) -> b
     )
 
 
-class _Runs:
-    """Statements to run in order, consecutive ones with the same SQL batched."""
-
-    def __init__(self) -> None:
-        self.runs: list[tuple[str, list[tuple[object, ...]]]] = []
-
-    def add(self, sql: str, params: tuple[object, ...]) -> None:
-        if self.runs and self.runs[-1][0] is sql:
-            self.runs[-1][1].append(params)
-        else:
-            self.runs.append((sql, [params]))
-
-    def run(self, conn: sqlite3.Connection) -> None:
-        for sql, params in self.runs:
-            conn.executemany(sql, params)
+def _text(blob: bytes | None) -> str | None:
+    """A JSON blob as a str, to travel inside a JSON batch."""
+    return None if blob is None else blob.decode()
 
 
 class SQLiteStore:
@@ -172,6 +243,8 @@ class SQLiteStore:
         self._local = threading.local()
         self._in_txn = False
         self._coll_json: dict[str, bytes] = {}
+        self._in_scope_skip = 0
+        self._scopes_text: dict[tuple[str, ...], str] = {}
         if self._meta("epoch") is None:
             self._init_meta()
         self._w.executescript(_INDEXES)
@@ -270,126 +343,242 @@ class SQLiteStore:
             cj = self._coll_json[collection] = orjson.dumps(collection)
         return cj
 
+    # -- row changes -----------------------------------------------------------------------
+
+    def _lookup(self, collection: str, idents: Iterable[str], with_row: bool) -> list[list[Any]]:
+        """Stored rows by identity: [ident, rowid, version, rev, scopes, key, hidden(, row)]."""
+        sql = _LOOKUP.format(row=", CAST(r.row AS TEXT)" if with_row else "")
+        wanted = list(idents)
+        found: list[list[Any]] = []
+        for i in range(0, len(wanted), _LOOKUP_CHUNK):
+            chunk = orjson.dumps(wanted[i : i + _LOOKUP_CHUNK])
+            (text,) = self._w.execute(sql, (chunk, collection)).fetchone()
+            found.extend(orjson.loads(text))
+        return found
+
     def get_rows(self, collection: str, idents: Iterable[str]) -> dict[str, StoredRow]:
-        wanted = list(dict.fromkeys(idents))
         out: dict[str, StoredRow] = {}
-        for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for ident, version, rev, key, scopes, row, hidden in self._w.execute(
-                "SELECT ident, version, rev, key, scopes, row, hidden FROM rows "
-                f"WHERE collection = ? AND ident IN ({marks})",
-                (collection, *chunk),
-            ):
-                out[ident] = StoredRow(
-                    ident, version, rev, key, tuple(orjson.loads(scopes)), row, hidden
-                )
+        for ident, _, version, rev, scopes, key, hidden, row in self._lookup(
+            collection, dict.fromkeys(idents), with_row=True
+        ):
+            out[ident] = StoredRow(
+                ident, version, rev, key.encode(), tuple(scopes), row.encode(), hidden.encode()
+            )
         return out
 
-    def write(self, writes: Sequence[RowWrite]) -> set[str]:
-        """Apply row changes in order; returns the scopes whose content changed."""
+    def _stored(
+        self, changes: Sequence[RowChange]
+    ) -> tuple[dict[str, dict[str, Stored]], dict[str, set[str]]]:
+        """The stored rows the changes name, per collection and identity; and the
+        identities named more than once."""
+        named: dict[str, list[str]] = {}
+        with_row = False
+        for coll, gone, new in changes:
+            ids = named.get(coll)
+            if ids is None:
+                ids = named[coll] = []
+            if gone is not None:
+                ids.append(gone)
+            if new is not None:
+                ids.append(new.ident)
+                with_row = with_row or type(new) is not Image
+        stored: dict[str, dict[str, Stored]] = {}
+        repeated: dict[str, set[str]] = {}
+        for coll, ids in named.items():
+            unique = dict.fromkeys(ids)
+            if len(unique) < len(ids):
+                repeated[coll] = {i for i, n in Counter(ids).items() if n > 1}
+            found = self._lookup(coll, unique, with_row)
+            for r in found:
+                r[4] = tuple(r[4])
+            stored[coll] = {r[0]: r for r in found}
+        return stored, repeated
+
+    def apply(self, changes: Sequence[RowChange]) -> set[str]:
+        """Apply row changes in order; returns the scopes whose content changed.
+
+        The usual batch (stored rows changed once each, staying in their one scope) is one
+        statement. Any other is netted in memory (see `netting`) over one lookup of the
+        rows it names, then written with a few set-based statements.
+        """
         self._begin()
         self._ensure_indexes()
-        touched: set[str] = set()
-        rows = _Runs()
-        entries = _Runs()
-        version = self._version
-        for w in writes:
-            coll, old, new = w.collection, w.old, w.new
-            cj = self._cj(coll)
-            if new is None:
-                if old is None:
-                    continue
-                version += 1
-                line = delete_line(cj, old.key, old.rev, version)
-                for s in old.scopes:
-                    entries.add(_UPDATE_ENTRY, (version, 1, line, s, coll, old.ident))
-                touched.update(old.scopes)
-                rows.add(_DELETE_ROW, (coll, old.ident))
+        touched = self._rewrite_in_scope(changes)
+        if touched is not None:
+            return touched
+        netting = Netting(self._version, *self._stored(changes))
+        for change in changes:
+            netting.replay(change)
+        if netting.rewrites:
+            self._w.execute(_ROWS_REWRITE, (orjson.dumps(netting.rewrites),))
+        if netting.renumbers:
+            self._w.execute(_ENTRIES_RENUMBER, (orjson.dumps(netting.renumbers),))
+        self._write_out(netting.states.values())
+        self._version = netting.version
+        return netting.touched
+
+    def _rewrite_in_scope(self, changes: Sequence[RowChange]) -> set[str] | None:
+        """Apply the batch in one statement if it is the usual one: stored rows, each
+        changed once and staying in its one scope (a bulk UPDATE). None if it is not,
+        with nothing written.
+
+        The statement needs no lookup: it finds each row by identity and rewrites it only
+        if it is in that scope with another rev; if it rewrote fewer rows than the batch
+        has, it is rolled back and the batch takes the general way. After such a miss the
+        next few batches go the general way directly.
+        """
+        if self._in_scope_skip:
+            self._in_scope_skip -= 1
+            return None
+        batch: list[tuple[str, str, str, str, str, str | None, str | None]] = []
+        idents: set[tuple[str, str]] = set()
+        for coll, gone, im in changes:
+            if gone is not None or type(im) is not Image or len(im.scopes) != 1:
+                return None
+            idents.add((coll, im.ident))
+            # A key equal to the identity, or hidden columns as "{}", travel as null:
+            # less for SQLite to parse out of the JSON.
+            key = im.key.decode()
+            batch.append(
+                (coll, im.ident, im.rev, im.scopes[0], im.row.decode(),
+                 None if key == im.ident else key,
+                 None if im.hidden == _EMPTY else im.hidden.decode())
+            )  # fmt: skip
+        if len(idents) < len(batch):
+            return None
+        self._w.execute("SAVEPOINT in_scope")
+        cur = self._w.execute(_ROWS_REWRITE_IN_SCOPE, (orjson.dumps(batch), self._version + 1))
+        if cur.rowcount != len(batch):
+            self._w.execute("ROLLBACK TO in_scope")
+            self._w.execute("RELEASE in_scope")
+            self._in_scope_skip = _IN_SCOPE_SKIP
+            return None
+        self._w.execute("RELEASE in_scope")
+        self._version += len(batch)
+        return {b[3] for b in batch}
+
+    def _write_out(self, states: Iterable[RowState]) -> None:
+        """Write the final state of the rows the general replay changed, and their entries.
+
+        A row ending in exactly one scope is its upsert entry there (`rows.scope`); any
+        other final entry is a record of `entries`. Each entry the batch touched goes from
+        where it was stored (in the row, at (scope, stored version), or nowhere but maybe
+        an old tombstone) to where it belongs now.
+        """
+        row_deletes: list[int] = []
+        row_updates: list[tuple[object, ...]] = []
+        row_inserts: list[tuple[object, ...]] = []
+        deletes: list[tuple[str, int]] = []
+        moves: list[tuple[object, ...]] = []
+        clears: list[tuple[str, str, str]] = []
+        inserts: list[tuple[object, ...]] = []
+        for st in states:
+            if not st.changed:
                 continue
-            if old is not None and old.rev == new.rev and old.scopes == new.scopes:
-                if old.hidden != new.hidden:
-                    rows.add(_HIDDEN_ONLY, (new.hidden, coll, new.ident))
-                continue
-            version += 1
-            line = upsert_line(cj, new.key, new.row, new.rev, version)
-            old_scopes = old.scopes if old is not None else ()
-            for s in new.scopes:
-                if s in old_scopes:  # the row's entry in this scope exists: move it
-                    entries.add(_UPDATE_ENTRY, (version, 0, line, s, coll, new.ident))
-                else:  # new here (perhaps over an old tombstone)
-                    entries.add(_PUT_ENTRY, (s, version, coll, new.ident, 0, line))
-            touched.update(new.scopes)
-            scopes_json = orjson.dumps(new.scopes).decode()
-            if old is None:
-                rows.add(
-                    _UPSERT_ROW,
-                    (coll, new.ident, version, new.rev, new.key, scopes_json, new.row, new.hidden),
-                )
-                continue
-            left = [s for s in old_scopes if s not in new.scopes]
-            if left:
-                tomb = delete_line(cj, old.key, old.rev, version)
-                for s in left:
-                    entries.add(_UPDATE_ENTRY, (version, 1, tomb, s, coll, old.ident))
-                touched.update(left)
-            rows.add(
-                _UPDATE_ROW,
-                (version, new.rev, new.key, scopes_json, new.row, new.hidden, coll, new.ident),
-            )
-        rows.run(self._w)
-        entries.run(self._w)
-        self._version = version
-        return touched
+            coll, ident = st.collection, st.ident
+            single = st.scopes[0] if len(st.scopes) == 1 else None  # () once deleted
+            if st.rowid is None:
+                if st.exists:
+                    row_inserts.append(
+                        (coll, ident, st.version, st.rev, st.key.decode(), st.scopes, single,
+                         _text(st.row), st.hidden.decode())
+                    )  # fmt: skip
+            elif not st.exists:
+                row_deletes.append(st.rowid)
+            else:
+                row_updates.append(
+                    (st.rowid, st.version, st.rev, st.key.decode(), st.scopes, single,
+                     _text(st.row), st.hidden.decode())
+                )  # fmt: skip
+            stored, stored_in_row = st.stored_scopes, len(st.stored_scopes) == 1
+            for scope, (version, deleted, key, rev) in st.entries.items():
+                in_row = not deleted and scope == single
+                entry = (scope, version, coll, ident, deleted, _text(key), rev)
+                if scope not in stored:  # replacing the tombstone it may have left before
+                    clears.append((coll, ident, scope))
+                    if not in_row:
+                        inserts.append(entry)
+                elif stored_in_row:
+                    if not in_row:
+                        inserts.append(entry)
+                elif in_row:
+                    deletes.append((scope, st.stored_version))
+                else:
+                    moves.append((scope, st.stored_version, version, deleted, _text(key), rev))
+        for sql, batch in (
+            (_ROWS_DELETE, row_deletes),
+            (_ROWS_UPDATE, row_updates),
+            (_ROWS_INSERT, row_inserts),
+            (_ENTRIES_DELETE, deletes),
+            (_ENTRIES_MOVE, moves),
+            (_TOMBSTONES_DELETE, clears),
+            (_ENTRIES_INSERT, inserts),
+        ):
+            if batch:
+                self._w.execute(sql, (orjson.dumps(batch),))
+
+    def write(self, writes: Sequence[RowWrite]) -> set[str]:
+        """Apply row changes given with the caller's view of each row's current image."""
+        changes = [
+            RowChange(w.collection, w.old.ident if w.new is None and w.old else None, w.new)
+            for w in writes
+            if w.old is not None or w.new is not None
+        ]
+        return self.apply(changes)
+
+    def _scopes_json(self, scopes: tuple[str, ...]) -> str:
+        """JSON of a row's scopes; the same few tuples recur row after row."""
+        text = self._scopes_text.get(scopes)
+        if text is None:
+            if len(self._scopes_text) >= _SCOPES_CACHE:
+                self._scopes_text.clear()
+            text = self._scopes_text[scopes] = orjson.dumps(scopes).decode()
+        return text
 
     def load(self, collection: str, images: Sequence[Image]) -> None:
-        """Bulk insert for the initial copy into an empty store (no old images)."""
+        """Bulk insert for the initial copy into an empty store (no old images).
+
+        `executemany`, not a JSON batch: the copy feeds the store from the thread that
+        reads it, so no other thread competes for the GIL between rows, and binding a
+        row's values costs less than SQLite's parsing them out of JSON.
+        """
         self._begin()
-        cj = self._cj(collection)
         version = self._version
         rows: list[tuple[object, ...]] = []
         entries: list[tuple[object, ...]] = []
-        for im in images:
+        scopes_json = self._scopes_json
+        for ident, key, row, rev, scopes, hidden in images:
             version += 1
-            line = upsert_line(cj, im.key, im.row, im.rev, version)
-            for s in im.scopes:
-                entries.append((s, version, collection, im.ident, line))
+            if len(scopes) == 1:
+                single = scopes[0]
+            else:
+                single = None
+                for s in scopes:
+                    entries.append((s, version, collection, ident))
             rows.append(
-                (
-                    collection,
-                    im.ident,
-                    version,
-                    im.rev,
-                    im.key,
-                    orjson.dumps(im.scopes).decode(),
-                    im.row,
-                    im.hidden,
-                )
+                (collection, ident, version, rev, key, scopes_json(scopes), single, row, hidden)
             )
-        self._w.executemany(_INSERT_ROW, rows)
-        self._w.executemany(_INSERT_ENTRY, entries)
+        self._w.executemany(_LOAD_ROW, rows)
+        if entries:
+            self._w.executemany(_LOAD_ENTRY, entries)
         self._version = version
 
     def truncate(self, collection: str) -> set[str]:
         """Every row of the collection becomes a tombstone in each of its scopes."""
         self._begin()
         self._ensure_indexes()
-        cj = self._cj(collection)
         touched: set[str] = set()
-        version = self._version
-        batch: list[tuple[str, int, str, str, int, bytes]] = []
-        for ident, rev, key, scopes in self._w.execute(
-            "SELECT ident, rev, key, scopes FROM rows WHERE collection = ?", (collection,)
-        ).fetchall():
-            version += 1
-            line = delete_line(cj, bytes(key), rev, version)
-            for s in orjson.loads(scopes):
-                batch.append((s, version, collection, ident, 1, line))
-                touched.add(s)
-        self._w.executemany(_PUT_ENTRY, batch)
-        self._w.execute("DELETE FROM rows WHERE collection = ?", (collection,))
-        self._version = version
-        return touched
+        while True:
+            idents = [
+                r[0]
+                for r in self._w.execute(
+                    "SELECT ident FROM rows WHERE collection = ? LIMIT ?",
+                    (collection, _LOOKUP_CHUNK),
+                )
+            ]
+            if not idents:
+                return touched
+            touched |= self.apply([RowChange(collection, i, None) for i in idents])
 
     def record_mutations(self, records: Sequence[MutationRecord]) -> None:
         if not records:
@@ -461,34 +650,36 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
+    def _line(self, version: int, deleted: int, coll: str, key: bytes, rev: str, row: Any) -> bytes:
+        """The change line of one entry (an upsert shows its row's current image)."""
+        if deleted:
+            return delete_line(self._cj(coll), key, rev, version)
+        return upsert_line(self._cj(coll), key, row, rev, version)
+
     def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData:
         """Changes after `after` in any of `scopes`, in version order, at most `limit`."""
         conn = self._reader()
-        query = (
-            "SELECT version, deleted, line FROM entries "
-            "WHERE scope = ? AND version > ? ORDER BY version LIMIT ?"
-        )
         if len(scopes) == 1:
-            rows = conn.execute(query, (scopes[0], after, limit + 1)).fetchall()
+            rows = conn.execute(_PULL, (scopes[0], after, limit + 1)).fetchall()
             has_more = len(rows) > limit
             rows = rows[:limit]
             last = rows[-1][0] if rows else after
-            return PageData([bytes(r[2]) for r in rows], last, has_more)
-        by_version: dict[int, tuple[int, bytes]] = {}
+            return PageData([self._line(*r) for r in rows], last, has_more)
+        by_version: dict[int, tuple[Any, ...]] = {}
         conn.execute("BEGIN")  # one snapshot across the scopes
         try:
             for scope in dict.fromkeys(scopes):
-                for version, deleted, line in conn.execute(query, (scope, after, limit + 1)):
-                    seen = by_version.get(version)
-                    if seen is None or (seen[0] == 1 and deleted == 0):
-                        by_version[version] = (deleted, line)
+                for r in conn.execute(_PULL, (scope, after, limit + 1)):
+                    seen = by_version.get(r[0])
+                    if seen is None or (seen[1] == 1 and r[1] == 0):
+                        by_version[r[0]] = r
         finally:
             conn.execute("COMMIT")
         versions = sorted(by_version)
         has_more = len(versions) > limit
         versions = versions[:limit]
         last = versions[-1] if versions else after
-        return PageData([bytes(by_version[v][1]) for v in versions], last, has_more)
+        return PageData([self._line(*by_version[v]) for v in versions], last, has_more)
 
     def mutation(self, mutation_id: str) -> MutationRecord | None:
         row = (
