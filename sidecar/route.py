@@ -17,7 +17,6 @@ form of that value — exact for text, json and arrays of them, the types that T
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from hashlib import blake2b
 from typing import Any
 
 import orjson
@@ -25,7 +24,7 @@ import structlog
 
 from sidecar.capture.pgoutput import UNCHANGED
 from sidecar.catalog import TableInfo
-from sidecar.changes import Image
+from sidecar.changes import Image, rev_of
 from sidecar.config.model import CollectionConfig
 from sidecar.rules import ReadRule, compile_read_rule
 from sidecar.values import JSON_OPTIONS, dumps, json_fixer, make_transformer
@@ -180,9 +179,7 @@ class Route:
             key = key_json(values)
             ident = key if ident_json is None else ident_json(values)
             scopes = scopes_of(values) if static is None else static
-            return Image(
-                ident.decode(), key, row, blake2b(row, digest_size=8).hexdigest(), scopes, hidden
-            )
+            return Image(ident.decode(), key, row, rev_of(row), scopes, hidden)
 
         return image
 
