@@ -16,31 +16,16 @@ from pathlib import Path
 
 import psycopg
 
-from bench.harness import Timer, config, current_lsn, postgres, report
+from bench.harness import ITEMS_COLLECTION, Timer, config, current_lsn, make_items, postgres, report
 from sidecar.changes import str_to_lsn
 from sidecar.service import Service
-
-COLLECTIONS = """
-  items:
-    table: items
-    read: "owner = :sub"
-"""
 
 
 async def run(rows: int) -> dict[str, float]:
     with postgres() as pg, tempfile.TemporaryDirectory() as tmp:
         dsn = pg.dsn("bench")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE items (id int PRIMARY KEY, owner int NOT NULL, val int NOT NULL, "
-                "note text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
-            )
-            conn.execute(
-                "INSERT INTO items SELECT g, g %% 1000, g, 'note ' || g "
-                "FROM generate_series(1, %s) g",
-                (rows,),
-            )
-        cfg = config(pg, Path(tmp) / "store.db", COLLECTIONS)
+        make_items(dsn, rows)
+        cfg = config(pg, Path(tmp) / "store.db", ITEMS_COLLECTION)
         service = await Service.start(cfg)
         await service.capture.wait_ready(600)
         await service.close()

@@ -77,3 +77,24 @@ def report(name: str, rows: int, ours: float, ref_name: str, ref: float) -> dict
         "ref_rows_per_s": ref_rate,
         "ratio": ours_rate / ref_rate,
     }
+
+
+ITEMS_COLLECTION = """
+  items:
+    table: items
+    read: "owner = :sub"
+"""
+
+
+def make_items(dsn: str, rows: int) -> None:
+    """The benchmarks' table: `rows` rows over 1,000 owners, vacuumed and analysed."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE items (id int PRIMARY KEY, owner int NOT NULL, val int NOT NULL, "
+            "note text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO items SELECT g, g %% 1000, g, 'note ' || g FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        conn.execute("VACUUM ANALYZE items")

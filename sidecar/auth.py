@@ -112,7 +112,6 @@ class Authenticator:
         else:
             self.algorithms = [a for a in jc.algorithms if a not in _HMAC and a != "none"]
             self.keyset = KeySet(jc.jwks) if jc.jwks else None
-        self._missing_logged: set[str] = set()
 
     async def authenticate(self, header: str | None) -> Principal:
         """The principal of an `Authorization: Bearer <JWT>` header, or `Unauthorized`."""

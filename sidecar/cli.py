@@ -21,7 +21,7 @@ from sidecar.config.model import Config
 from sidecar.errors import SidecarError
 from sidecar.observability import configure_logging
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL = 0, 1
 
 
 def _default_config() -> str:

@@ -169,14 +169,6 @@ class EmbeddedPostgres:
                     raise
                 time.sleep(0.1)
 
-    def log_tail(self, n: int = 40) -> str:
-        if not self.root:
-            return ""
-        path = self.root / "server.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-
     def stop(self) -> None:
         if self.root is None:
             return

@@ -132,9 +132,3 @@ class PreflightError(SidecarError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"the database is not ready for the sidecar:\n{lines}")
-
-
-class StoreRebuildRequired(SidecarError):
-    """The store cannot continue from the slot (slot missing, invalidated or behind)."""
-
-    code, status, title = "store_rebuild_required", 500, "Store must be rebuilt"

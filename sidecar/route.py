@@ -32,7 +32,6 @@ from sidecar.values import default as values_default
 
 log = structlog.get_logger("sidecar.capture")
 
-Text = bytes | None
 _EMPTY = b"{}"
 
 
@@ -93,7 +92,6 @@ class Route:
         self.needed_oids: tuple[int, ...] = tuple(cols[c].type_oid for c in self.needed)
         self._tx = make_transformer(self.needed_oids)
         pos = {c: i for i, c in enumerate(self.needed)}
-        self._n = len(self.needed)
         self._n_exposed = len(self.exposed)
         self._hidden = self.needed[self._n_exposed :]
         self._ident_pos = tuple((c, pos[c]) for c in self.ident_columns)

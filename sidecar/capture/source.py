@@ -62,7 +62,6 @@ class ReplicationStream:
         self._conn: psycopg.AsyncConnection | None = None
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
-        self._streaming = False
         self._reader_fd: int | None = None
 
     async def connect(self) -> None:
@@ -112,7 +111,6 @@ class ReplicationStream:
         loop = asyncio.get_running_loop()
         self._reader_fd = pgconn.socket
         loop.add_reader(self._reader_fd, self._readable.set)
-        self._streaming = True
 
     def _check_copy_end(self, nbytes: int) -> None:
         pgconn = self.conn.pgconn
