@@ -71,6 +71,21 @@ class _TextLoader(Loader):
         return bytes(data).decode("utf-8")
 
 
+def _iso_timetz(base: type[Loader]) -> type[Loader]:
+    """`timetz` as ISO 8601 text (`"10:30:00+02:00"`): JSON has no zoned time of day."""
+
+    class IsoTimeTz(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._inner = base(oid, context)
+
+        def load(self, data: Any) -> Any:
+            value = self._inner.load(data)
+            return value if isinstance(value, str) else value.isoformat()
+
+    return IsoTimeTz
+
+
 def _build_adapters() -> AdaptersMap:
     amap = AdaptersMap(psycopg.adapters)
     for name in ("date", "timestamp", "timestamptz", "time", "timetz"):
@@ -78,6 +93,8 @@ def _build_adapters() -> AdaptersMap:
         base = amap.get_loader(oid, Format.TEXT)
         if base is not None:
             amap.register_loader(oid, _lenient(base))
+    timetz = pg_types["timetz"].oid
+    amap.register_loader(timetz, _iso_timetz(amap.get_loader(timetz, Format.TEXT)))
     amap.register_loader(pg_types["interval"].oid, _TextLoader)
     return amap
 

@@ -145,6 +145,24 @@ def str_to_lsn(s: str) -> int:
     return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
 
 
+WAL_PAGE: Final = 8192  # XLOG_BLCKSZ of every stock build
+_PAGE_HEADERS: Final = (24, 40)  # SizeOfXLogShortPHD, SizeOfXLogLongPHD (segment start)
+
+
+def covers(done: int, target: int) -> bool:
+    """True when WAL processed up to `done` includes everything before `target`.
+
+    ``pg_current_wal_insert_lsn()`` reports a position that falls on a page boundary as
+    *after* that page's header, while the walsender reports the end of the last record,
+    i.e. the boundary itself. Both mean the same point of the WAL; without this an idle
+    server would leave a waiter stuck until some unrelated WAL is written.
+    """
+    if done >= target:
+        return True
+    offset = target % WAL_PAGE
+    return offset in _PAGE_HEADERS and done == target - offset
+
+
 # --------------------------------------------------------------------------------------
 # Streaming replication framing (CopyData payloads)
 # --------------------------------------------------------------------------------------

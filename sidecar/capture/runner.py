@@ -171,7 +171,7 @@ class CaptureRunner:
     async def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
         """True once everything up to `lsn` is in the store (asks the server to report)."""
         deadline = time.monotonic() + timeout
-        while self.status.flushed_lsn < lsn:
+        while not po.covers(self.status.flushed_lsn, lsn):
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

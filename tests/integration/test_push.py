@@ -454,6 +454,7 @@ async def test_concurrent_pushes_of_one_row_exactly_one_wins(sc, pg_dsn):
                 }
             ]
         )
+        assert "results" in body, body
         return body["results"][0]["status"]
 
     statuses = await asyncio.gather(*(attempt(n) for n in range(8)))
@@ -605,3 +606,44 @@ async def test_audit_trail_for_admins(pg_dsn, pg_url, sidecar_factory):
         "/v1/audit", params={"collection": "todos", "key": "nope"}, headers=auth(7, role="admin")
     )
     assert resp.status == 400
+
+
+def land_on_page_boundary(dsn: str) -> str:
+    """Write WAL so the insert position sits just past a page header (what CI hit once)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def insert_lsn() -> int:
+            row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'").fetchone()
+            assert row is not None
+            return int(row[0])
+
+        for _ in range(20):
+            before = insert_lsn()
+            conn.execute("SELECT pg_logical_emit_message(false, 'pad', repeat('a', 300))")
+            after = insert_lsn()  # the probe is > 255 bytes, so it has the same header
+            want = 8192 - after % 8192 - (after - before - 300)
+            if want > 300:
+                conn.execute(
+                    "SELECT pg_logical_emit_message(false, 'pad', repeat('a', %s))", (want,)
+                )
+                if insert_lsn() % 8192 == 24:
+                    break
+        else:
+            pytest.fail("could not place the WAL insert position on a page boundary")
+        row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        assert row is not None
+        return row[0]
+
+
+async def test_push_on_an_idle_server_at_a_wal_page_boundary_is_not_stalled(sc, pg_dsn):
+    """pg_current_wal_insert_lsn() at a page boundary points past the page header, while
+    the walsender reports the boundary itself: both are the same point, so neither a push
+    nor a pull with after_lsn may wait for unrelated WAL to show up."""
+    await current(sc)
+    lsn = land_on_page_boundary(pg_dsn)
+    await sc.pull(1, after_lsn=lsn, timeout=1)  # 503 if it had to wait for more WAL
+    status, body = await sc.push(
+        [{"id": "pb1", "collection": "todos", "op": "insert", "data": {"title": "edge"}}]
+    )
+    assert status == 200, body
+    assert body["results"][0]["status"] == "applied"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from sidecar.values import to_json_value
+from sidecar.values import configure_connection, to_json_value
 from tests.integration.conftest import state_of
 
 pytestmark = pytest.mark.pg
@@ -37,7 +37,9 @@ CREATE TABLE golden (
     flag boolean,
     t text,
     small smallint,
-    huge bigint
+    huge bigint,
+    tod time,
+    todz timetz
 );
 """
 
@@ -65,7 +67,9 @@ INSERT INTO golden VALUES (
     true,
     E'line\\nbreak \\u00e9 \\t tab',
     -32768,
-    9223372036854775807
+    9223372036854775807,
+    '23:59:59.5',
+    '10:30:00+02'
 )
 """
 
@@ -78,6 +82,8 @@ EXPECTED = {
     "ts": "2024-03-10T07:00:00+00:00",
     "ts_inf": "infinity",
     "tsn": "2024-03-10T12:34:56.789012",
+    "tod": "23:59:59.500000",
+    "todz": "10:30:00+02:00",
     "d": "2024-02-29",
     "d_inf": "-infinity",
     "iv": "P1Y2M3DT4H5M6.5S",
@@ -106,6 +112,7 @@ COLLECTION = """
 def select_json(dsn: str, id_: int) -> dict:
     """The row as a plain SELECT returns it, through the sidecar's JSON typing."""
     with psycopg.connect(dsn, options="-c TimeZone=UTC") as conn:
+        configure_connection(conn)  # the loaders every sidecar connection uses
         cols = ", ".join(c for c in EXPECTED if c not in PSYCOPG_CANNOT)
         cur = conn.execute(f"SELECT {cols} FROM golden WHERE id = %s", (id_,))
         names = [d.name for d in cur.description]

@@ -40,6 +40,7 @@ from sidecar.capture.pgoutput import (
     Update,
     Value,
     XLogData,
+    covers,
     decode,
     lsn_to_str,
     parse_copy_data,
@@ -548,3 +549,20 @@ def benchmark(n: int = 200_000) -> float:
 
 if __name__ == "__main__":
     benchmark()
+
+
+@pytest.mark.parametrize(
+    ("done", "target", "ok"),
+    [
+        (100, 100, True),
+        (101, 100, True),
+        (99, 100, False),
+        (8192, 8192 + 24, True),  # page boundary vs. insert position past the short header
+        (16 << 20, (16 << 20) + 40, True),  # segment start: long header
+        (8192 - 8, 8192 + 24, False),  # a record still ends before the boundary
+        (8192, 8192 + 32, False),  # a real record after the header is not covered
+        (8192 * 3, 8192 * 3 + 24, True),
+    ],
+)
+def test_covers_treats_a_page_header_as_no_wal(done: int, target: int, ok: bool) -> None:
+    assert covers(done, target) is ok
