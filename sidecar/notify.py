@@ -8,8 +8,9 @@ waiter). A waiter whose scopes did not change stays asleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class Notifier:
@@ -32,8 +33,13 @@ class Notifier:
     def waiter_count(self) -> int:
         return len({ev for evs in self._waiters.values() for ev in evs} | self._any)
 
-    async def wait(self, scopes: Iterable[str] | None, timeout: float) -> bool:
-        """Sleep until one of `scopes` changes (None: any commit) or `timeout`; True if woken."""
+    @contextlib.contextmanager
+    def watch(self, scopes: Iterable[str] | None) -> Iterator[asyncio.Event]:
+        """An event set by the next commit touching `scopes` (None: any commit).
+
+        Register *before* reading the store, then wait on the event: a commit that lands
+        between the read and the wait still wakes the caller.
+        """
         ev = asyncio.Event()
         keys = list(dict.fromkeys(scopes)) if scopes is not None else None
         if keys is None:
@@ -42,10 +48,7 @@ class Notifier:
             for s in keys:
                 self._waiters[s].add(ev)
         try:
-            await asyncio.wait_for(ev.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            yield ev
         finally:
             if keys is None:
                 self._any.discard(ev)
@@ -56,3 +59,19 @@ class Notifier:
                         waiters.discard(ev)
                         if not waiters:
                             del self._waiters[s]
+
+    async def wait(self, scopes: Iterable[str] | None, timeout: float) -> bool:
+        """Sleep until one of `scopes` changes (None: any commit) or `timeout`; True if woken."""
+        with self.watch(scopes) as ev:
+            return await wait_event(ev, timeout)
+
+
+async def wait_event(ev: asyncio.Event, timeout: float) -> bool:
+    """True if `ev` is set within `timeout` seconds."""
+    if ev.is_set():
+        return True
+    try:
+        await asyncio.wait_for(ev.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False

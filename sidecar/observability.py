@@ -68,4 +68,17 @@ class Metrics:
         )
         self.store_rows = Gauge("sidecar_store_rows", "Rows in the store", registry=r)
         self.store_bytes = Gauge("sidecar_store_bytes", "Store file size", registry=r)
-        self.live_waiters = Gauge("sidecar_live_waiters", "Live pulls waiting", registry=r)
+        self.live_waiters = Gauge(
+            "sidecar_live_waiters", "Live pulls and streams waiting for a change", registry=r
+        )
+        self.live_requests = Gauge(
+            "sidecar_live_requests", "Live pulls and streams open (limits.live_*)", registry=r
+        )
+        self.page_cache_hits = Counter(
+            "sidecar_page_cache_hits",
+            "Pull pages served from the page cache or a read already under way",
+            registry=r,
+        )
+        self.page_cache_misses = Counter(
+            "sidecar_page_cache_misses", "Pull pages read from the store", registry=r
+        )

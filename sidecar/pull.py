@@ -7,12 +7,12 @@ retention is refused with `cursor_expired` (410): the client must resync from sc
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import orjson
 import structlog
@@ -20,13 +20,11 @@ import structlog
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, Page
 from sidecar.errors import CursorExpired, Forbidden, InvalidRequest, Unavailable
-from sidecar.notify import Notifier
+from sidecar.notify import Notifier, wait_event
+from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
 from sidecar.route import Route
 from sidecar.store.base import ChangeStore
-
-MAX_LIVE_PER_SUBJECT = 16  # live pulls one subject may have waiting at once
-MAX_LIVE_TOTAL = 20_000  # and the whole process
 
 log = structlog.get_logger("sidecar.pull")
 
@@ -50,6 +48,20 @@ class PullRequest:
     live: bool = False
     timeout: float = 20.0
     after_lsn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One thing a stream tells its client.
+
+    `changes`: a page (sent when it has changes, and once at the start); `heartbeat`:
+    nothing changed for a while; `reauth`: the token expired, the stream ends;
+    `resync`: the store was rebuilt, the stream ends and the client starts afresh.
+    """
+
+    kind: Literal["changes", "heartbeat", "reauth", "resync"]
+    page: Page | None = None
+    detail: str = ""
 
 
 def schema_version(routes: Sequence[Route]) -> str:
@@ -85,8 +97,14 @@ class Puller:
         max_page: int,
         max_wait: float,
         permissions: Permissions,
+        live_per_subject: int = 16,
+        live_total: int = 20_000,
+        cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.permissions = permissions
+        self.live_per_subject = live_per_subject
+        self.live_total = live_total
+        self.cache = PageCache(store, cache_bytes)
         self._missing: set[tuple[str, str]] = set()
         self._live: dict[str, int] = {}
         self._live_total = 0
@@ -194,20 +212,58 @@ class Puller:
         after = self._start_version(req.cursor)
         routes = self.select_routes(principal, req.collections)
         scopes = self.scopes_for(principal, routes)
-        page = await self._page(scopes, after, limit)
-        if req.live and not page.lines and not page.has_more and scopes:
-            timeout = max(0.0, min(req.timeout, self.max_wait))
-            with self._live_slot(principal.subject):
-                if await self.notifier.wait(scopes, timeout):
-                    page = await self._page(scopes, page.cursor.version, limit)
+        if not (req.live and scopes):
+            return await self.cache.page(scopes, after, limit)
+        timeout = max(0.0, min(req.timeout, self.max_wait))
+        with self._live_slot(principal.subject), self.notifier.watch(scopes) as changed:
+            page = await self.cache.page(scopes, after, limit)
+            if not page.lines and not page.has_more and await wait_event(changed, timeout):
+                page = await self.cache.page(scopes, page.cursor.version, limit)
         return page
+
+    async def stream(
+        self, principal: Principal, req: PullRequest, *, heartbeat: float
+    ) -> AsyncIterator[StreamEvent]:
+        """Pages as changes land in the caller's scopes, until the token expires.
+
+        Holds one live slot for its whole life. The first page is always sent (it tells
+        the client where it stands); later ones only when they carry changes.
+        """
+        self._check_ready()
+        limit = max(1, min(req.limit, self.max_page))
+        epoch = self.store.state().epoch
+        after = self._start_version(req.cursor)
+        scopes = self.scopes_for(principal, self.select_routes(principal, req.collections))
+        expires = principal.claims.get("exp")
+        first = True
+        with self._live_slot(principal.subject):
+            while True:
+                with self.notifier.watch(scopes) as changed:
+                    if self.store.state().epoch != epoch:
+                        yield StreamEvent("resync", detail="the store was rebuilt; resync")
+                        return
+                    page = await self.cache.page(scopes, after, limit)
+                    if page.lines or first:
+                        yield StreamEvent("changes", page)
+                        first = False
+                    after = page.cursor.version
+                    if page.has_more:
+                        continue
+                    left = heartbeat
+                    if isinstance(expires, int | float):
+                        left = min(left, float(expires) - time.time())
+                        if left <= 0:
+                            yield StreamEvent("reauth", detail="the token expired")
+                            return
+                    if not await wait_event(changed, left):
+                        yield StreamEvent("heartbeat")
 
     @contextlib.contextmanager
     def _live_slot(self, subject: str) -> Iterator[None]:
         """Bound the live waits of one subject and of the whole process (503 past it)."""
         mine = self._live.get(subject, 0)
-        if mine >= MAX_LIVE_PER_SUBJECT or self._live_total >= MAX_LIVE_TOTAL:
-            raise Unavailable("too many live pulls waiting; retry shortly", retry_after=2)
+        if mine >= self.live_per_subject or self._live_total >= self.live_total:
+            raise Unavailable("too many live requests waiting; retry shortly", retry_after=2)
         self._live[subject] = mine + 1
         self._live_total += 1
         try:
@@ -220,13 +276,8 @@ class Puller:
             else:
                 del self._live[subject]
 
-    async def _page(self, scopes: list[str], after: int, limit: int) -> Page:
-        state = self.store.state()  # read before the query: its version is a safe floor
-        if not scopes:
-            return Page([], Cursor(state.epoch, max(after, state.version)), False)
-        data = await asyncio.to_thread(self.store.pull, scopes, after, limit)
-        version = data.last_version if data.has_more else max(data.last_version, state.version)
-        return Page(data.lines, Cursor(state.epoch, version), data.has_more)
+    def live_count(self) -> int:
+        return self._live_total
 
 
 def render_page(page: Page, schema_version: str) -> bytes:

@@ -72,6 +72,7 @@ class Service:
     metrics: Metrics
     limiter: RateLimiter | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
 
     @classmethod
     async def start(cls, config: Config) -> Service:
@@ -91,6 +92,9 @@ class Service:
             max_page=config.limits.max_page,
             max_wait=config.limits.pull_wait,
             permissions=permissions,
+            live_per_subject=config.limits.live_per_subject,
+            live_total=config.limits.live_total,
+            cache_bytes=config.limits.page_cache,
         )
         pool = AsyncConnectionPool(
             config.database.url,
@@ -146,6 +150,11 @@ class Service:
         m.flushed_lsn.set(st.flushed_lsn)
         m.lag_bytes.set(max(0, st.server_lsn - st.flushed_lsn))
         m.live_waiters.set(self.notifier.waiter_count())
+        m.live_requests.set(self.puller.live_count())
+        cache = self.puller.cache
+        m.page_cache_hits.inc(cache.hits - self._counted[0])
+        m.page_cache_misses.inc(cache.misses - self._counted[1])
+        self._counted = (cache.hits, cache.misses)
         counts = self.store.counts()
         m.store_rows.set(counts["rows"])
         m.store_bytes.set(counts["bytes"])

@@ -852,6 +852,9 @@ class _Builder:
             max_body=self.size(raw, ("limits", "max_body"), defaults.max_body),
             rate=self.rate(raw, ("limits", "rate")),
             pull_wait=self.duration(raw, ("limits", "pull_wait"), defaults.pull_wait),
+            live_per_subject=_typed(raw, "live_per_subject", int, defaults.live_per_subject),
+            live_total=_typed(raw, "live_total", int, defaults.live_total),
+            page_cache=self.size(raw, ("limits", "page_cache"), defaults.page_cache),
         )
 
     def log(self, raw: dict[str, Any]) -> LogConfig:

@@ -107,6 +107,9 @@ class LimitsConfig:
     max_body: int = 5 * MIB
     rate: Rate | None = None
     pull_wait: float = 30.0
+    live_per_subject: int = 16
+    live_total: int = 20_000
+    page_cache: int = 64 * MIB
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ def create_app(service: Service) -> web.Application:
     app.router.add_get("/metrics", routes.metrics)
     app.router.add_get("/v1/schema", routes.schema)
     app.router.add_get("/v1/pull", routes.pull)
+    app.router.add_get("/v1/stream", routes.stream)
     app.router.add_post("/v1/push", routes.push)
     app.router.add_get("/v1/audit", routes.audit)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import orjson
 from aiohttp import web
@@ -13,7 +14,7 @@ from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
 from sidecar.changes import Cursor
 from sidecar.errors import Forbidden, InvalidRequest, PayloadTooLarge, Unavailable
 from sidecar.mutations import parse_push
-from sidecar.pull import PullRequest, render_page
+from sidecar.pull import PullRequest, StreamEvent, render_page
 from sidecar.rules import evaluate
 from sidecar.service import Service
 
@@ -21,6 +22,8 @@ SERVICE = web.AppKey("service", Service)
 
 NDJSON = "application/x-ndjson"
 MAX_TIMEOUT = 60.0
+COMPRESS_FROM = 1400  # bytes: smaller JSON bodies are sent as they are (one packet anyway)
+SSE_RETRY_MS = 3000  # the reconnect delay suggested to EventSource clients
 
 
 def _service(request: web.Request) -> Service:
@@ -38,6 +41,24 @@ async def _principal(request: web.Request) -> Principal:
 
 def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _revalidated(request: web.Request, body: bytes, cache_control: str) -> web.Response:
+    """A JSON answer that depends on the token: an ETag over the exact bytes, 304 when the
+    client already has them, gzip when accepted and worth it."""
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Authorization"}
+    if etag in _etags(request.headers.get("If-None-Match", "")):
+        return web.Response(status=304, headers=headers)
+    resp = web.Response(body=body, content_type="application/json", headers=headers)
+    if len(body) >= COMPRESS_FROM:
+        resp.enable_compression()  # picks gzip/deflate from Accept-Encoding, or nothing
+    return resp
+
+
+def _etags(header: str) -> set[str]:
+    tags = {t.strip() for t in header.split(",") if t.strip()}
+    return {t[2:] if t.startswith("W/") else t for t in tags}
 
 
 # -- parameters ---------------------------------------------------------------------------
@@ -131,7 +152,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def schema(request: web.Request) -> web.Response:
     principal = await _principal(request)
-    return _json(_service(request).puller.schema_for(principal))
+    body = orjson.dumps(_service(request).puller.schema_for(principal))
+    return _revalidated(request, body, "private, no-cache")
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
@@ -144,15 +166,14 @@ async def pull(request: web.Request) -> web.StreamResponse:
     page = await puller.pull(principal, req)
     body = render_page(page, puller.schema_version)
     service.metrics.response_bytes.labels("/v1/pull").inc(len(body))
-    resp = web.Response(body=body, content_type="application/json")
-    resp.headers["Cache-Control"] = "private, no-store"
-    return resp
+    return _revalidated(request, body, "private, no-cache")
 
 
 async def _pull_ndjson(
     request: web.Request, service: Service, principal: Principal, req: PullRequest
 ) -> web.StreamResponse:
-    """Every change in the caller's scopes, one per line, the cursor line last."""
+    """Every change in the caller's scopes, one per line; a cursor line ends each page
+    (the last one has `has_more` false, or the `limit` given was reached)."""
     puller = service.puller
     explicit_limit = "limit" in request.query
     remaining = req.limit if explicit_limit else None
@@ -161,24 +182,76 @@ async def _pull_ndjson(
     resp = web.StreamResponse(
         headers={"Content-Type": NDJSON, "Cache-Control": "private, no-store"}
     )
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        resp.enable_compression(web.ContentCoding.gzip)
     await resp.prepare(request)
     while True:
-        if page.lines:
-            await resp.write(b"\n".join(page.lines) + b"\n")
+        done = not page.has_more or (remaining is not None and remaining <= len(page.lines))
+        # Each page ends with a cursor line: a checkpoint a dropped client resumes from.
+        tail = orjson.dumps(
+            {
+                "cursor": str(page.cursor),
+                "has_more": page.has_more,
+                "schema_version": puller.schema_version,
+            }
+        )
+        await resp.write(b"\n".join((*page.lines, tail)) + b"\n")  # waits while the
+        # client is slow to read (backpressure): at most one page is held in memory
         if remaining is not None:
             remaining -= len(page.lines)
-        if not page.has_more or (remaining is not None and remaining <= 0):
+        if done:
             break
-        nxt = PullRequest(page.cursor, req.collections, min(page_size, remaining or page_size))
-        page = await puller.pull(principal, nxt)
-    tail = {
-        "cursor": str(page.cursor),
-        "has_more": page.has_more,
-        "schema_version": puller.schema_version,
-    }
-    await resp.write(orjson.dumps(tail) + b"\n")
+        size = min(page_size, remaining or page_size)
+        page = await puller.pull(principal, PullRequest(page.cursor, req.collections, size))
     await resp.write_eof()
     return resp
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: one `changes` event per page, `id:` = its cursor, so an
+    EventSource that reconnects resumes with Last-Event-ID; heartbeat comments while idle;
+    a final `reauth` (token expired) or `resync` (store rebuilt) event before it ends."""
+    service = _service(request)
+    principal = await _principal(request)
+    req = parse_pull(request, service.config.limits.max_page)
+    last_id = request.headers.get("Last-Event-ID")
+    if last_id:
+        req = PullRequest(Cursor.parse(last_id), req.collections, req.limit)
+    heartbeat = _float_param(request, "heartbeat", 15.0, MAX_TIMEOUT)
+    events = service.puller.stream(principal, req, heartbeat=max(heartbeat, 0.1))
+    first = await anext(events)  # problems (410, 403, 503) still become plain responses
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "private, no-store",
+            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+        }
+    )
+    await resp.prepare(request)
+    await resp.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
+    try:
+        await resp.write(_sse(first, service))
+        async for event in events:
+            await resp.write(_sse(event, service))
+    except ConnectionResetError:  # the client went away: nothing more to say
+        return resp
+    finally:
+        await events.aclose()  # frees the live slot and the scope watch at once
+    await resp.write_eof()
+    return resp
+
+
+def _sse(event: StreamEvent, service: Service) -> bytes:
+    if event.kind == "heartbeat":
+        return b": heartbeat\n\n"
+    if event.page is not None:
+        page = event.page
+        body = render_page(page, service.puller.schema_version)
+        service.metrics.response_bytes.labels("/v1/stream").inc(len(body))
+        return b"id: %s\nevent: changes\ndata: %s\n\n" % (str(page.cursor).encode(), body)
+    code = "unauthorized" if event.kind == "reauth" else "cursor_expired"
+    data = orjson.dumps({"code": code, "detail": event.detail})
+    return b"event: %s\ndata: %s\n\n" % (event.kind.encode(), data)
 
 
 def _with_limit(req: PullRequest, limit: int) -> PullRequest:

@@ -646,7 +646,7 @@ class SQLiteStore:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute("PRAGMA cache_size=-32768")
+            conn.execute("PRAGMA cache_size=-8192")
             self._local.conn = conn
         return conn
 

@@ -325,18 +325,15 @@ async def test_rate_limit_under_concurrent_load(pg_dsn, pg_url, sidecar_factory)
 async def test_live_pulls_per_subject_are_bounded(pg_dsn, pg_url, sidecar_factory):
     import asyncio
 
-    from sidecar.pull import MAX_LIVE_PER_SUBJECT
-
     sql(pg_dsn, SCHEMA)
-    sc = await sidecar_factory(pg_url, TODOS)
+    sc = await sidecar_factory(pg_url, TODOS, extra="limits: {live_per_subject: 3}")
     _, cursor = await sc.pull_all(1)
     params = {"cursor": cursor, "live": "true", "timeout": "3"}
-    waiting = [
-        asyncio.create_task(sc.get("/v1/pull", params=params)) for _ in range(MAX_LIVE_PER_SUBJECT)
-    ]
+    waiting = [asyncio.create_task(sc.get("/v1/pull", params=params)) for _ in range(3)]
     await asyncio.sleep(0.5)
     extra = await sc.get("/v1/pull", params=params)
     assert extra.status == 503 and (await extra.json())["code"] == "unavailable"
+    assert extra.headers["Retry-After"] == "2"
     assert (await sc.get("/v1/pull", sub=2, params={"live": "true", "timeout": "0"})).status == 200
     sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('wake', 1)")
     done = await asyncio.gather(*waiting)
