@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import capture, snapshot
+from bench import capture, live, ndjson, snapshot
 
 
 def main() -> None:
     asyncio.run(snapshot.run(500_000))
     asyncio.run(capture.run(500_000))
+    asyncio.run(ndjson.run(500_000))
+    asyncio.run(live.run(40, 10_000))
 
 
 if __name__ == "__main__":
