@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | check | demo` (and `init | drop | status`).
+"""Command line: `sidecar run | check | init | drop | status | demo`.
 
 Every failure the user can fix prints a message and exits non-zero, never a traceback.
 """
@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from aiohttp import web
@@ -94,6 +95,100 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAIL
 
 
+def _print_steps(steps: Sequence[Any]) -> None:
+    for step in steps:
+        if step.needed:
+            print(f"{step.statement};  -- {step.why}")
+        else:
+            print(f"-- skipped ({step.why}): {step.statement};")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from sidecar import admin
+
+    config = load_config(args.config)
+    steps = admin.init_steps(config)
+    _print_steps(steps)
+    if args.dry_run:
+        print("-- dry run: nothing was changed")
+        return EXIT_OK
+    admin.run_steps(config, steps)
+    print("-- done. `sidecar run` makes its initial copy from a slot it has not used yet by")
+    print("-- recreating it with an exported snapshot (the slot name stays the same).")
+    return EXIT_OK
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    from sidecar import admin
+
+    config = load_config(args.config)
+    steps = admin.drop_steps(config, keep_publication=args.keep_publication)
+    todo = [s for s in steps if s.needed]
+    _print_steps(steps)
+    if not todo:
+        print("-- nothing to drop")
+        return EXIT_OK
+    if args.dry_run:
+        print("-- dry run: nothing was changed")
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("sidecar drop: not a terminal; pass --yes to confirm", file=sys.stderr)
+            return EXIT_FAIL
+        answer = input(f"Drop {config.database.slot!r}? Clients will resync. Type yes: ")
+        if answer.strip().lower() != "yes":
+            print("sidecar drop: cancelled", file=sys.stderr)
+            return EXIT_FAIL
+    admin.run_steps(config, steps)
+    print(f"-- dropped. The store at {config.store.path} is rebuilt by the next `sidecar run`.")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from sidecar import admin
+
+    config = load_config(args.config)
+    info = admin.status(config)
+    if args.json:
+        print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    slot = info["slot"]
+    if slot.get("exists") is False:
+        print(f"slot         {slot['name']}: missing (the next run rebuilds the store)")
+    else:
+        state = "active" if slot["active"] else "inactive"
+        print(
+            f"slot         {slot['name']}: {state}, wal_status {slot['wal_status']}, "
+            f"confirmed {slot['confirmed_flush_lsn']}, lag {slot['lag_bytes'] or 0:,} bytes, "
+            f"retained WAL {slot['retained_bytes'] or 0:,} bytes"
+        )
+    pub = info["publication"]
+    print(f"publication  {pub['name']}: {'exists' if pub['exists'] else 'missing'}")
+    store = info["store"]
+    if store is None:
+        print(f"store        {config.store.path}: none yet")
+    elif "error" in store:
+        print(f"store        {config.store.path}: {store['error']}")
+    else:
+        copy = "done" if store["initial_copy_done"] else "not done"
+        print(
+            f"store        {store['path']}: {store['bytes']:,} bytes, {store['rows']:,} rows, "
+            f"{store['tombstones']:,} tombstones, {store['mutations']:,} mutation ids, "
+            f"initial copy {copy}, version {store['version']}"
+        )
+    service = info["service"]
+    if service is None:
+        print(f"service      not reachable on port {config.server.port}")
+    else:
+        print(
+            f"service      up: {int(service.get('sidecar_live_requests', 0))} live clients, "
+            f"capture lag {int(service.get('sidecar_capture_lag_bytes', 0)):,} bytes"
+        )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sidecar.demo.tour import run_demo
 
@@ -112,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate the config and check the database")
     p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("init", help="create the publication and the slot (prints the SQL)")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument("--dry-run", action="store_true", help="print the SQL, change nothing")
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("drop", help="drop the slot and the publication (no WAL stays pinned)")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--dry-run", action="store_true", help="print the SQL, change nothing")
+    p.add_argument(
+        "--keep-publication", action="store_true", help="drop only the slot (a DBA's publication)"
+    )
+    p.set_defaults(func=cmd_drop)
+    p = sub.add_parser("status", help="slot, WAL retained, lag, store and live clients")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("demo", help="start a private PostgreSQL with a demo app and sync it")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--keep", action="store_true", help="keep the demo data directory")

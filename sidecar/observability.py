@@ -66,6 +66,22 @@ class Metrics:
             "Bytes between the server's last reported position and the store",
             registry=r,
         )
+        self.lag_seconds = Gauge(
+            "sidecar_capture_lag_seconds",
+            "How long the store has been behind the server's reported position (0: caught up)",
+            registry=r,
+        )
+        self.retained_wal = Gauge(
+            "sidecar_slot_retained_wal_bytes",
+            "WAL the slot keeps on the database server (current LSN minus restart_lsn)",
+            registry=r,
+        )
+        self.push_outcomes = Counter(
+            "sidecar_push_mutations",
+            "Pushed mutations by collection, conflict strategy and outcome",
+            ["collection", "strategy", "status"],
+            registry=r,
+        )
         self.store_rows = Gauge("sidecar_store_rows", "Rows in the store", registry=r)
         self.store_bytes = Gauge("sidecar_store_bytes", "Store file size", registry=r)
         self.live_waiters = Gauge(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sidecar.auth import Authenticator
 from sidecar.capture.runner import CaptureRunner
@@ -149,6 +149,7 @@ class Service:
         m.commits_applied.set(st.commits_applied)
         m.flushed_lsn.set(st.flushed_lsn)
         m.lag_bytes.set(max(0, st.server_lsn - st.flushed_lsn))
+        m.lag_seconds.set(st.lag_seconds())
         m.live_waiters.set(self.notifier.waiter_count())
         m.live_requests.set(self.puller.live_count())
         cache = self.puller.cache
@@ -158,6 +159,20 @@ class Service:
         counts = self.store.counts()
         m.store_rows.set(counts["rows"])
         m.store_bytes.set(counts["bytes"])
+
+    async def retained_wal(self) -> int | None:
+        """Bytes of WAL the slot holds on the server (None if it cannot be read now)."""
+        try:
+            async with self.pool.connection(timeout=1.0) as conn:
+                cur = await conn.execute(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+                    "FROM pg_replication_slots WHERE slot_name = %s",
+                    (self.config.database.slot,),
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout):
+            return None
+        return int(row[0]) if row and row[0] is not None else None
 
     async def close(self) -> None:
         for t in self.tasks:

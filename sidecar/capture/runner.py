@@ -59,6 +59,24 @@ class CaptureStatus:
     rebuilds: int = 0
     batches: int = 0
     writer_seconds: float = 0.0
+    behind_since: float | None = None  # monotonic time the store fell behind the server
+
+    def note_server(self, lsn: int) -> None:
+        """The server reported WAL up to `lsn`."""
+        if lsn > self.server_lsn:
+            self.server_lsn = lsn
+            if lsn > self.flushed_lsn and self.behind_since is None:
+                self.behind_since = time.monotonic()
+
+    def note_flushed(self, lsn: int) -> None:
+        """The store has everything up to `lsn`."""
+        self.flushed_lsn = lsn
+        if lsn >= self.server_lsn:
+            self.behind_since = None
+
+    def lag_seconds(self) -> float:
+        """How long the store has been behind what the server reported (0 when caught up)."""
+        return 0.0 if self.behind_since is None else time.monotonic() - self.behind_since
 
 
 def _tune_gc() -> None:
@@ -192,7 +210,7 @@ class CaptureRunner:
 
     def _advance(self, lsn: int) -> None:
         if lsn > self.status.flushed_lsn:
-            self.status.flushed_lsn = lsn
+            self.status.note_flushed(lsn)
             self._lsn_changed.set()
 
     # -- main loop -----------------------------------------------------------------------
@@ -319,12 +337,13 @@ class CaptureRunner:
                         ka = po.parse_copy_data(buf)
                         assert isinstance(ka, po.Keepalive)
                         inbox.keepalive(ka.wal_end)
-                        st.server_lsn = max(st.server_lsn, ka.wal_end)
+                        st.note_server(ka.wal_end)
                         if ka.reply:
                             self._want_reply = True
                 if last_xlog is not None:  # positions only grow: the last one is the highest
                     xl = po.parse_copy_data(last_xlog)
                     st.received_lsn = max(st.received_lsn, xl.start)
+                    st.note_server(xl.end)
                     inbox.extend(payloads)
                 inbox.ready.set()
         finally:

@@ -789,6 +789,11 @@ class _Builder:
         return ServerConfig(
             host=_typed(raw, "host", str, defaults.host),
             port=_typed(raw, "port", int, defaults.port),
+            ready_max_lag=(
+                self.duration(raw, ("server", "ready_max_lag"), 0.0)
+                if raw.get("ready_max_lag") is not None
+                else None
+            ),
         )
 
     def auth(self, raw: dict[str, Any]) -> AuthConfig:

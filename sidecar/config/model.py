@@ -69,6 +69,7 @@ class StoreConfig:
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
+    ready_max_lag: float | None = None  # seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.http import routes
-from sidecar.http.middleware import make_middleware
+from sidecar.http.middleware import add_request_id, make_middleware
 from sidecar.service import Service
 
 
@@ -16,6 +16,7 @@ def create_app(service: Service) -> web.Application:
         client_max_size=service.config.limits.max_body,
     )
     app[routes.SERVICE] = service
+    app.on_response_prepare.append(add_request_id)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)
@@ -24,4 +25,5 @@ def create_app(service: Service) -> web.Application:
     app.router.add_get("/v1/stream", routes.stream)
     app.router.add_post("/v1/push", routes.push)
     app.router.add_get("/v1/audit", routes.audit)
+    app.router.add_get("/v1/openapi.json", routes.openapi)
     return app

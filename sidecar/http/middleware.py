@@ -73,7 +73,7 @@ def make_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRespo
                     SidecarError("internal error; the request id identifies it in the logs"),
                     request,
                 )
-            if not response.prepared:
+            if not response.prepared:  # (streams got it in `add_request_id`)
                 response.headers["X-Request-Id"] = rid
             return response
         finally:
@@ -83,3 +83,10 @@ def make_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRespo
             structlog.contextvars.unbind_contextvars("request_id")
 
     return middleware
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: streamed responses carry the request id too."""
+    rid = request.get(REQUEST_ID)
+    if rid and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = rid

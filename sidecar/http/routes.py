@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+from importlib import resources
 
 import orjson
 from aiohttp import web
@@ -126,6 +128,17 @@ def parse_pull(request: web.Request, max_page: int) -> PullRequest:
 # -- handlers -----------------------------------------------------------------------------
 
 
+@functools.cache
+def _openapi_document() -> bytes:
+    return resources.files("sidecar.http").joinpath("openapi.json").read_bytes()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The protocol as an OpenAPI 3.1 document (no token needed)."""
+    body = _openapi_document()
+    return _revalidated(request, body, "public, max-age=300")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -138,12 +151,22 @@ async def readyz(request: web.Request) -> web.Response:
             retry_after=5,
             progress=service.capture.progress(),
         )
+    bound = service.config.server.ready_max_lag
+    lag = service.capture.status.lag_seconds()
+    if bound is not None and lag > bound:
+        raise Unavailable(
+            f"not ready: capture is {lag:.0f}s behind the database (server.ready_max_lag)",
+            retry_after=5,
+        )
     return _json({"status": "ready", "lsn": lsn_to_str(service.capture.status.flushed_lsn)})
 
 
 async def metrics(request: web.Request) -> web.Response:
     service = _service(request)
     service.update_metrics()
+    retained = await service.retained_wal()
+    if retained is not None:
+        service.metrics.retained_wal.set(retained)
     body = generate_latest(service.metrics.registry)
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -266,6 +289,10 @@ async def push(request: web.Request) -> web.Response:
         body, collections=service.routes, max_push=service.config.limits.max_push
     )
     result = await service.pusher.push(principal, mutations, atomic)
+    outcomes = service.metrics.push_outcomes
+    for m, r in zip(mutations, result.results, strict=True):
+        strategy = service.routes[m.collection].config.conflict.kind
+        outcomes.labels(m.collection, strategy, r.status).inc()
     return _json(
         {
             "results": [r.as_json() for r in result.results],

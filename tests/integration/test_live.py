@@ -315,3 +315,30 @@ async def test_ndjson_resumes_from_the_last_cursor_line_after_a_drop(
     seen.extend(item["row"]["title"] for item in lines if "collection" in item)
     assert lines[-1]["has_more"] is False
     assert sorted(seen) == sorted(f"r{g}" for g in range(1, 951))  # each row exactly once
+
+
+async def test_metrics_report_lag_retained_wal_and_push_outcomes(sc, pg_dsn):
+    _, body = await sc.push(
+        [{"id": "m1", "collection": "todos", "op": "insert", "data": {"title": "x"}}]
+    )
+    text = await (await sc.get("/metrics", sub=None)).text()
+    assert "sidecar_capture_lag_seconds 0.0" in text
+    retained = [ln for ln in text.splitlines() if ln.startswith("sidecar_slot_retained_wal_bytes")]
+    assert retained and float(retained[0].split()[1]) >= 0
+    assert (
+        'sidecar_push_mutations_total{collection="todos",status="rejected",strategy="reject"} 1.0'
+        in text
+    ), body  # the table has no write rules: inserts are refused
+
+
+async def test_readyz_turns_unready_when_capture_lags_past_the_bound(
+    pg_dsn, pg_url, sidecar_factory
+):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS, extra="server: {ready_max_lag: 1s}")
+    assert (await sc.get("/readyz", sub=None)).status == 200
+    status = sc.service.capture.status
+    status.note_server(status.flushed_lsn + 10_000_000)  # the server reports WAL far ahead
+    status.behind_since -= 5  # and it has been so for five seconds
+    resp = await sc.get("/readyz", sub=None)
+    assert resp.status == 503 and "behind" in (await resp.json())["detail"]
