@@ -26,22 +26,42 @@ def demo_token(subject: str, secret: str = DEMO_SECRET, hours: int = 24) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+INSERT_BODY = (
+    '{"mutations":[{"id":"demo-insert-1","collection":"todos","op":"insert",'
+    '"data":{"title":"Written with curl"}}]}'
+)
+CONFLICT_BODY = (
+    '{"mutations":[{"id":"demo-stale-1","collection":"todos","op":"update","key":{"id":2},'
+    '"data":{"title":"A stale edit"},"base_rev":"0000000000000000"}]}'
+)
+
+
 def _tour(base: str, token: str, other: str) -> str:
     auth = f'-H "Authorization: Bearer {token}"'
+    post = f"{auth} -H 'Content-Type: application/json'"
     return f"""
 sidecar demo is running at {base}
 
   user 1 token: {token}
   user 2 token: {other}
 
-Try:
+Try (in another terminal):
+  # what user 1 may sync, then an initial sync (keep the "cursor" it returns)
   curl -s {auth} {base}/v1/schema
   curl -s {auth} '{base}/v1/pull'
-  curl -s -H "Authorization: Bearer {other}" '{base}/v1/pull'      # user 2 sees only their rows
-  curl -s {auth} '{base}/v1/pull?cursor=<cursor>&live=true&timeout=30'   # waits for a change
+  # user 2 sees only their own rows
+  curl -s -H "Authorization: Bearer {other}" '{base}/v1/pull'
+  # a live long-poll: waits up to 30 s for user 1's next change (run the push below)
+  curl -s {auth} '{base}/v1/pull?cursor=<cursor>&live=true&timeout=30'
+  # a write: lands in PostgreSQL's todo_items, owner set from the token
+  curl -s {post} -d '{INSERT_BODY}' {base}/v1/push
+  # a conflict: an edit made against an old revision gets the server's row back
+  curl -s {post} -d '{CONFLICT_BODY}' {base}/v1/push
+  # the same changes as Server-Sent Events, as they land
+  curl -sN {auth} '{base}/v1/stream'
   curl -s {base}/readyz ; curl -s {base}/metrics | head
 
-Press Ctrl-C to stop (the demo database is removed).
+Press Ctrl-C to stop (the demo database is removed; --keep keeps the store).
 """
 
 

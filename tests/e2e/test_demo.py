@@ -52,6 +52,18 @@ async def test_demo_runs_from_any_directory_and_cleans_up(tmp_path):
                     assert r.status == 200
                     body = await r.json()
                 seen[user] = {(c["collection"], c["key"]["id"]) for c in body["changes"]}
+            # the printed push commands, as printed: an insert applied, a stale edit refused
+            bodies = re.findall(r"-d '(\{.*\})' ", output)
+            assert len(bodies) == 2, output
+            statuses = []
+            headers = {"Authorization": f"Bearer {tokens['1']}", "Content-Type": "application/json"}
+            for body in bodies:
+                async with http.post(f"{base}/v1/push", data=body, headers=headers) as r:
+                    assert r.status == 200, await r.text()
+                    result = (await r.json())["results"][0]
+                    statuses.append(result["status"])
+            assert statuses == ["applied", "conflict"], statuses
+            assert result["row"]["title"] == "Publish the notes"  # the server row
         todos1 = {k for k in seen["1"] if k[0] == "todos"}
         todos2 = {k for k in seen["2"] if k[0] == "todos"}
         assert len(todos1) == 3 and len(todos2) == 2 and not todos1 & todos2

@@ -131,3 +131,9 @@ def test_every_route_is_documented() -> None:
     text = _protocol()
     missing = [f"{m} {p}" for m, p in sorted(registered_routes()) if f"`{m} {p}" not in text]
     assert not missing, f"docs/protocol.md does not document: {', '.join(missing)}"
+
+
+def test_every_error_code_has_a_troubleshooting_entry() -> None:
+    text = (DOCS / "troubleshooting.md").read_text(encoding="utf-8")
+    headings = set(re.findall(r"^## `([a-z_]+)`$", text, re.MULTILINE))
+    assert headings == set(error_codes())
