@@ -26,4 +26,7 @@ def create_app(service: Service) -> web.Application:
     app.router.add_post("/v1/push", routes.push)
     app.router.add_get("/v1/audit", routes.audit)
     app.router.add_get("/v1/openapi.json", routes.openapi)
+    from adapters import install_all  # client-protocol adapters add their own routes
+
+    install_all(app, service)
     return app
