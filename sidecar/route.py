@@ -16,6 +16,7 @@ form of that value — exact for text, json and arrays of them, the types that T
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -187,3 +188,22 @@ class Route:
 
     def request_scopes(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(self._prefix + s for s in self.read.request_scopes(claims))
+
+
+def store_shape(routes: Sequence[Route]) -> str:
+    """A fingerprint of everything that decides what the store holds for these routes:
+    tables, keys, columns and their types, read rules. A store made with another shape
+    must be rebuilt (its rows, images and scopes would be stale)."""
+    shape = sorted(
+        (
+            r.name,
+            str(r.table.ref),
+            list(r.key),
+            list(r.ident_columns),
+            [(c, r.table.column(c).type_name) for c in r.needed],  # type: ignore[union-attr]
+            list(r.exposed),
+            r.config.read.text,
+        )
+        for r in routes
+    )
+    return hashlib.blake2b(orjson.dumps(shape), digest_size=8).hexdigest()

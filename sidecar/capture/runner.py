@@ -31,7 +31,7 @@ from sidecar.capture.snapshot import CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream
 from sidecar.config.model import Config
 from sidecar.notify import Notifier
-from sidecar.route import Route
+from sidecar.route import Route, store_shape
 from sidecar.store.base import ChangeStore
 
 log = structlog.get_logger("sidecar.capture")
@@ -149,6 +149,7 @@ class CaptureRunner:
         self.config = config
         self.store = store
         self.routes = list(routes)
+        self._shape = store_shape(self.routes)
         self.notifier = notifier
         self.on_commit = on_commit
         self.status = CaptureStatus()
@@ -391,6 +392,11 @@ class CaptureRunner:
             dbname,
         ):
             return "the store was made for another database or slot"
+        if state.shape != self._shape:
+            return (
+                "the collections changed (tables, keys, columns, types or read rules) since "
+                "the store was made"
+            )
         if slot is None:
             return f"replication slot {self.config.database.slot!r} is missing"
         if slot[2] == "lost":
@@ -422,7 +428,10 @@ class CaptureRunner:
             log.info("dropped replication slot", slot=self.config.database.slot)
         await self._in_writer(
             lambda: self.store.reset(
-                slot=self.config.database.slot, system_id=system_id, database=dbname
+                slot=self.config.database.slot,
+                system_id=system_id,
+                database=dbname,
+                shape=self._shape,
             )
         )
         info = await source.create_slot(export_snapshot=True)

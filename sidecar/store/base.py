@@ -31,6 +31,7 @@ class StoreState:
     slot: str | None
     system_id: str | None
     database: str | None
+    shape: str | None = None  # fingerprint of what the routes put in the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,7 @@ class MutationRecord:
 class ChangeStore(Protocol):
     # -- lifecycle -----------------------------------------------------------------------
     def state(self) -> StoreState: ...
-    def reset(self, *, slot: str, system_id: str, database: str) -> StoreState: ...
+    def reset(self, *, slot: str, system_id: str, database: str, shape: str = "") -> StoreState: ...
     def close(self) -> None: ...
 
     # -- writer side (one thread) ----------------------------------------------------------

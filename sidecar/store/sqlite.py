@@ -291,9 +291,10 @@ class SQLiteStore:
             slot=m.get("slot"),
             system_id=m.get("system_id"),
             database=m.get("database"),
+            shape=m.get("shape"),
         )
 
-    def reset(self, *, slot: str, system_id: str, database: str) -> StoreState:
+    def reset(self, *, slot: str, system_id: str, database: str, shape: str = "") -> StoreState:
         """Wipe everything and start a new epoch (old cursors become invalid)."""
         if self._in_txn:
             self.rollback()
@@ -302,7 +303,7 @@ class SQLiteStore:
         self._indexed = False
         self._init_meta()
         self._w.execute("BEGIN IMMEDIATE")
-        self._set_meta(slot=slot, system_id=system_id, database=database)
+        self._set_meta(slot=slot, system_id=system_id, database=database, shape=shape)
         self._w.execute("COMMIT")
         self._version = 0
         self._state = self._load_state()

@@ -243,9 +243,9 @@ def test_reset_starts_a_new_epoch(make_store):
     put(s, 1, "x", "a")
     s.commit(5, snapshot_done=True)
     old = s.state().epoch
-    st = s.reset(slot="slot", system_id="sys", database="db")
+    st = s.reset(slot="slot", system_id="sys", database="db", shape="abc")
     assert st.epoch != old and st.lsn == 0 and st.version == 0 and not st.snapshot_done
-    assert (st.slot, st.system_id, st.database) == ("slot", "sys", "db")
+    assert (st.slot, st.system_id, st.database, st.shape) == ("slot", "sys", "db", "abc")
     assert lines(s, ["a"]) == [] and current(s, 1) is None
 
 

@@ -90,6 +90,45 @@ async def test_missing_slot_rebuilds_store_and_expires_cursors(pg_dsn, pg_url, s
     assert state_of(changes) == db_state(pg_dsn)
 
 
+async def test_a_changed_collection_rebuilds_the_store(pg_dsn, pg_url, tmp_path):
+    """Columns, keys and read rules decide what the store holds: a store made under other
+    ones is rebuilt (new epoch, 410) instead of serving stale rows and scopes."""
+    from tests.integration.conftest import Sidecar, make_config
+
+    sql(
+        pg_dsn,
+        "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
+        "INSERT INTO items SELECT g, g % 2, g, 'n' FROM generate_series(1, 6) g",
+    )
+    store = tmp_path / "store.db"
+    sc = Sidecar(make_config(pg_url, store, ITEMS))
+    await sc.start()
+    _, cursor = await sc.pull_all(1)
+    await sc.stop()
+    same = Sidecar(make_config(pg_url, store, ITEMS))  # unchanged config: kept
+    await same.start()
+    assert same.service.capture.status.rebuilds == 0
+    await same.stop()
+    narrower = """
+  items:
+    table: items
+    columns: [id, owner, val]
+    read: "owner = :sub"
+"""
+    sc = Sidecar(make_config(pg_url, store, narrower))
+    await sc.start()
+    try:
+        assert sc.service.capture.status.rebuilds == 1
+        resp = await sc.get("/v1/pull", params={"cursor": cursor})
+        assert resp.status == 410
+        changes, _ = await sc.pull_all(1)
+        rows = [c["row"] for c in changes]
+        assert sorted(r["id"] for r in rows) == [1, 3, 5]  # the new read rule
+        assert all(set(r) == {"id", "owner", "val"} for r in rows)  # the new columns
+    finally:
+        await sc.stop()
+
+
 async def test_idle_publication_does_not_pin_wal(pg_dsn, pg_url, sidecar_factory):
     sql(
         pg_dsn,
