@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+import structlog
 from aiohttp import web
 
 from sidecar.config.loader import load_config
@@ -29,8 +30,42 @@ def _default_config() -> str:
     return os.environ.get("SIDECAR_CONFIG", "sidecar.yaml")
 
 
-async def serve(config: Config, *, ready_message: str | None = None) -> None:
-    """Run the service and its HTTP server until SIGINT/SIGTERM."""
+CONFIG_POLL = 2.0  # seconds between checks of the config file's modification time
+
+
+async def watch_config(service: Any, path: str, hup: asyncio.Event) -> None:
+    """Reload the config on SIGHUP (`hup`) or when its file changes; a config that is
+    invalid or needs a restart is refused and the running one stays (logged)."""
+    log = structlog.get_logger("sidecar.reload")
+    last = _mtime(path)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hup.wait(), CONFIG_POLL)
+        mtime = _mtime(path)
+        if not hup.is_set() and mtime == last:
+            continue
+        hup.clear()
+        last = mtime
+        try:
+            new = await asyncio.to_thread(load_config, path)
+            changed = await service.reload(new)
+        except SidecarError as exc:
+            log.error("config reload refused; the running config stays", problems=exc.detail)
+            continue
+        if "log" in changed:
+            configure_logging(new.log.level, new.log.format)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+async def serve(config: Config, *, ready_message: str | None = None, watch: bool = True) -> None:
+    """Run the service and its HTTP server until SIGINT/SIGTERM; SIGHUP or an edit of the
+    config file reloads what can change without a restart (`watch`)."""
     from sidecar.http.app import create_app
     from sidecar.service import Service
 
@@ -44,6 +79,10 @@ async def serve(config: Config, *, ready_message: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if watch:
+            hup = asyncio.Event()
+            loop.add_signal_handler(signal.SIGHUP, hup.set)
+            service.tasks.append(asyncio.create_task(watch_config(service, config.file, hup)))
         capture_task = service.tasks[0]
         if ready_message:
             ready = asyncio.create_task(service.capture.wait_ready())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +19,15 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sidecar.auth import Authenticator
 from sidecar.capture.runner import CaptureRunner
 from sidecar.config.model import Config
-from sidecar.errors import PreflightError
+from sidecar.errors import ConfigError, ConfigProblem, PreflightError
 from sidecar.notify import Notifier
 from sidecar.observability import Metrics
 from sidecar.permissions import Permissions
 from sidecar.preflight import PreflightReport, create_publication, run_preflight
-from sidecar.pull import Puller
+from sidecar.pull import Puller, schema_version
 from sidecar.push import Pusher
 from sidecar.ratelimit import RateLimiter
-from sidecar.route import Route
+from sidecar.route import Route, store_shape
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.values import configure_connection, session_options
 
@@ -130,6 +131,77 @@ class Service:
         service.tasks.append(asyncio.create_task(capture.run(), name="capture"))
         service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))
         return service
+
+    async def reload(self, new: Config) -> list[str]:
+        """Apply a new config without touching the replication stream: write rules and
+        conflict strategies, permissions, limits, auth, log level. Returns the top-level
+        sections that changed. Raises ConfigError, keeping the running config, when the
+        change needs a restart (database, store, server, page cache, body size, or anything
+        that changes what the store holds: collections, tables, keys, columns, read rules).
+        """
+        old = self.config
+        fixed = [
+            name
+            for name, a, b in (
+                ("database", old.database, new.database),
+                ("store", old.store, new.store),
+                (
+                    "server.host/port",
+                    (old.server.host, old.server.port),
+                    (new.server.host, new.server.port),
+                ),
+                ("limits.max_body", old.limits.max_body, new.limits.max_body),
+                ("limits.page_cache", old.limits.page_cache, new.limits.page_cache),
+                ("collections (names)", list(old.collections), list(new.collections)),
+            )
+            if a != b
+        ]
+        if not fixed:
+            report = await asyncio.to_thread(preflight, new)
+            if not report.ok:
+                raise PreflightError(list(report.problems))
+            routes = {
+                name: Route(coll, report.tables[name]) for name, coll in new.collections.items()
+            }
+            if store_shape(list(routes.values())) != store_shape(list(self.routes.values())):
+                fixed.append("collections (tables, keys, columns or read rules)")
+        if fixed:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        new.file,
+                        "",
+                        None,
+                        f"{', '.join(fixed)} changed: that needs a restart (the running "
+                        "config stays in force)",
+                    )
+                ]
+            )
+        permissions = Permissions(new.auth)
+        limits = new.limits
+        self.routes = routes
+        self.puller.routes = dict(routes)
+        self.puller.permissions = permissions
+        self.puller.max_page, self.puller.max_wait = limits.max_page, limits.pull_wait
+        self.puller.live_per_subject, self.puller.live_total = (
+            limits.live_per_subject,
+            limits.live_total,
+        )
+        self.puller.schema_version = schema_version(list(routes.values()))
+        self.pusher.routes = dict(routes)
+        self.pusher.permissions = permissions
+        self.pusher.user_claim = new.auth.claims.user
+        self.auth = Authenticator(new.auth)
+        if limits.rate != old.limits.rate:
+            self.limiter = RateLimiter(limits.rate) if limits.rate else None
+        self.config = new
+        changed = [
+            f.name
+            for f in dataclasses.fields(new)
+            if f.name != "file" and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        log.info("config reloaded", changed=changed)
+        return changed
 
     async def _purge_loop(self) -> None:
         await self.capture.wait_ready()

@@ -89,7 +89,7 @@ def run_demo(port: int = 8080, keep: bool = False) -> int:
         message = _tour(
             base, demo_token("1", env["JWT_SECRET"]), demo_token("2", env["JWT_SECRET"])
         )
-        asyncio.run(serve(config, ready_message=message))
+        asyncio.run(serve(config, ready_message=message, watch=False))
         return 0
     except KeyboardInterrupt:
         return 0
