@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
 from sidecar.errors import InvalidRequest
@@ -47,6 +47,9 @@ class Page:
     lines: list[bytes]
     cursor: Cursor
     has_more: bool
+    # Renderings of this page, kept with it: one commit waking many waiters serves them
+    # all the same cached page, rendered once.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Image(NamedTuple):

@@ -71,7 +71,8 @@ async def wait_event(ev: asyncio.Event, timeout: float) -> bool:
     if ev.is_set():
         return True
     try:
-        await asyncio.wait_for(ev.wait(), timeout)
+        async with asyncio.timeout(timeout):  # no extra task per waiter, unlike wait_for
+            await ev.wait()
         return True
     except TimeoutError:
         return False

@@ -45,10 +45,16 @@ def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _revalidated(request: web.Request, body: bytes, cache_control: str) -> web.Response:
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def _revalidated(
+    request: web.Request, body: bytes, cache_control: str, etag: str | None = None
+) -> web.Response:
     """A JSON answer that depends on the token: an ETag over the exact bytes, 304 when the
     client already has them, gzip when accepted and worth it."""
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    etag = etag or etag_of(body)
     headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Authorization"}
     if etag in _etags(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
@@ -187,9 +193,13 @@ async def pull(request: web.Request) -> web.StreamResponse:
     if NDJSON in request.headers.get("Accept", ""):
         return await _pull_ndjson(request, service, principal, req)
     page = await puller.pull(principal, req)
-    body = render_page(page, puller.schema_version)
+    rendered = page.memo.get(puller.schema_version)
+    if rendered is None:
+        body = render_page(page, puller.schema_version)
+        rendered = page.memo[puller.schema_version] = (body, etag_of(body))
+    body, etag = rendered
     service.metrics.response_bytes.labels("/v1/pull").inc(len(body))
-    return _revalidated(request, body, "private, no-cache")
+    return _revalidated(request, body, "private, no-cache", etag)
 
 
 async def _pull_ndjson(
