@@ -146,15 +146,16 @@ class Authenticator:
 
     def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         jc = self.config.jwt
+        required = ["exp", "iat"] if jc.max_age is not None else ["exp"]
         try:
-            return jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[alg],
                 audience=jc.audience,
                 issuer=jc.issuer,
                 leeway=jc.leeway,
-                options={"verify_aud": jc.audience is not None, "require": ["exp"]},
+                options={"verify_aud": jc.audience is not None, "require": required},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired: get a new one") from None
@@ -172,6 +173,9 @@ class Authenticator:
             raise Unauthorized("token signature does not verify") from None
         except jwt.PyJWTError:
             raise Unauthorized("token is malformed") from None
+        if jc.max_age is not None and time.time() - claims["iat"] > jc.max_age + jc.leeway:
+            raise Unauthorized("token too old (auth.jwt.max_age since iat): get a new one")
+        return claims
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         user = claims.get(self.config.claims.user)

@@ -833,6 +833,11 @@ class _Builder:
             audience=_optional_str(raw, "audience"),
             algorithms=algorithms,
             leeway=self.duration(raw, ("auth", "jwt", "leeway"), defaults.leeway, allow_zero=True),
+            max_age=(
+                self.duration(raw, ("auth", "jwt", "max_age"), 0.0)
+                if raw.get("max_age") is not None
+                else None
+            ),
         )
 
     def check_algorithms(

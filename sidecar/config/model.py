@@ -82,6 +82,7 @@ class JwtConfig:
     audience: str | None = None
     algorithms: tuple[str, ...] = ("HS256",)
     leeway: float = 30.0
+    max_age: float | None = None  # seconds since `iat`
 
 
 @dataclass(frozen=True, slots=True)

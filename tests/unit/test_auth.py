@@ -196,3 +196,17 @@ async def test_jwks_url_is_fetched_and_refreshed_on_unknown_kid(monkeypatch) -> 
         assert served["hits"] == 2
     finally:
         await server.close()
+
+
+async def test_max_age_refuses_old_tokens_and_tokens_without_iat() -> None:
+    a = hmac_auth(max_age=3600.0, leeway=0.0)
+    now = int(time.time())
+    fresh = jwt.encode(claims(iat=now - 60), SECRET, "HS256")
+    assert (await a.verify(fresh)).subject == "42"
+    old = jwt.encode(claims(iat=now - 7200, exp=now + 3600), SECRET, "HS256")
+    with pytest.raises(Unauthorized, match="too old"):
+        await a.verify(old)
+    no_iat = {k: v for k, v in claims().items() if k != "iat"}
+    with pytest.raises(Unauthorized, match="`iat`"):
+        await a.verify(jwt.encode(no_iat, SECRET, "HS256"))
+    assert (await hmac_auth().verify(old)).subject == "42"  # without max_age: exp rules
