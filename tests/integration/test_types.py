@@ -157,3 +157,19 @@ async def test_enum_value_added_later_still_decodes(pg_dsn, pg_url, sidecar_fact
     await sc.caught_up(pg_dsn)
     (row,) = state_of(await sc.sync(1)).values()
     assert row["m"] == "ecstatic"
+
+
+async def test_enum_value_added_while_streaming_decodes(pg_dsn, pg_url, sidecar_factory):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TYPE level AS ENUM ('low', 'high')")
+        conn.execute("CREATE TABLE alarms (id int PRIMARY KEY, owner int, lvl level)")
+        conn.execute("INSERT INTO alarms VALUES (1, 1, 'low')")
+    sc = await sidecar_factory(pg_url, '  alarms:\n    table: alarms\n    read: "owner = :sub"\n')
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TYPE level ADD VALUE 'critical'")
+        conn.execute("INSERT INTO alarms VALUES (2, 1, 'critical')")
+        conn.execute("UPDATE alarms SET lvl = 'critical' WHERE id = 1")
+    await sc.caught_up(pg_dsn)
+    rows = {r["id"]: r["lvl"] for r in state_of(await sc.sync(1)).values()}
+    assert rows == {1: "critical", 2: "critical"}
+    assert sc.service.capture.status.phase == "streaming"
