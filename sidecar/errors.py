@@ -79,6 +79,10 @@ class MethodNotAllowed(InvalidRequest):
     status = 405
 
 
+class RequestTimeout(SidecarError):
+    code, status, title = "request_timeout", 408, "Request timeout"
+
+
 class _RetryAfter(SidecarError):
     def __init__(self, detail: str, retry_after: int = 1, **extra: Any) -> None:
         super().__init__(detail, **extra)

@@ -865,6 +865,9 @@ class _Builder:
             live_per_subject=_typed(raw, "live_per_subject", int, defaults.live_per_subject),
             live_total=_typed(raw, "live_total", int, defaults.live_total),
             page_cache=self.size(raw, ("limits", "page_cache"), defaults.page_cache),
+            client_timeout=self.duration(
+                raw, ("limits", "client_timeout"), defaults.client_timeout
+            ),
         )
 
     def log(self, raw: dict[str, Any]) -> LogConfig:

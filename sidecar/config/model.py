@@ -112,6 +112,7 @@ class LimitsConfig:
     live_per_subject: int = 16
     live_total: int = 20_000
     page_cache: int = 64 * MIB
+    client_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,19 +8,27 @@ import hashlib
 from importlib import resources
 
 import orjson
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.auth import Principal
 from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
 from sidecar.changes import Cursor
-from sidecar.errors import Forbidden, InvalidRequest, PayloadTooLarge, Unavailable
+from sidecar.errors import (
+    Forbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unavailable,
+)
 from sidecar.mutations import parse_push
 from sidecar.pull import PullRequest, StreamEvent, render_page
 from sidecar.rules import evaluate
 from sidecar.service import Service
 
 SERVICE = web.AppKey("service", Service)
+log = structlog.get_logger("sidecar.http")
 
 NDJSON = "application/x-ndjson"
 MAX_TIMEOUT = 60.0
@@ -228,8 +236,10 @@ async def _pull_ndjson(
                 "schema_version": puller.schema_version,
             }
         )
-        await resp.write(b"\n".join((*page.lines, tail)) + b"\n")  # waits while the
-        # client is slow to read (backpressure): at most one page is held in memory
+        # Waits while the client is slow to read (backpressure): at most one page is held
+        # in memory. A client that stops reading altogether is cut off.
+        if not await _write_or_drop(request, resp, b"\n".join((*page.lines, tail)) + b"\n"):
+            return resp
         if remaining is not None:
             remaining -= len(page.lines)
         if done:
@@ -263,15 +273,32 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     await resp.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
     try:
-        await resp.write(_sse(first, service))
+        if not await _write_or_drop(request, resp, _sse(first, service)):
+            return resp
         async for event in events:
-            await resp.write(_sse(event, service))
+            if not await _write_or_drop(request, resp, _sse(event, service)):
+                return resp
     except ConnectionResetError:  # the client went away: nothing more to say
         return resp
     finally:
         await events.aclose()  # frees the live slot and the scope watch at once
     await resp.write_eof()
     return resp
+
+
+async def _write_or_drop(request: web.Request, resp: web.StreamResponse, data: bytes) -> bool:
+    """Write to a stream; False (and the connection closed) when the client has not made
+    room for it within limits.client_timeout."""
+    timeout = _service(request).config.limits.client_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            await resp.write(data)
+        return True
+    except TimeoutError:
+        log.info("dropped a client that stopped reading", path=request.path, seconds=timeout)
+        if request.transport is not None:
+            request.transport.abort()
+        return False
 
 
 def _sse(event: StreamEvent, service: Service) -> bytes:
@@ -294,7 +321,9 @@ def _with_limit(req: PullRequest, limit: int) -> PullRequest:
 async def push(request: web.Request) -> web.Response:
     service = _service(request)
     principal = await _principal(request)
-    body = await _json_body(request, service.config.limits.max_body)
+    body = await _json_body(
+        request, service.config.limits.max_body, service.config.limits.client_timeout
+    )
     mutations, atomic = parse_push(
         body, collections=service.routes, max_push=service.config.limits.max_push
     )
@@ -311,11 +340,16 @@ async def push(request: web.Request) -> web.Response:
     )
 
 
-async def _json_body(request: web.Request, max_body: int) -> object:
+async def _json_body(request: web.Request, max_body: int, timeout: float = 30.0) -> object:
     if request.content_length is not None and request.content_length > max_body:
         raise PayloadTooLarge(f"the body is larger than {max_body} bytes (limits.max_body)")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {timeout:g}s (limits.client_timeout)"
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(
             f"the body is larger than {max_body} bytes (limits.max_body)"

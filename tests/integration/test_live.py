@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import time
 from pathlib import Path
@@ -342,3 +343,57 @@ async def test_readyz_turns_unready_when_capture_lags_past_the_bound(
     status.behind_since -= 5  # and it has been so for five seconds
     resp = await sc.get("/readyz", sub=None)
     assert resp.status == 503 and "behind" in (await resp.json())["detail"]
+
+
+# -- slow clients ---------------------------------------------------------------------------
+
+
+async def test_a_body_that_never_finishes_gets_408(pg_dsn, pg_url, sidecar_factory):
+    sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, TODOS, extra="limits: {client_timeout: 1s}")
+    assert sc.client is not None
+    port = sc.client.server.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token(1)}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"mutations"'.encode()
+    )
+    await writer.drain()
+    started = time.monotonic()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert 0.9 <= time.monotonic() - started < 5
+    writer.close()
+
+
+async def test_a_stream_reader_that_stops_reading_is_cut_off(pg_dsn, pg_url, sidecar_factory):
+    import socket
+
+    sql(
+        pg_dsn,
+        SCHEMA,
+        "INSERT INTO todo_items (title, owner_id, notes) "
+        "SELECT 'row ' || g, 9, repeat(md5(g::text), 30) FROM generate_series(1, 20000) g",
+    )
+    sc = await sidecar_factory(pg_url, TODOS, extra="limits: {client_timeout: 1s}")
+    assert sc.client is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing
+    sock.connect(("127.0.0.1", sc.client.server.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        f"GET /v1/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token(9)}\r\n"
+        "Accept: application/x-ndjson\r\nAccept-Encoding: identity\r\n\r\n".encode()
+    )
+    await writer.drain()
+    writer.transport.pause_reading()
+    await asyncio.sleep(3)  # past client_timeout with the server's writes blocked
+    writer.transport.resume_reading()
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+            data += chunk
+    assert b'"has_more":false' not in data  # cut off before the end
+    assert len(data) < 20 * 1024 * 1024
+    writer.close()
