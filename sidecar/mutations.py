@@ -116,14 +116,14 @@ def _parse_one(item: Any, where: str, collections: Mapping[str, Any]) -> Mutatio
             f"{where}: unknown field(s) {', '.join(sorted(unknown))}", pointer=where
         )
     mid = item.get("id")
-    if not isinstance(mid, str) or not mid or len(mid) > MAX_ID:
+    if not isinstance(mid, str) or not mid or len(mid) > MAX_ID or "\x00" in mid:
         raise InvalidRequest(
             f"{where}/id must be a non-empty string (client-made, unique) of at most "
-            f"{MAX_ID} characters",
+            f"{MAX_ID} characters, without NUL",
             pointer=f"{where}/id",
         )
     coll = item.get("collection")
-    if coll not in collections:
+    if not isinstance(coll, str) or coll not in collections:
         raise InvalidRequest(
             f"{where}/collection: unknown collection {coll!r}; known: {', '.join(collections)}",
             pointer=f"{where}/collection",
@@ -181,11 +181,23 @@ def check_value(column: ColumnInfo, value: Any) -> None:
             raise ValidationFailed(f"column {column.name} cannot be null", column=column.name)
         return
     t = _base_type(column.type_name)
-    problem = _type_problem(t, value)
+    problem = _type_problem(t, value) or _nul_problem(value)
     if problem:
         raise ValidationFailed(
             f"column {column.name} ({column.type_name}): {problem}", column=column.name
         )
+
+
+def _nul_problem(value: Any) -> str | None:
+    """PostgreSQL text cannot hold NUL (U+0000), in any type's text form."""
+    if isinstance(value, str):
+        return "text cannot contain NUL (\\u0000)" if "\x00" in value else None
+    if isinstance(value, list):
+        return next((p for v in value if (p := _nul_problem(v))), None)
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+        return next((p for v in items if (p := _nul_problem(v))), None)
+    return None
 
 
 def _type_problem(t: str, value: Any) -> str | None:

@@ -23,6 +23,7 @@ Non-atomic batches give each mutation a savepoint: a refused one never blocks th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -130,6 +131,19 @@ def _db_error(exc: psycopg.Error) -> SidecarError:
     return ValidationFailed(f"the database refused the change: {primary}", **extra)
 
 
+def _with_body_pointers(result: PushResult) -> PushResult:
+    """Error pointers of results as JSON pointers into the request body: the core names
+    a member of the mutation (`key`), the client needs `/mutations/<i>/key`."""
+    fixed = []
+    for i, r in enumerate(result.results):
+        pointer = (r.error or {}).get("pointer")
+        if isinstance(pointer, str) and not pointer.startswith("/"):
+            error = {**(r.error or {}), "pointer": f"/mutations/{i}/{pointer}"}
+            r = dataclasses.replace(r, error=error)
+        fixed.append(r)
+    return PushResult(fixed, result.lsn)
+
+
 class Pusher:
     def __init__(
         self,
@@ -157,7 +171,8 @@ class Pusher:
         for attempt in range(RETRIES):
             try:
                 async with self.pool.connection() as conn:
-                    return await self._push_once(conn, principal, mutations, atomic)
+                    result = await self._push_once(conn, principal, mutations, atomic)
+                return _with_body_pointers(result)
             except (pge.SerializationFailure, pge.DeadlockDetected):
                 await asyncio.sleep(0.01 * (attempt + 1))
         raise Unavailable("the batch kept colliding with concurrent writes; retry", retry_after=1)
