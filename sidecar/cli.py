@@ -84,6 +84,12 @@ async def serve(config: Config, *, ready_message: str | None = None, watch: bool
             loop.add_signal_handler(signal.SIGHUP, hup.set)
             service.tasks.append(asyncio.create_task(watch_config(service, config.file, hup)))
         capture_task = service.tasks[0]
+        if sys.stderr.isatty():
+            from sidecar.progress import show_copy_progress
+
+            service.tasks.append(
+                asyncio.create_task(show_copy_progress(service.capture, sys.stderr))
+            )
         if ready_message:
             ready = asyncio.create_task(service.capture.wait_ready())
             await asyncio.wait({ready, capture_task}, return_when=asyncio.FIRST_COMPLETED)
