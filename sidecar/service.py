@@ -219,7 +219,7 @@ class Service:
         m = self.metrics
         m.rows_applied.set(st.rows_applied)
         m.commits_applied.set(st.commits_applied)
-        m.flushed_lsn.set(st.flushed_lsn)
+        m.flushed_lsn.set(st.acked_lsn)
         m.lag_bytes.set(max(0, st.server_lsn - st.flushed_lsn))
         m.lag_seconds.set(st.lag_seconds())
         m.live_waiters.set(self.notifier.waiter_count())

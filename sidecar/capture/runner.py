@@ -43,6 +43,7 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
 IDLE_REPLY_INTERVAL = 10.0  # when idle, ask the server for its position this often
 _W, _K, _B, _C = ord("w"), ord("k"), ord("B"), ord("C")
 _XLOG_HEADER = 25  # tag, start, end, clock
+ACK_PERSIST_INTERVAL = 1.0  # seconds between store writes of an idle acknowledged position
 
 
 @dataclass
@@ -51,7 +52,8 @@ class CaptureStatus:
     error: str | None = None
     copy: CopyProgress = field(default_factory=CopyProgress)
     received_lsn: int = 0
-    flushed_lsn: int = 0  # acknowledged to the server: everything up to here is stored
+    flushed_lsn: int = 0  # everything of ours up to here is in the store
+    acked_lsn: int = 0  # acknowledged to the server (≤ what the store has recorded)
     server_lsn: int = 0  # last position the server reported
     rows_applied: int = 0
     commits_applied: int = 0
@@ -150,6 +152,7 @@ class CaptureRunner:
         self.store = store
         self.routes = list(routes)
         self._shape = store_shape(self.routes)
+        self._acked_at = 0.0
         self.notifier = notifier
         self.on_commit = on_commit
         self.status = CaptureStatus()
@@ -200,9 +203,9 @@ class CaptureRunner:
             if source is not None and self.status.phase == "streaming":
                 with contextlib.suppress(ReplicationError, OSError):
                     await source.send_status(
-                        self.status.received_lsn,
-                        self.status.flushed_lsn,
-                        self.status.flushed_lsn,
+                        max(self.status.received_lsn, self.status.acked_lsn),
+                        self.status.acked_lsn,
+                        self.status.acked_lsn,
                         reply=True,
                     )
             with contextlib.suppress(TimeoutError):
@@ -267,6 +270,7 @@ class CaptureRunner:
         await source.start(state.lsn)
         self.status.phase, self.status.error = "streaming", None
         self.status.flushed_lsn = max(self.status.flushed_lsn, state.lsn)
+        self.status.acked_lsn = max(self.status.acked_lsn, state.lsn, state.acked_lsn)
         self._lsn_changed.set()
         self._ready.set()
         log.info("streaming", slot=self.config.database.slot, from_lsn=po.lsn_to_str(state.lsn))
@@ -305,13 +309,23 @@ class CaptureRunner:
                         st.commits_applied += result.commits
                         st.last_commit_at = time.time()
                         self._advance(result.committed_lsn)
+                        st.acked_lsn = max(st.acked_lsn, result.committed_lsn)
                         if result.touched:
                             self.notifier.publish(result.touched)
                             if self.on_commit:
                                 self.on_commit(result.touched)
-                # Nothing of ours in flight: the server's position is safe to acknowledge.
+                # Nothing of ours in flight: the server's position is safe to acknowledge,
+                # once the store remembers it (a store restored from an older backup is
+                # then recognised at start: the slot is ahead of it).
                 if keepalive_pos and not wire_in_txn and not ingest.in_transaction:
-                    self._advance(keepalive_pos)
+                    self._advance(keepalive_pos)  # waiters may go on at once
+                    if (
+                        keepalive_pos > st.acked_lsn
+                        and time.monotonic() - self._acked_at >= ACK_PERSIST_INTERVAL
+                        and await self._in_writer(self.store.note_acked, keepalive_pos)
+                    ):
+                        self._acked_at = time.monotonic()
+                        st.acked_lsn = keepalive_pos
                 if self._want_reply:
                     self._want_reply = False
                     await self._send_status(source)
@@ -353,7 +367,7 @@ class CaptureRunner:
     async def _send_status(self, source: ReplicationStream, reply: bool = False) -> None:
         st = self.status
         await source.send_status(
-            max(st.received_lsn, st.flushed_lsn), st.flushed_lsn, st.flushed_lsn, reply
+            max(st.received_lsn, st.acked_lsn), st.acked_lsn, st.acked_lsn, reply
         )
 
     async def _feedback(self, source: ReplicationStream) -> None:
@@ -399,6 +413,14 @@ class CaptureRunner:
             )
         if slot is None:
             return f"replication slot {self.config.database.slot!r} is missing"
+        confirmed = po.str_to_lsn(slot[5]) if slot[5] else 0
+        if confirmed > max(state.lsn, state.acked_lsn):
+            return (
+                f"replication slot {self.config.database.slot!r} has confirmed "
+                f"{slot[5]}, past the store's {po.lsn_to_str(max(state.lsn, state.acked_lsn))}: "
+                "the store is older than what it acknowledged (restored from a backup?), "
+                "and the changes in between are gone from the slot"
+            )
         if slot[2] == "lost":
             return f"replication slot {self.config.database.slot!r} was invalidated (WAL removed)"
         if slot[0] != "pgoutput" or slot[1] != dbname:

@@ -292,6 +292,7 @@ class SQLiteStore:
             system_id=m.get("system_id"),
             database=m.get("database"),
             shape=m.get("shape"),
+            acked_lsn=int(m.get("acked_lsn", 0)),
         )
 
     def reset(self, *, slot: str, system_id: str, database: str, shape: str = "") -> StoreState:
@@ -608,6 +609,18 @@ class SQLiteStore:
         self._w.execute("COMMIT")
         self._in_txn = False
         self._state = self._load_state()
+
+    def note_acked(self, lsn: int) -> bool:
+        """Record, durably, that the server may forget WAL up to `lsn` (an idle position:
+        nothing of ours lies between the last commit and it). False, doing nothing, while
+        a batch is open: acknowledge later."""
+        if self._in_txn:
+            return False
+        self._w.execute("BEGIN IMMEDIATE")
+        self._set_meta(acked_lsn=lsn)
+        self._w.execute("COMMIT")
+        self._state = self._load_state()
+        return True
 
     def rollback(self) -> None:
         if self._in_txn:

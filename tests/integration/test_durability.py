@@ -129,6 +129,74 @@ async def test_a_changed_collection_rebuilds_the_store(pg_dsn, pg_url, tmp_path)
         await sc.stop()
 
 
+async def test_a_store_restored_from_an_older_backup_is_rebuilt(pg_dsn, pg_url, tmp_path):
+    """The slot has confirmed past what an old copy of the store holds: the changes in
+    between are gone from the slot, so the store must be rebuilt, not resumed."""
+    import shutil
+
+    from tests.integration.conftest import Sidecar, make_config
+
+    sql(
+        pg_dsn,
+        "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
+        "INSERT INTO items SELECT g, 1, g, 'n' FROM generate_series(1, 5) g",
+    )
+    store = tmp_path / "store.db"
+    backup = tmp_path / "backup"
+    sc = Sidecar(make_config(pg_url, store, ITEMS))
+    await sc.start()
+    _, cursor = await sc.pull_all(1)
+    await sc.stop()
+    backup.mkdir()
+    for f in tmp_path.glob("store.db*"):
+        shutil.copy(f, backup / f.name)
+    await sc.start()
+    sql(pg_dsn, "UPDATE items SET val = -1 WHERE id = 2", "INSERT INTO items VALUES (6, 1, 6, 'x')")
+    await sc.caught_up(pg_dsn)
+    await sc.stop()  # the slot has now confirmed past the backup's position
+    for f in tmp_path.glob("store.db*"):
+        f.unlink()
+    for f in backup.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    await sc.start()
+    try:
+        assert sc.service.capture.status.rebuilds == 1
+        resp = await sc.get("/v1/pull", params={"cursor": cursor})
+        assert resp.status == 410
+        changes, _ = await sc.pull_all(1)
+        assert state_of(changes) == db_state(pg_dsn)  # nothing missed
+    finally:
+        await sc.stop()
+
+
+async def test_an_idle_acknowledged_position_is_not_mistaken_for_a_restore(
+    pg_dsn, pg_url, tmp_path
+):
+    from tests.integration.conftest import Sidecar, make_config
+
+    sql(
+        pg_dsn,
+        "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
+        "CREATE TABLE other (id int)",
+        "INSERT INTO items VALUES (1, 1, 1, 'n')",
+    )
+    sc = Sidecar(make_config(pg_url, tmp_path / "store.db", ITEMS))
+    await sc.start()
+    for _ in range(3):  # unrelated WAL: the idle position advances past the last commit
+        sql(pg_dsn, "INSERT INTO other SELECT generate_series(1, 1000)")
+        await sc.caught_up(pg_dsn)
+        await asyncio.sleep(1.1)
+    await sc.caught_up(pg_dsn)
+    state = sc.service.store.state()
+    await sc.stop()
+    assert state.acked_lsn > state.lsn  # the store remembers what it acknowledged
+    await sc.start()
+    try:
+        assert sc.service.capture.status.rebuilds == 0
+    finally:
+        await sc.stop()
+
+
 async def test_idle_publication_does_not_pin_wal(pg_dsn, pg_url, sidecar_factory):
     sql(
         pg_dsn,
