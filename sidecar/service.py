@@ -128,7 +128,7 @@ class Service:
             metrics=Metrics(),
             limiter=RateLimiter(config.limits.rate) if config.limits.rate else None,
         )
-        service.tasks.append(asyncio.create_task(capture.run(), name="capture"))
+        service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
         service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))
         return service
 
@@ -202,6 +202,46 @@ class Service:
         ]
         log.info("config reloaded", changed=changed)
         return changed
+
+    async def _run_capture(self) -> None:
+        """Run capture; when a synced table changes shape, re-read the catalog and start
+        over with new routes: the store no longer matches them, so the new runner rebuilds
+        it (new epoch: clients resync and get the new schema_version). Ends when capture
+        fails for good, or the new shape no longer fits the config (preflight problems)."""
+        while True:
+            await self.capture.run()
+            if self.capture.status.phase != "schema_changed":
+                return
+            detail = self.capture.status.error
+            try:
+                report = await asyncio.to_thread(preflight, self.config)
+            except psycopg.Error as exc:
+                self.capture.status.error = f"{detail}; and the catalog cannot be read: {exc}"
+                self.capture.status.phase = "failed"
+                return
+            if not report.ok:
+                self.capture.status.phase = "failed"
+                self.capture.status.error = f"{detail}; the config no longer fits: " + "; ".join(
+                    report.problems
+                )
+                log.error("capture stopped", error=self.capture.status.error)
+                return
+            routes = {
+                name: Route(coll, report.tables[name])
+                for name, coll in self.config.collections.items()
+            }
+            old = self.capture
+            await old.stop()
+            self.capture = CaptureRunner(
+                self.config, self.store, list(routes.values()), self.notifier
+            )
+            self.routes = routes
+            self.puller.routes = dict(routes)
+            self.puller.capture = self.capture
+            self.puller.schema_version = schema_version(list(routes.values()))
+            self.pusher.routes = dict(routes)
+            self.pusher.capture = self.capture
+            log.warning("re-initialising capture for the new table shape", detail=detail)
 
     async def _purge_loop(self) -> None:
         await self.capture.wait_ready()

@@ -107,14 +107,18 @@ class Ingest:
         if missing:
             raise SchemaChanged(
                 f"table {route.table.ref} no longer has column(s) {', '.join(missing)} "
-                f"used by collection {route.name!r}; update the config and restart"
+                f"used by collection {route.name!r}"
             )
         by_name = {c.name: (i, c) for i, c in enumerate(rel.columns)}
         for name, oid in zip(route.needed, route.needed_oids, strict=True):
             if by_name[name][1].type_oid != oid:
+                raise SchemaChanged(f"column {route.table.ref}.{name} changed type")
+        if not route.config.columns:  # the collection exposes every column of its table
+            added = [c for c in names if c not in route.needed]
+            if added:
                 raise SchemaChanged(
-                    f"column {route.table.ref}.{name} changed type; update the config "
-                    "if needed and restart"
+                    f"table {route.table.ref} gained column(s) {', '.join(added)}, which "
+                    f"collection {route.name!r} exposes"
                 )
         positions = tuple(by_name[c][0] for c in route.needed)
         whole = positions == tuple(range(len(rel.columns)))

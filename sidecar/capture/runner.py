@@ -48,7 +48,9 @@ ACK_PERSIST_INTERVAL = 1.0  # seconds between store writes of an idle acknowledg
 
 @dataclass
 class CaptureStatus:
-    phase: str = "starting"  # starting | copying | streaming | reconnecting | failed
+    phase: str = (
+        "starting"  # starting | copying | streaming | reconnecting | schema_changed | failed
+    )
     error: str | None = None
     copy: CopyProgress = field(default_factory=CopyProgress)
     received_lsn: int = 0
@@ -228,8 +230,10 @@ class CaptureRunner:
                 try:
                     await self._session()
                 except SchemaChanged as exc:
-                    self.status.phase, self.status.error = "failed", exc.detail
-                    log.error("capture stopped", error=exc.detail)
+                    # The service re-reads the catalog and starts a new runner (see
+                    # Service._run_capture); this one stops here, nothing acknowledged.
+                    self.status.phase, self.status.error = "schema_changed", exc.detail
+                    log.warning("a synced table changed shape", detail=exc.detail)
                     await self._in_writer(self.store.rollback)
                     return
                 except (ReplicationError, psycopg.OperationalError, OSError) as exc:
