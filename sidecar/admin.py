@@ -69,11 +69,19 @@ def init_steps(config: Config) -> list[Step]:
             sql.Literal(db.slot)
         )
         has_slot = _slot(conn, db.slot) is not None
+        if report.publication_adds:
+            publication = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(db.publication),
+                sql.SQL(", ").join(
+                    sql.Identifier(t.ref.schema, t.ref.name) for t in report.publication_adds
+                ),
+            )
+        needed = not report.publication_exists or bool(report.publication_adds)
         return [
             Step(
                 publication.as_string(conn),
-                not report.publication_exists,
-                "exists already" if report.publication_exists else "publishes the mapped tables",
+                needed,
+                "publishes the mapped tables" if needed else "exists already",
             ),
             Step(
                 slot.as_string(conn),

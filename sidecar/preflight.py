@@ -21,6 +21,7 @@ class PreflightReport:
     warnings: tuple[str, ...]
     tables: dict[str, TableInfo]  # collection name → table (those found)
     publication_exists: bool
+    publication_adds: tuple[TableInfo, ...] = ()  # mapped tables to add to the publication
 
     @property
     def ok(self) -> bool:
@@ -143,6 +144,7 @@ def _publication_checks(
     tables: dict[str, TableInfo],
     problems: list[str],
     warnings: list[str],
+    adds: list[TableInfo],
 ) -> bool:
     pub = config.database.publication
     row = conn.execute(
@@ -171,6 +173,15 @@ def _publication_checks(
         )
     }
     missing = [t for t in tables.values() if t.oid not in published]
+    if missing and config.database.create_publication and not row[0]:
+        alter = f"ALTER PUBLICATION {_q(pub)} ADD TABLE " + ", ".join(
+            t.ref.qualified for t in missing
+        )
+        before = len(problems)
+        _can_alter_publication(conn, pub, missing, alter, problems)
+        if len(problems) == before:
+            adds.extend(missing)
+            missing = []
     if missing:
         problems.append(
             f"publication {pub!r} exists but does not publish "
@@ -189,6 +200,31 @@ def _publication_checks(
             f"publication {pub!r} is FOR ALL TABLES; the sidecar ignores tables it does not map"
         )
     return True
+
+
+def _can_alter_publication(
+    conn: psycopg.Connection, pub: str, tables: list[TableInfo], alter: str, problems: list[str]
+) -> None:
+    """ALTER PUBLICATION … ADD TABLE needs ownership of the publication and the tables."""
+    owner = conn.execute(
+        "SELECT rolsuper OR pg_has_role(p.pubowner, 'USAGE') FROM pg_roles r, pg_publication p "
+        "WHERE r.rolname = current_user AND p.pubname = %s",
+        (pub,),
+    ).fetchone()
+    not_owned = [
+        str(t.ref)
+        for t in tables
+        if not conn.execute(
+            "SELECT pg_has_role(relowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles "
+            "WHERE rolname = current_user) FROM pg_class WHERE oid = %s",
+            (t.oid,),
+        ).fetchone()[0]  # type: ignore[index]
+    ]
+    if not (owner and owner[0]) or not_owned:
+        problems.append(
+            f"publication {pub!r} does not publish {', '.join(str(t.ref) for t in tables)} "
+            f"and the sidecar's role cannot add them: have a DBA run {alter};"
+        )
 
 
 def _can_create_publication(
@@ -237,13 +273,24 @@ def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
             continue
         tables[coll.name] = info
         _collection_checks(conn, coll, info, problems)
-    exists = _publication_checks(conn, config, tables, problems, warnings)
-    return PreflightReport(tuple(problems), tuple(warnings), tables, exists)
+    adds: list[TableInfo] = []
+    exists = _publication_checks(conn, config, tables, problems, warnings, adds)
+    return PreflightReport(tuple(problems), tuple(warnings), tables, exists, tuple(adds))
 
 
 def create_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:
     """CREATE PUBLICATION for exactly the mapped tables; returns the statement run."""
     stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+        sql.Identifier(config.database.publication),
+        sql.SQL(", ").join(sql.Identifier(t.ref.schema, t.ref.name) for t in tables),
+    )
+    conn.execute(stmt)
+    return stmt.as_string(conn)
+
+
+def add_to_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:
+    """ALTER PUBLICATION … ADD TABLE for mapped tables it lacks; returns the statement."""
+    stmt = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
         sql.Identifier(config.database.publication),
         sql.SQL(", ").join(sql.Identifier(t.ref.schema, t.ref.name) for t in tables),
     )

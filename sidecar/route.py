@@ -190,20 +190,28 @@ class Route:
         return tuple(self._prefix + s for s in self.read.request_scopes(claims))
 
 
-def store_shape(routes: Sequence[Route]) -> str:
-    """A fingerprint of everything that decides what the store holds for these routes:
-    tables, keys, columns and their types, read rules. A store made with another shape
-    must be rebuilt (its rows, images and scopes would be stale)."""
-    shape = sorted(
-        (
-            r.name,
-            str(r.table.ref),
-            list(r.key),
-            list(r.ident_columns),
-            [(c, r.table.column(c).type_name) for c in r.needed],  # type: ignore[union-attr]
-            list(r.exposed),
-            r.config.read.text,
-        )
+def collection_shapes(routes: Sequence[Route]) -> dict[str, str]:
+    """Per collection, a fingerprint of everything that decides what the store holds for
+    it: table, key, columns and their types, read rule. A collection stored with another
+    shape must be copied again (its rows, images and scopes would be stale)."""
+    return {
+        r.name: hashlib.blake2b(
+            orjson.dumps(
+                [
+                    str(r.table.ref),
+                    list(r.key),
+                    list(r.ident_columns),
+                    [(c, r.table.column(c).type_name) for c in r.needed],  # type: ignore[union-attr]
+                    list(r.exposed),
+                    r.config.read.text,
+                ]
+            ),
+            digest_size=8,
+        ).hexdigest()
         for r in routes
-    )
-    return hashlib.blake2b(orjson.dumps(shape), digest_size=8).hexdigest()
+    }
+
+
+def store_shape(routes: Sequence[Route]) -> str:
+    """The shapes of all these collections, as the store records them (JSON)."""
+    return orjson.dumps(collection_shapes(routes), option=orjson.OPT_SORT_KEYS).decode()

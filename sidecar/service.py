@@ -23,11 +23,16 @@ from sidecar.errors import ConfigError, ConfigProblem, PreflightError
 from sidecar.notify import Notifier
 from sidecar.observability import Metrics
 from sidecar.permissions import Permissions
-from sidecar.preflight import PreflightReport, create_publication, run_preflight
+from sidecar.preflight import (
+    PreflightReport,
+    add_to_publication,
+    create_publication,
+    run_preflight,
+)
 from sidecar.pull import Puller, schema_version
 from sidecar.push import Pusher
 from sidecar.ratelimit import RateLimiter
-from sidecar.route import Route, store_shape
+from sidecar.route import Route, collection_shapes
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.values import configure_connection, session_options
 
@@ -50,6 +55,9 @@ def prepare_database(config: Config) -> PreflightReport:
         if not report.publication_exists:
             stmt = create_publication(conn, config, list(report.tables.values()))
             log.info("created publication", statement=stmt)
+        elif report.publication_adds:
+            stmt = add_to_publication(conn, config, list(report.publication_adds))
+            log.info("added tables to the publication", statement=stmt)
     for w in report.warnings:
         log.warning(w)
     return report
@@ -74,6 +82,7 @@ class Service:
     limiter: RateLimiter | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
+    _next_routes: dict[str, Route] | None = None  # set by a reload that adds collections
 
     @classmethod
     async def start(cls, config: Config) -> Service:
@@ -152,10 +161,13 @@ class Service:
                 ),
                 ("limits.max_body", old.limits.max_body, new.limits.max_body),
                 ("limits.page_cache", old.limits.page_cache, new.limits.page_cache),
-                ("collections (names)", list(old.collections), list(new.collections)),
             )
             if a != b
         ]
+        removed = [c for c in old.collections if c not in new.collections]
+        if removed:
+            fixed.append(f"collections removed ({', '.join(removed)})")
+        added: list[str] = []
         if not fixed:
             report = await asyncio.to_thread(preflight, new)
             if not report.ok:
@@ -163,8 +175,13 @@ class Service:
             routes = {
                 name: Route(coll, report.tables[name]) for name, coll in new.collections.items()
             }
-            if store_shape(list(routes.values())) != store_shape(list(self.routes.values())):
+            now, before = (
+                collection_shapes(list(routes.values())),
+                collection_shapes(list(self.routes.values())),
+            )
+            if any(now[c] != h for c, h in before.items()):
                 fixed.append("collections (tables, keys, columns or read rules)")
+            added = [c for c in now if c not in before]
         if fixed:
             raise ConfigError(
                 [
@@ -200,7 +217,11 @@ class Service:
             for f in dataclasses.fields(new)
             if f.name != "file" and getattr(old, f.name) != getattr(new, f.name)
         ]
-        log.info("config reloaded", changed=changed)
+        if added:  # capture starts again with the new routes and copies only these
+            await asyncio.to_thread(prepare_database, new)  # adds them to the publication
+            self._next_routes = routes
+            await self.capture.stop()
+        log.info("config reloaded", changed=changed, collections_added=added)
         return changed
 
     async def _run_capture(self) -> None:
@@ -210,6 +231,10 @@ class Service:
         fails for good, or the new shape no longer fits the config (preflight problems)."""
         while True:
             await self.capture.run()
+            if self._next_routes is not None:  # a reload added collections
+                routes, self._next_routes = self._next_routes, None
+                await self._swap_capture(routes)
+                continue
             if self.capture.status.phase != "schema_changed":
                 return
             detail = self.capture.status.error
@@ -230,18 +255,20 @@ class Service:
                 name: Route(coll, report.tables[name])
                 for name, coll in self.config.collections.items()
             }
-            old = self.capture
-            await old.stop()
-            self.capture = CaptureRunner(
-                self.config, self.store, list(routes.values()), self.notifier
-            )
-            self.routes = routes
-            self.puller.routes = dict(routes)
-            self.puller.capture = self.capture
-            self.puller.schema_version = schema_version(list(routes.values()))
-            self.pusher.routes = dict(routes)
-            self.pusher.capture = self.capture
+            await self.capture.stop()
+            await self._swap_capture(routes)
             log.warning("re-initialising capture for the new table shape", detail=detail)
+
+    async def _swap_capture(self, routes: dict[str, Route]) -> None:
+        """A new capture runner for `routes` (the old one is stopped), wired everywhere."""
+        self.store.rollback()  # whatever the old runner left half-written
+        self.capture = CaptureRunner(self.config, self.store, list(routes.values()), self.notifier)
+        self.routes = routes
+        self.puller.routes = dict(routes)
+        self.puller.capture = self.capture
+        self.puller.schema_version = schema_version(list(routes.values()))
+        self.pusher.routes = dict(routes)
+        self.pusher.capture = self.capture
 
     async def _purge_loop(self) -> None:
         await self.capture.wait_ready()

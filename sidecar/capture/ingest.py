@@ -16,7 +16,7 @@ TOASTed value sent as "unchanged" is filled in by the store from the row's store
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -75,8 +75,13 @@ class Ingest:
         routes: Iterable[Route],
         skip_through: int,
         writer: Executor | None = None,
+        backfilled: Mapping[str, int] | None = None,
     ) -> None:
         self.store = store
+        # Collections copied later than the rest (added to the config): their changes in
+        # transactions committed before the copy's snapshot are already in the store.
+        self.backfilled = dict(backfilled or {})
+        self._txn_lsn = 0
         self.routes_by_oid = {r.table.oid: r for r in routes}
         self.relations: dict[int, _RelMap] = {}
         self.decoder = po.Decoder()
@@ -145,6 +150,7 @@ class Ingest:
                         changes = self._changes
             elif kind is po.Begin:
                 self._in_txn = True
+                self._txn_lsn = msg.final_lsn  # type: ignore[union-attr]
                 self._skipping = msg.final_lsn < self.skip_through  # type: ignore[union-attr]
             elif kind is po.Commit:
                 self._in_txn = False
@@ -182,6 +188,8 @@ class Ingest:
                 raise SchemaChanged(f"row change for relation {msg.relid} before its Relation")
             return
         route = rm.route
+        if self.backfilled and self._txn_lsn < self.backfilled.get(route.name, 0):
+            return  # in the backfill's snapshot already
         if type(msg) is po.Delete:
             self._changes.append(RowChange(route.name, route.ident_of(rm.needed(msg.old)), None))
             return
@@ -198,7 +206,7 @@ class Ingest:
             self._flush()
             for relid in msg.relids:
                 rm = self.relations.get(relid)
-                if rm is not None:
+                if rm is not None and self._txn_lsn >= self.backfilled.get(rm.route.name, 0):
                     self._touched |= self._on_writer(self.store.truncate, rm.route.name)
         elif type(msg) is po.LogicalMessage and msg.prefix == MESSAGE_PREFIX:
             self._on_message(msg)

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 import structlog
 
@@ -81,6 +83,23 @@ class CaptureStatus:
     def lag_seconds(self) -> float:
         """How long the store has been behind what the server reported (0 when caught up)."""
         return 0.0 if self.behind_since is None else time.monotonic() - self.behind_since
+
+
+def _cancelling() -> bool:
+    """The current task itself is being cancelled (not just something it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _shapes(text: str | None) -> dict[str, str] | None:
+    """The per-collection shapes a store records (None: none, or an older format)."""
+    if not text:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _tune_gc() -> None:
@@ -155,6 +174,7 @@ class CaptureRunner:
         self.routes = list(routes)
         self._shape = store_shape(self.routes)
         self._acked_at = 0.0
+        self._session_task: asyncio.Task[None] | None = None
         self.notifier = notifier
         self.on_commit = on_commit
         self.status = CaptureStatus()
@@ -228,7 +248,13 @@ class CaptureRunner:
         try:
             while not self._stopping:
                 try:
-                    await self._session()
+                    self._session_task = asyncio.create_task(self._session())
+                    try:
+                        await self._session_task
+                    except asyncio.CancelledError:
+                        if self._stopping and not _cancelling():
+                            return  # stop() ended the session; the caller goes on
+                        raise
                 except SchemaChanged as exc:
                     # The service re-reads the catalog and starts a new runner (see
                     # Service._run_capture); this one stops here, nothing acknowledged.
@@ -237,6 +263,8 @@ class CaptureRunner:
                     await self._in_writer(self.store.rollback)
                     return
                 except (ReplicationError, psycopg.OperationalError, OSError) as exc:
+                    if self._stopping:  # stop() closed the stream under us
+                        return
                     self.status.phase, self.status.error = "reconnecting", str(exc)
                     log.warning(
                         "replication interrupted; reconnecting", error=str(exc), retry_in=backoff
@@ -245,11 +273,19 @@ class CaptureRunner:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
+                except Exception:
+                    if self._stopping:  # e.g. an executor shut down by stop() mid-batch
+                        return
+                    raise
         finally:
             await self._close_source()
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._session_task is not None and not self._session_task.done():
+            self._session_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._session_task
         await self._close_source()
         self.router.shutdown(wait=True)
         self.writer.shutdown(wait=True)
@@ -269,8 +305,22 @@ class CaptureRunner:
         reason = await self._rebuild_reason(system.system_id, system.dbname)
         if reason is not None:
             await self._rebuild(source, reason, system.system_id, system.dbname)
+        else:
+            stored = _shapes(self.store.state().shape) or {}
+            added = [r for r in self.routes if r.name not in stored]
+            if added:
+                await self._backfill(added)
         state = self.store.state()
-        ingest = Ingest(self.store, self.routes, skip_through=state.lsn, writer=self.writer)
+        backfilled = {
+            c: lsn for c, lsn in orjson.loads(state.backfill or "{}").items() if lsn > state.lsn
+        }
+        ingest = Ingest(
+            self.store,
+            self.routes,
+            skip_through=state.lsn,
+            writer=self.writer,
+            backfilled=backfilled,
+        )
         await source.start(state.lsn)
         self.status.phase, self.status.error = "streaming", None
         self.status.flushed_lsn = max(self.status.flushed_lsn, state.lsn)
@@ -410,10 +460,15 @@ class CaptureRunner:
             dbname,
         ):
             return "the store was made for another database or slot"
-        if state.shape != self._shape:
+        stored = _shapes(state.shape)
+        if stored is None:
+            return "the store does not record its collections' shapes (an older format)"
+        current = orjson.loads(self._shape)
+        changed = sorted(c for c, h in stored.items() if current.get(c) != h)
+        if changed:
             return (
-                "the collections changed (tables, keys, columns, types or read rules) since "
-                "the store was made"
+                f"collection(s) {', '.join(changed) or '(all)'} changed (table, key, columns, "
+                "types or read rule) or were removed since the store was made"
             )
         if slot is None:
             return f"replication slot {self.config.database.slot!r} is missing"
@@ -430,6 +485,56 @@ class CaptureRunner:
         if slot[0] != "pgoutput" or slot[1] != dbname:
             return f"replication slot {self.config.database.slot!r} belongs to something else"
         return None
+
+    async def _backfill(self, routes: list[Route]) -> None:
+        """Copy collections added to the config, leaving the others as they are.
+
+        A temporary slot exports a snapshot at its consistent point C: the copy holds every
+        transaction committed before C. The main stream then skips these collections'
+        changes committed before C and applies the later ones (their tables were added to
+        the publication before C), so each change lands exactly once."""
+        names = [r.name for r in routes]
+        log.info("copying collections added to the config", collections=names)
+        temp = ReplicationStream(
+            self.config.database.url,
+            f"{self.config.database.slot}_fill_{secrets.token_hex(3)}",
+            self.config.database.publication,
+        )
+        await temp.connect()
+        try:
+            info = await temp.create_slot(export_snapshot=True, temporary=True)
+            self.status.phase = "copying"
+            self.status.copy = CopyProgress()
+            ingest = Ingest(self.store, self.routes, skip_through=0)
+            state = self.store.state()
+            backfill = {
+                **orjson.loads(state.backfill or "{}"),
+                **dict.fromkeys(names, info.consistent_point),
+            }
+
+            def copy_and_commit() -> None:
+                copy_tables(
+                    self.config.database.url,
+                    info.snapshot_name,
+                    routes,
+                    ingest,
+                    self.status.copy,
+                )
+                self.store.set_layout(self._shape, orjson.dumps(backfill).decode())
+                self.store.commit()  # the stream's position stays where it was
+
+            try:
+                await self._in_writer(copy_and_commit)
+            except BaseException:
+                await self._in_writer(self.store.rollback)
+                raise
+        finally:
+            await temp.close()  # a temporary slot goes with its connection
+        log.info(
+            "collections copied",
+            collections=names,
+            snapshot_lsn=po.lsn_to_str(info.consistent_point),
+        )
 
     async def _rebuild(
         self, source: ReplicationStream, reason: str, system_id: str, dbname: str

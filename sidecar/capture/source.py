@@ -43,7 +43,7 @@ class SystemInfo:
 class ChangeSource(Protocol):
     """What the capture runner needs from a replication stream."""
 
-    async def create_slot(self, *, export_snapshot: bool) -> SlotInfo: ...
+    async def create_slot(self, *, export_snapshot: bool, temporary: bool = False) -> SlotInfo: ...
     async def start(self, start_lsn: int) -> None: ...
     async def read_batch(self, max_messages: int) -> list[bytes]: ...
     async def send_status(
@@ -85,10 +85,10 @@ class ReplicationStream:
         assert row is not None
         return SystemInfo(str(row[0]), int(row[1]), str_to_lsn(row[2]), str(row[3]))
 
-    async def create_slot(self, *, export_snapshot: bool) -> SlotInfo:
+    async def create_slot(self, *, export_snapshot: bool, temporary: bool = False) -> SlotInfo:
         mode = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
-        query = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}").format(
-            sql.Identifier(self.slot), sql.SQL(mode)
+        query = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {}").format(
+            sql.Identifier(self.slot), sql.SQL("TEMPORARY " if temporary else ""), sql.SQL(mode)
         )
         cur = await self.conn.execute(query)
         row = await cur.fetchone()

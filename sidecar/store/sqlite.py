@@ -293,6 +293,7 @@ class SQLiteStore:
             database=m.get("database"),
             shape=m.get("shape"),
             acked_lsn=int(m.get("acked_lsn", 0)),
+            backfill=m.get("backfill"),
         )
 
     def reset(self, *, slot: str, system_id: str, database: str, shape: str = "") -> StoreState:
@@ -609,6 +610,12 @@ class SQLiteStore:
         self._w.execute("COMMIT")
         self._in_txn = False
         self._state = self._load_state()
+
+    def set_layout(self, shape: str, backfill: str) -> None:
+        """In the open batch: the collections' shapes (JSON) and the snapshot LSN of each
+        collection copied after the others (JSON); committed with the batch."""
+        self._begin()
+        self._set_meta(shape=shape, backfill=backfill)
 
     def note_acked(self, lsn: int) -> bool:
         """Record, durably, that the server may forget WAL up to `lsn` (an idle position:

@@ -132,3 +132,18 @@ def test_status_reads_the_store(cfg, pg_dsn, tmp_path, capsys):
     assert "publication  sidecar_test: missing" in out
     assert "0 rows" in out and "initial copy not done" in out
     assert "service      not reachable" in out
+
+
+def test_init_adds_a_mapped_table_the_publication_lacks(cfg, pg_dsn, capsys):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
+        conn.execute("CREATE PUBLICATION sidecar_test FOR TABLE other")
+    assert main(["init", "-c", str(cfg)]) == 0
+    assert 'ALTER PUBLICATION "sidecar_test" ADD TABLE "public"."todo_items"' in (
+        capsys.readouterr().out
+    )
+    with psycopg.connect(pg_dsn) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = 'sidecar_test' ORDER BY 1"
+        ).fetchall()
+    assert tables == [("other",), ("todo_items",)]

@@ -169,3 +169,38 @@ async def test_sighup_reloads_a_running_process(pg_dsn, pg_url, tmp_path):
         assert proc.proc.poll() is None
     finally:
         proc.stop()
+
+
+async def test_a_collection_added_by_reload_is_copied_without_a_resync(
+    sc, pg_url, tmp_path, pg_dsn
+):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text, owner_id int)")
+        conn.execute("INSERT INTO notes SELECT g, 'n' || g, 1 FROM generate_series(1, 50) g")
+    _, cursor = await sc.pull_all(1)
+    epoch = sc.service.store.state().epoch
+    text = (
+        config_text(pg_url, tmp_path / "store.db")
+        + """
+  notes:
+    table: notes
+    read: "owner_id = :sub"
+"""
+    )
+    changed = await sc.service.reload(load_config_text(text, file="test.yaml", env={}))
+    assert "collections" in changed
+    for _ in range(100):
+        if sc.service.capture.ready and "notes" in sc.service.routes:
+            break
+        await asyncio.sleep(0.1)
+    assert sc.service.capture.ready
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE notes SET body = 'after' WHERE id = 1")
+        conn.execute("INSERT INTO todo_items (title, owner_id) VALUES ('still', 1)")
+    await sc.caught_up(pg_dsn)
+    assert sc.service.store.state().epoch == epoch  # nobody resyncs
+    changes, _ = await sc.pull_all(1, cursor)
+    notes = {c["row"]["id"]: c["row"]["body"] for c in changes if c["collection"] == "notes"}
+    assert len(notes) == 50 and notes[1] == "after"
+    assert "still" in {c["row"].get("title") for c in changes if c["collection"] == "todos"}
+    assert sc.service.capture.status.rebuilds == 0
