@@ -45,7 +45,7 @@ class Metrics:
         self.latency = Histogram(
             "sidecar_http_request_seconds",
             "HTTP request latency",
-            ["endpoint"],
+            ["endpoint", "status"],
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30, 60),
         )

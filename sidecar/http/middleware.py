@@ -79,8 +79,8 @@ def make_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRespo
         finally:
             status = getattr(locals().get("response"), "status", 500)
             metrics.requests.labels(endpoint, str(status)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-            structlog.contextvars.unbind_contextvars("request_id")
+            metrics.latency.labels(endpoint, str(status)).observe(time.perf_counter() - started)
+            structlog.contextvars.unbind_contextvars("request_id", "subject")
 
     return middleware
 

@@ -44,6 +44,7 @@ async def _principal(request: web.Request) -> Principal:
     """The authenticated caller, who also spends one token of their rate limit."""
     service = _service(request)
     principal = await service.auth.authenticate(request.headers.get("Authorization"))
+    structlog.contextvars.bind_contextvars(subject=principal.subject)  # on every log line
     if service.limiter is not None:
         service.limiter.take(principal.subject, principal.device)
     return principal
