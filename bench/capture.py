@@ -8,15 +8,22 @@ Target: ≥ 1.0× pg_recvlogical and ≥ 100,000 row changes/s.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import subprocess
 import tempfile
 from pathlib import Path
 
 import psycopg
 
-from bench.harness import ITEMS_COLLECTION, Timer, config, current_lsn, make_items, postgres, report
+from bench.harness import (
+    ITEMS_COLLECTION,
+    Timer,
+    config,
+    current_lsn,
+    make_items,
+    postgres,
+    report,
+    rows_main,
+)
 from sidecar.changes import str_to_lsn
 from sidecar.service import Service
 
@@ -69,10 +76,7 @@ async def run(rows: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=500_000)
-    args = parser.parse_args()
-    asyncio.run(run(args.rows))
+    rows_main(run, __doc__, 500_000)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,3 +100,10 @@ def make_items(dsn: str, rows: int) -> None:
             (rows,),
         )
         conn.execute("VACUUM ANALYZE items")
+
+
+def rows_main(run: Callable[[int], Awaitable[object]], doc: str | None, default: int) -> None:
+    """The command line of a benchmark whose only knob is the row count."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--rows", type=int, default=default)
+    asyncio.run(run(parser.parse_args().rows))

@@ -9,8 +9,6 @@ device of the same scope (pages served from the cache).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import jwt
 import psycopg
 from aiohttp import web
 
-from bench.harness import SECRET, Timer, config, make_items, postgres, report
+from bench.harness import SECRET, Timer, config, make_items, postgres, report, rows_main
 from sidecar.http.app import create_app
 from sidecar.service import Service
 
@@ -90,10 +88,7 @@ async def run(rows: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=500_000)
-    args = parser.parse_args()
-    asyncio.run(run(args.rows))
+    rows_main(run, __doc__, 500_000)
 
 
 if __name__ == "__main__":

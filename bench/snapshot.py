@@ -6,14 +6,12 @@ run. Target: ≥ 0.05× COPY and ≥ 150,000 rows/s.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import tempfile
 from pathlib import Path
 
 import psycopg
 
-from bench.harness import ITEMS_COLLECTION, Timer, config, make_items, postgres, report
+from bench.harness import ITEMS_COLLECTION, Timer, config, make_items, postgres, report, rows_main
 from sidecar.service import Service
 
 
@@ -37,10 +35,7 @@ async def run(rows: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=500_000)
-    args = parser.parse_args()
-    asyncio.run(run(args.rows))
+    rows_main(run, __doc__, 500_000)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from sidecar.config.model import Config
 from sidecar.errors import PreflightError
-from sidecar.preflight import run_preflight
+from sidecar.preflight import publication_statement, run_preflight
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,23 +59,13 @@ def init_steps(config: Config) -> list[Step]:
         report = run_preflight(conn, config)
         if not report.ok:
             raise PreflightError(list(report.problems))
-        tables = sql.SQL(", ").join(
-            sql.Identifier(t.ref.schema, t.ref.name) for t in report.tables.values()
-        )
-        publication = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-            sql.Identifier(db.publication), tables
-        )
+        publication = publication_statement(config, list(report.tables.values()), create=True)
         slot = sql.SQL("SELECT pg_create_logical_replication_slot({}, 'pgoutput')").format(
             sql.Literal(db.slot)
         )
         has_slot = _slot(conn, db.slot) is not None
         if report.publication_adds:
-            publication = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                sql.Identifier(db.publication),
-                sql.SQL(", ").join(
-                    sql.Identifier(t.ref.schema, t.ref.name) for t in report.publication_adds
-                ),
-            )
+            publication = publication_statement(config, list(report.publication_adds), create=False)
         needed = not report.publication_exists or bool(report.publication_adds)
         return [
             Step(

@@ -6,6 +6,7 @@ DBA can act on one report. Used at start-up and by `sidecar check`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -278,21 +279,26 @@ def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
     return PreflightReport(tuple(problems), tuple(warnings), tables, exists, tuple(adds))
 
 
-def create_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:
-    """CREATE PUBLICATION for exactly the mapped tables; returns the statement run."""
-    stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+def publication_statement(
+    config: Config, tables: Sequence[TableInfo], *, create: bool
+) -> sql.Composed:
+    """CREATE PUBLICATION … FOR TABLE (create) or ALTER PUBLICATION … ADD TABLE."""
+    head = "CREATE PUBLICATION {} FOR TABLE {}" if create else "ALTER PUBLICATION {} ADD TABLE {}"
+    return sql.SQL(head).format(
         sql.Identifier(config.database.publication),
         sql.SQL(", ").join(sql.Identifier(t.ref.schema, t.ref.name) for t in tables),
     )
+
+
+def create_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:
+    """CREATE PUBLICATION for exactly the mapped tables; returns the statement run."""
+    stmt = publication_statement(config, tables, create=True)
     conn.execute(stmt)
     return stmt.as_string(conn)
 
 
 def add_to_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:
     """ALTER PUBLICATION … ADD TABLE for mapped tables it lacks; returns the statement."""
-    stmt = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-        sql.Identifier(config.database.publication),
-        sql.SQL(", ").join(sql.Identifier(t.ref.schema, t.ref.name) for t in tables),
-    )
+    stmt = publication_statement(config, tables, create=False)
     conn.execute(stmt)
     return stmt.as_string(conn)

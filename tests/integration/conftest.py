@@ -22,6 +22,13 @@ from sidecar.service import Service
 SECRET = "test-secret-0123456789-0123456789"
 
 
+def run_sql(dsn: str, *statements: str) -> None:
+    """Run statements on the test database, each in its own transaction."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s)
+
+
 def token(sub: str | int, **claims: Any) -> str:
     now = int(time.time())
     body = {"sub": str(sub), "iat": now, "exp": now + 3600, **claims}

@@ -9,7 +9,7 @@ import threading
 import psycopg
 import pytest
 
-from tests.integration.conftest import Sidecar, make_config, state_of
+from tests.integration.conftest import Sidecar, make_config, run_sql, state_of
 
 pytestmark = pytest.mark.pg
 
@@ -23,12 +23,6 @@ BOARDS = """
     table: boards
     read: "owner_id = :sub"
 """
-
-
-def sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in statements:
-            conn.execute(s)
 
 
 def db_state(dsn: str) -> dict:
@@ -49,7 +43,7 @@ def db_state(dsn: str) -> dict:
 
 
 async def test_an_added_collection_is_copied_alone_while_writes_race(pg_dsn, pg_url, tmp_path):
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE todo_items (id int PRIMARY KEY, title text, owner_id int)",
         "INSERT INTO todo_items SELECT g, 't' || g, 1 FROM generate_series(1, 20) g",
@@ -62,7 +56,7 @@ async def test_an_added_collection_is_copied_alone_while_writes_race(pg_dsn, pg_
     before, cursor = await sc.pull_all(1)
     epoch = sc.service.store.state().epoch
     await sc.stop()
-    sql(pg_dsn, "UPDATE todo_items SET title = 'changed' WHERE id = 3")
+    run_sql(pg_dsn, "UPDATE todo_items SET title = 'changed' WHERE id = 3")
 
     stop = threading.Event()
 

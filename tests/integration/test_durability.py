@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from sidecar.embedded import free_port
-from tests.integration.conftest import SECRET, auth, state_of
+from tests.integration.conftest import SECRET, auth, run_sql, state_of
 
 pytestmark = pytest.mark.pg
 
@@ -27,12 +27,6 @@ ITEMS = """
     table: items
     read: "true"
 """
-
-
-def sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in statements:
-            conn.execute(s)
 
 
 def db_state(dsn: str) -> dict:
@@ -45,7 +39,7 @@ def db_state(dsn: str) -> dict:
 
 
 async def test_restart_keeps_cursors_valid(pg_dsn, pg_url, sidecar_factory):
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
         "INSERT INTO items SELECT g, 1, g, 'n' FROM generate_series(1, 10) g",
@@ -54,7 +48,7 @@ async def test_restart_keeps_cursors_valid(pg_dsn, pg_url, sidecar_factory):
     state = state_of(await sc.sync(1))
     epoch = sc.service.store.state().epoch
     await sc.stop()
-    sql(
+    run_sql(
         pg_dsn,
         "UPDATE items SET val = -1 WHERE id = 3",
         "DELETE FROM items WHERE id = 4",
@@ -68,7 +62,7 @@ async def test_restart_keeps_cursors_valid(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_missing_slot_rebuilds_store_and_expires_cursors(pg_dsn, pg_url, sidecar_factory):
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
         "INSERT INTO items SELECT g, 1, g, 'n' FROM generate_series(1, 5) g",
@@ -76,7 +70,7 @@ async def test_missing_slot_rebuilds_store_and_expires_cursors(pg_dsn, pg_url, s
     sc = await sidecar_factory(pg_url, ITEMS)
     _, cursor = await sc.pull_all(1)
     await sc.stop()
-    sql(
+    run_sql(
         pg_dsn,
         "SELECT pg_drop_replication_slot('sidecar_test')",
         "INSERT INTO items VALUES (6, 1, 6, 'while the slot was gone')",
@@ -95,7 +89,7 @@ async def test_a_changed_collection_rebuilds_the_store(pg_dsn, pg_url, tmp_path)
     ones is rebuilt (new epoch, 410) instead of serving stale rows and scopes."""
     from tests.integration.conftest import Sidecar, make_config
 
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
         "INSERT INTO items SELECT g, g % 2, g, 'n' FROM generate_series(1, 6) g",
@@ -136,7 +130,7 @@ async def test_a_store_restored_from_an_older_backup_is_rebuilt(pg_dsn, pg_url, 
 
     from tests.integration.conftest import Sidecar, make_config
 
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
         "INSERT INTO items SELECT g, 1, g, 'n' FROM generate_series(1, 5) g",
@@ -151,7 +145,9 @@ async def test_a_store_restored_from_an_older_backup_is_rebuilt(pg_dsn, pg_url, 
     for f in tmp_path.glob("store.db*"):
         shutil.copy(f, backup / f.name)
     await sc.start()
-    sql(pg_dsn, "UPDATE items SET val = -1 WHERE id = 2", "INSERT INTO items VALUES (6, 1, 6, 'x')")
+    run_sql(
+        pg_dsn, "UPDATE items SET val = -1 WHERE id = 2", "INSERT INTO items VALUES (6, 1, 6, 'x')"
+    )
     await sc.caught_up(pg_dsn)
     await sc.stop()  # the slot has now confirmed past the backup's position
     for f in tmp_path.glob("store.db*"):
@@ -174,7 +170,7 @@ async def test_an_idle_acknowledged_position_is_not_mistaken_for_a_restore(
 ):
     from tests.integration.conftest import Sidecar, make_config
 
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
         "CREATE TABLE other (id int)",
@@ -183,7 +179,7 @@ async def test_an_idle_acknowledged_position_is_not_mistaken_for_a_restore(
     sc = Sidecar(make_config(pg_url, tmp_path / "store.db", ITEMS))
     await sc.start()
     for _ in range(3):  # unrelated WAL: the idle position advances past the last commit
-        sql(pg_dsn, "INSERT INTO other SELECT generate_series(1, 1000)")
+        run_sql(pg_dsn, "INSERT INTO other SELECT generate_series(1, 1000)")
         await sc.caught_up(pg_dsn)
         await asyncio.sleep(1.1)
     await sc.caught_up(pg_dsn)
@@ -198,7 +194,7 @@ async def test_an_idle_acknowledged_position_is_not_mistaken_for_a_restore(
 
 
 async def test_idle_publication_does_not_pin_wal(pg_dsn, pg_url, sidecar_factory):
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
         "CREATE TABLE busy (id serial PRIMARY KEY, payload text)",
@@ -214,7 +210,9 @@ async def test_idle_publication_does_not_pin_wal(pg_dsn, pg_url, sidecar_factory
             ).fetchone()[0]
 
     start = confirmed()
-    sql(pg_dsn, "INSERT INTO busy (payload) SELECT repeat('x', 1000) FROM generate_series(1, 5000)")
+    run_sql(
+        pg_dsn, "INSERT INTO busy (payload) SELECT repeat('x', 1000) FROM generate_series(1, 5000)"
+    )
     with psycopg.connect(pg_dsn) as conn:
         target = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
     assert target - start > 4_000_000
@@ -317,7 +315,7 @@ async def _pull_all(
 
 @pytest.mark.slow
 async def test_kill9_during_write_load_loses_and_doubles_nothing(pg_dsn, pg_url, tmp_path):
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
         "INSERT INTO items SELECT g, g % 3, g, 'seed' FROM generate_series(1, 1000) g",
@@ -374,7 +372,7 @@ collections:
 
 @pytest.mark.slow
 async def test_kill9_during_pushes_applies_each_mutation_exactly_once(pg_dsn, pg_url, tmp_path):
-    sql(pg_dsn, "CREATE TABLE items (id serial PRIMARY KEY, owner int, val int, note text)")
+    run_sql(pg_dsn, "CREATE TABLE items (id serial PRIMARY KEY, owner int, val int, note text)")
     port = free_port()
     config = tmp_path / "sidecar.yaml"
     config.write_text(

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 
-from tests.integration.conftest import auth, token
+from tests.integration.conftest import auth, run_sql, token
 
 pytestmark = pytest.mark.pg
 
@@ -34,15 +33,9 @@ TODOS = """
 """
 
 
-def sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in statements:
-            conn.execute(s)
-
-
 @pytest.fixture
 async def sc(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     return await sidecar_factory(pg_url, TODOS)
 
 
@@ -66,7 +59,7 @@ async def test_one_commit_wakes_every_waiter_of_its_scope_with_one_store_read(sc
     assert not any(t.done() for t in mine + others)
     cache = sc.service.puller.cache
     misses = cache.misses
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('ping', 1)")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('ping', 1)")
     pages = await asyncio.wait_for(asyncio.gather(*mine), 10)
     assert all([c["row"]["title"] for c in p["changes"]] == ["ping"] for p in pages)
     assert len({p["cursor"] for p in pages}) == 1
@@ -83,7 +76,7 @@ async def test_a_commit_between_read_and_wait_is_not_missed(sc, pg_dsn):
     for n in range(5):
         waiter = asyncio.create_task(sc.pull(1, cursor, live="true", timeout=10))
         await asyncio.sleep(0.002 * n)  # commits at various points of the waiter's start
-        sql(pg_dsn, f"INSERT INTO todo_items (title, owner_id) VALUES ('r{n}', 1)")
+        run_sql(pg_dsn, f"INSERT INTO todo_items (title, owner_id) VALUES ('r{n}', 1)")
         page = await asyncio.wait_for(waiter, 8)
         assert [c["row"]["title"] for c in page["changes"]] == [f"r{n}"]
         cursor = page["cursor"]
@@ -103,7 +96,7 @@ async def test_etag_gives_304_until_something_changes(sc, pg_dsn):
     assert again.headers["ETag"] == etag
     other = await sc.get("/v1/pull", sub=2, headers={"If-None-Match": etag})
     assert other.status == 200  # another caller's answer differs
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('new', 1)")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('new', 1)")
     await sc.caught_up(pg_dsn)
     changed = await sc.get("/v1/pull", headers={"If-None-Match": etag})
     assert changed.status == 200 and changed.headers["ETag"] != etag
@@ -115,7 +108,7 @@ async def test_etag_gives_304_until_something_changes(sc, pg_dsn):
 
 
 async def test_large_pages_are_gzipped_when_accepted(sc, pg_dsn):
-    sql(
+    run_sql(
         pg_dsn,
         "INSERT INTO todo_items (title, owner_id) "
         "SELECT 'bulk ' || g, 1 FROM generate_series(1, 200) g",
@@ -187,12 +180,12 @@ async def test_stream_sends_pages_and_resumes_with_last_event_id(sc, pg_dsn):
     page = orjson.loads(first["data"])
     assert first["id"] == page["cursor"]
     assert sorted(c["row"]["title"] for c in page["changes"]) == ["a1", "a2"]
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('other', 2)")
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('live', 1)")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('other', 2)")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('live', 1)")
     second = await read_event(resp)
     assert [c["row"]["title"] for c in orjson.loads(second["data"])["changes"]] == ["live"]
     resp.close()  # the connection drops; the client reconnects with the last id it saw
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('missed', 1)")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('missed', 1)")
     await sc.caught_up(pg_dsn)
     resumed = await open_stream(sc, headers={"Last-Event-ID": second["id"]})
     await read_event(resumed)  # retry
@@ -251,7 +244,7 @@ def rss_kib(field: str) -> int:
 
 async def test_ndjson_bootstrap_of_a_large_table_in_bounded_memory(pg_dsn, pg_url, sidecar_factory):
     rows = 60_000
-    sql(
+    run_sql(
         pg_dsn,
         SCHEMA,
         "INSERT INTO todo_items (title, owner_id, notes) "
@@ -286,7 +279,7 @@ async def test_ndjson_bootstrap_of_a_large_table_in_bounded_memory(pg_dsn, pg_ur
 async def test_ndjson_resumes_from_the_last_cursor_line_after_a_drop(
     pg_dsn, pg_url, sidecar_factory
 ):
-    sql(
+    run_sql(
         pg_dsn,
         SCHEMA,
         "INSERT INTO todo_items (title, owner_id) "
@@ -335,7 +328,7 @@ async def test_metrics_report_lag_retained_wal_and_push_outcomes(sc, pg_dsn):
 async def test_readyz_turns_unready_when_capture_lags_past_the_bound(
     pg_dsn, pg_url, sidecar_factory
 ):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS, extra="server: {ready_max_lag: 1s}")
     assert (await sc.get("/readyz", sub=None)).status == 200
     status = sc.service.capture.status
@@ -349,7 +342,7 @@ async def test_readyz_turns_unready_when_capture_lags_past_the_bound(
 
 
 async def test_a_body_that_never_finishes_gets_408(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS, extra="limits: {client_timeout: 1s}")
     assert sc.client is not None
     port = sc.client.server.port
@@ -369,7 +362,7 @@ async def test_a_body_that_never_finishes_gets_408(pg_dsn, pg_url, sidecar_facto
 async def test_a_stream_reader_that_stops_reading_is_cut_off(pg_dsn, pg_url, sidecar_factory):
     import socket
 
-    sql(
+    run_sql(
         pg_dsn,
         SCHEMA,
         "INSERT INTO todo_items (title, owner_id, notes) "

@@ -11,7 +11,7 @@ import pytest
 
 from sidecar.errors import PreflightError
 from sidecar.service import Service, preflight
-from tests.integration.conftest import SECRET, make_config
+from tests.integration.conftest import SECRET, make_config, run_sql
 
 pytestmark = pytest.mark.pg
 
@@ -21,12 +21,6 @@ CREATE TABLE keyless (a int, b text);
 CREATE TABLE unique_only (code text NOT NULL, owner int);
 CREATE UNIQUE INDEX unique_only_code ON unique_only (code);
 """
-
-
-def sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in statements:
-            conn.execute(s)
 
 
 BAD = """
@@ -48,7 +42,7 @@ BAD = """
 
 
 def test_preflight_reports_every_problem_with_its_fix(pg_dsn, pg_url, tmp_path):
-    sql(pg_dsn, TABLES)
+    run_sql(pg_dsn, TABLES)
     report = preflight(make_config(pg_url, tmp_path / "s.db", BAD))
     text = "\n".join(report.problems)
     assert not report.ok
@@ -62,7 +56,7 @@ def test_preflight_reports_every_problem_with_its_fix(pg_dsn, pg_url, tmp_path):
 
 
 def test_role_without_replication_is_refused(pg_dsn, pg_server, pg_dbname, tmp_path):
-    sql(
+    run_sql(
         pg_dsn,
         TABLES,
         "DROP ROLE IF EXISTS plain_user",
@@ -78,7 +72,7 @@ def test_role_without_replication_is_refused(pg_dsn, pg_server, pg_dbname, tmp_p
 
 
 async def test_service_refuses_to_start_and_creates_exact_publication(pg_dsn, pg_url, tmp_path):
-    sql(pg_dsn, TABLES)
+    run_sql(pg_dsn, TABLES)
     with pytest.raises(PreflightError) as caught:
         await Service.start(make_config(pg_url, tmp_path / "s.db", BAD))
     assert len(caught.value.problems) == 6
@@ -102,7 +96,7 @@ async def test_service_refuses_to_start_and_creates_exact_publication(pg_dsn, pg
 
 
 async def test_existing_publication_is_used_as_is(pg_dsn, pg_url, tmp_path):
-    sql(pg_dsn, TABLES, "CREATE PUBLICATION sidecar_test FOR TABLE good, unique_only")
+    run_sql(pg_dsn, TABLES, "CREATE PUBLICATION sidecar_test FOR TABLE good, unique_only")
     service = await Service.start(
         make_config(pg_url, tmp_path / "s.db", "  good: {table: good, read: 'true'}")
     )
@@ -124,7 +118,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_check_lists_problems_without_traceback(pg_dsn, pg_url, tmp_path: Path):
-    sql(pg_dsn, TABLES)
+    run_sql(pg_dsn, TABLES)
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(
         f'database: {{url: "{pg_url}"}}\nauth: {{jwt: {{secret: {SECRET}}}}}\ncollections:\n{BAD}'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.integration.conftest import state_of
+from tests.integration.conftest import run_sql, state_of
 
 pytestmark = pytest.mark.pg
 
@@ -29,18 +29,12 @@ TODOS = """
 """
 
 
-def sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in statements:
-            conn.execute(s)
-
-
 def titles(state: dict) -> set[str]:
     return {row["title"] for row in state.values()}
 
 
 async def test_initial_sync_is_scoped(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     assert titles(state_of(await sc.sync(1))) == {"a1", "a2"}
     assert titles(state_of(await sc.sync(2))) == {"b1"}
@@ -55,10 +49,10 @@ async def test_initial_sync_is_scoped(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_deltas_insert_update_delete(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     state = state_of(await sc.sync(1))
-    sql(
+    run_sql(
         pg_dsn,
         "INSERT INTO todo_items (title, owner_id) VALUES ('a3', 1), ('b2', 2)",
         "UPDATE todo_items SET done = true, title = 'a1!' WHERE title = 'a1'",
@@ -81,45 +75,47 @@ async def test_deltas_insert_update_delete(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_rev_changes_only_with_exposed_columns(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     first = {c["row"]["title"]: c["rev"] for c in await sc.sync(1)}
-    sql(pg_dsn, "UPDATE todo_items SET updated_at = now() + interval '1 day' WHERE title = 'a1'")
+    run_sql(
+        pg_dsn, "UPDATE todo_items SET updated_at = now() + interval '1 day' WHERE title = 'a1'"
+    )
     await sc.caught_up(pg_dsn)
     assert await sc.sync(1) == []  # not exposed: no change for clients
-    sql(pg_dsn, "UPDATE todo_items SET title = 'x' WHERE title = 'a1'")
+    run_sql(pg_dsn, "UPDATE todo_items SET title = 'x' WHERE title = 'a1'")
     await sc.caught_up(pg_dsn)
     (ch,) = await sc.sync(1)
     assert ch["rev"] != first["a1"] and len(ch["rev"]) == 16
 
 
 async def test_move_out_and_move_in(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     s1, s2 = state_of(await sc.sync(1)), state_of(await sc.sync(2))
-    sql(pg_dsn, "UPDATE todo_items SET owner_id = 2 WHERE title = 'a1'")
+    run_sql(pg_dsn, "UPDATE todo_items SET owner_id = 2 WHERE title = 'a1'")
     await sc.caught_up(pg_dsn)
     d1, d2 = await sc.sync(1), await sc.sync(2)
     assert [c["op"] for c in d1] == ["delete"]
     assert [c["op"] for c in d2] == ["upsert"]
     assert titles(state_of(d1, s1)) == {"a2"}
     assert titles(state_of(d2, s2)) == {"a1", "b1"}
-    sql(pg_dsn, "UPDATE todo_items SET owner_id = 1 WHERE title = 'a1'")
+    run_sql(pg_dsn, "UPDATE todo_items SET owner_id = 1 WHERE title = 'a1'")
     await sc.caught_up(pg_dsn)
     assert titles(state_of(await sc.sync(1), s1)) == {"a1", "a2"}
     assert titles(state_of(await sc.sync(2), s2)) == {"b1"}
     # a NULL owner is in nobody's scope
-    sql(pg_dsn, "UPDATE todo_items SET owner_id = NULL WHERE title = 'a2'")
+    run_sql(pg_dsn, "UPDATE todo_items SET owner_id = NULL WHERE title = 'a2'")
     await sc.caught_up(pg_dsn)
     assert titles(state_of(await sc.sync(1), s1)) == {"a1"}
 
 
 async def test_tombstone_reaches_a_late_client(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     _, cursor = await sc.pull_all(1)
-    sql(pg_dsn, "DELETE FROM todo_items WHERE title = 'a1'")
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('later', 1)")
+    run_sql(pg_dsn, "DELETE FROM todo_items WHERE title = 'a1'")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('later', 1)")
     await sc.caught_up(pg_dsn)
     changes, _ = await sc.pull_all(1, cursor)
     assert [c["op"] for c in changes] == ["delete", "upsert"]
@@ -127,12 +123,12 @@ async def test_tombstone_reaches_a_late_client(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_toast_unchanged_value_is_kept(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     big = "".join(f"{i:08x}" for i in range(20_000))  # 160 kB, incompressible enough
-    sql(pg_dsn, f"UPDATE todo_items SET notes = '{big}' WHERE title = 'a1'")
+    run_sql(pg_dsn, f"UPDATE todo_items SET notes = '{big}' WHERE title = 'a1'")
     sc = await sidecar_factory(pg_url, TODOS)
     state = state_of(await sc.sync(1))
-    sql(pg_dsn, "UPDATE todo_items SET done = true WHERE title = 'a1'")
+    run_sql(pg_dsn, "UPDATE todo_items SET done = true WHERE title = 'a1'")
     await sc.caught_up(pg_dsn)
     (ch,) = await sc.sync(1)
     assert ch["row"]["done"] is True and ch["row"]["notes"] == big
@@ -140,10 +136,10 @@ async def test_toast_unchanged_value_is_kept(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_primary_key_change(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     state = state_of(await sc.sync(1))
-    sql(pg_dsn, "UPDATE todo_items SET id = 100 WHERE title = 'a1'")
+    run_sql(pg_dsn, "UPDATE todo_items SET id = 100 WHERE title = 'a1'")
     await sc.caught_up(pg_dsn)
     delta = await sc.sync(1)
     assert [(c["op"], c["key"]) for c in delta] == [("delete", {"id": 1}), ("upsert", {"id": 100})]
@@ -152,19 +148,19 @@ async def test_primary_key_change(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_truncate_deletes_everything(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     state = state_of(await sc.sync(1))
-    sql(pg_dsn, "TRUNCATE todo_items")
+    run_sql(pg_dsn, "TRUNCATE todo_items")
     await sc.caught_up(pg_dsn)
     assert state_of(await sc.sync(1), state) == {}
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('fresh', 1)")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('fresh', 1)")
     await sc.caught_up(pg_dsn)
     assert titles(state_of(await sc.sync(1), state)) == {"fresh"}
 
 
 async def test_or_rule_and_paging(pg_dsn, pg_url, sidecar_factory):
-    sql(
+    run_sql(
         pg_dsn,
         "CREATE TABLE projects (id int PRIMARY KEY, name text, owner_id int, is_public bool)",
         "INSERT INTO projects SELECT g, 'p' || g, g % 3, g % 5 = 0 FROM generate_series(1, 250) g",
@@ -191,8 +187,8 @@ async def test_or_rule_and_paging(pg_dsn, pg_url, sidecar_factory):
     assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
     assert pages >= len(expected) // 20
     # a public project that becomes private leaves user 2's view but stays in owner 1's
-    sql(pg_dsn, "UPDATE projects SET is_public = false WHERE id = 10")  # owner 1
-    sql(pg_dsn, "UPDATE projects SET is_public = false WHERE id = 5")  # owner 2
+    run_sql(pg_dsn, "UPDATE projects SET is_public = false WHERE id = 10")  # owner 1
+    run_sql(pg_dsn, "UPDATE projects SET is_public = false WHERE id = 5")  # owner 2
     await sc.caught_up(pg_dsn)
     d1 = await sc.pull(1, cursor)
     ops = {c["key"]["id"]: c["op"] for c in d1["changes"]}
@@ -200,7 +196,7 @@ async def test_or_rule_and_paging(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_pull_parameters_and_errors(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     cases = [
         ({"cursor": "nonsense"}, 400, "invalid_request"),
@@ -228,7 +224,7 @@ async def test_pull_parameters_and_errors(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_schema_health_ready_metrics(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     body = await (await sc.get("/v1/schema")).json()
     todos = body["collections"]["todos"]
@@ -244,7 +240,7 @@ async def test_schema_health_ready_metrics(pg_dsn, pg_url, sidecar_factory):
 
 
 async def test_read_your_writes_with_after_lsn(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     _, cursor = await sc.pull_all(1)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -257,16 +253,16 @@ async def test_read_your_writes_with_after_lsn(pg_dsn, pg_url, sidecar_factory):
 async def test_live_pull_wakes_on_commit(pg_dsn, pg_url, sidecar_factory):
     import asyncio
 
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
     _, cursor = await sc.pull_all(1)
     waiter = asyncio.create_task(sc.pull(1, cursor, live="true", timeout=20))
     await asyncio.sleep(0.3)
     assert not waiter.done()
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('other', 2)")  # not my scope
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('other', 2)")  # not my scope
     await asyncio.sleep(0.5)
     assert not waiter.done()
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('ping', 1)")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('ping', 1)")
     page = await asyncio.wait_for(waiter, 10)
     assert [c["row"]["title"] for c in page["changes"]] == ["ping"]
     timed = await sc.pull(1, page["cursor"], live="true", timeout=0.3)
@@ -280,7 +276,7 @@ async def test_not_ready_during_initial_copy(pg_dsn, pg_url, tmp_path):
     from sidecar.service import Service
     from tests.integration.conftest import auth, make_config
 
-    sql(
+    run_sql(
         pg_dsn,
         SCHEMA,
         "INSERT INTO todo_items (title, owner_id) "
@@ -309,7 +305,7 @@ async def test_not_ready_during_initial_copy(pg_dsn, pg_url, tmp_path):
 async def test_rate_limit_under_concurrent_load(pg_dsn, pg_url, sidecar_factory):
     import asyncio
 
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS, extra="limits: {rate: 5/s}")
     responses = await asyncio.gather(*(sc.get("/v1/pull") for _ in range(20)))
     statuses = sorted(r.status for r in responses)
@@ -325,7 +321,7 @@ async def test_rate_limit_under_concurrent_load(pg_dsn, pg_url, sidecar_factory)
 async def test_live_pulls_per_subject_are_bounded(pg_dsn, pg_url, sidecar_factory):
     import asyncio
 
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS, extra="limits: {live_per_subject: 3}")
     _, cursor = await sc.pull_all(1)
     params = {"cursor": cursor, "live": "true", "timeout": "3"}
@@ -335,6 +331,6 @@ async def test_live_pulls_per_subject_are_bounded(pg_dsn, pg_url, sidecar_factor
     assert extra.status == 503 and (await extra.json())["code"] == "unavailable"
     assert extra.headers["Retry-After"] == "2"
     assert (await sc.get("/v1/pull", sub=2, params={"live": "true", "timeout": "0"})).status == 200
-    sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('wake', 1)")
+    run_sql(pg_dsn, "INSERT INTO todo_items (title, owner_id) VALUES ('wake', 1)")
     done = await asyncio.gather(*waiting)
     assert all(r.status == 200 for r in done)

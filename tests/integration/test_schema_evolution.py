@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import psycopg
 import pytest
+
+from tests.integration.conftest import run_sql
 
 pytestmark = pytest.mark.pg
 
@@ -28,12 +29,6 @@ SOME_COLUMNS = """
 """
 
 
-def sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in statements:
-            conn.execute(s)
-
-
 async def until(predicate, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -42,11 +37,11 @@ async def until(predicate, timeout: float = 20.0) -> None:
 
 
 async def test_an_added_column_appears_after_a_rebuild(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, ALL_COLUMNS)
     _, cursor = await sc.pull_all(1)
     version = (await sc.pull(1))["schema_version"]
-    sql(
+    run_sql(
         pg_dsn,
         "ALTER TABLE todo_items ADD COLUMN priority int NOT NULL DEFAULT 3",
         "INSERT INTO todo_items (title, owner_id, priority) VALUES ('c', 1, 1)",
@@ -65,10 +60,10 @@ async def test_an_added_column_appears_after_a_rebuild(pg_dsn, pg_url, sidecar_f
 
 
 async def test_a_column_outside_columns_changes_nothing(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, SOME_COLUMNS)
     _, cursor = await sc.pull_all(1)
-    sql(
+    run_sql(
         pg_dsn,
         "ALTER TABLE todo_items ADD COLUMN internal text",
         "INSERT INTO todo_items (title, owner_id, internal) VALUES ('c', 1, 'x')",
@@ -82,9 +77,9 @@ async def test_a_column_outside_columns_changes_nothing(pg_dsn, pg_url, sidecar_
 
 
 async def test_a_retyped_column_rebuilds_with_the_new_type(pg_dsn, pg_url, sidecar_factory):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, ALL_COLUMNS)
-    sql(
+    run_sql(
         pg_dsn,
         "ALTER TABLE todo_items ALTER COLUMN owner_id TYPE bigint",
         "UPDATE todo_items SET notes = 'n' WHERE title = 'a'",
@@ -100,9 +95,9 @@ async def test_a_retyped_column_rebuilds_with_the_new_type(pg_dsn, pg_url, sidec
 async def test_a_dropped_column_the_config_names_stops_capture_with_the_reason(
     pg_dsn, pg_url, sidecar_factory
 ):
-    sql(pg_dsn, SCHEMA)
+    run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, SOME_COLUMNS)
-    sql(
+    run_sql(
         pg_dsn,
         "ALTER TABLE todo_items DROP COLUMN notes",
         "INSERT INTO todo_items (title, owner_id) VALUES ('c', 1)",
