@@ -474,13 +474,18 @@ class Renderer:
         parts = [_quote(str(self.key_types[k].encode(key.get(k)))) for k in self.key_types]
         return "/".join([_quote(self.spec.table), *parts])
 
-    def messages(self, lines: Sequence[bytes], initial: bool) -> list[Message]:
-        """`initial`: the first answer to `offset=-1`, where the client holds nothing."""
+    def messages(
+        self, lines: Sequence[bytes], initial: bool, txids: Mapping[str, int] | None = None
+    ) -> list[Message]:
+        """`initial`: the first answer to `offset=-1`, where the client holds nothing.
+        `txids`: key JSON → transaction that last wrote the row through push."""
         out: list[Message] = []
         for line in lines:
             change = orjson.loads(line)
             message = self._message(change, initial)
             if message is not None:
+                if txids and (xid := txids.get(_key_json(change["key"]))) is not None:
+                    message["headers"]["txids"] = [xid]
                 out.append(message)
         return out
 
@@ -567,7 +572,7 @@ async def shape(request: web.Request) -> web.StreamResponse:
         handle = req.handle
         if handle is None or (handle.epoch, handle.shape) != (page.cursor.epoch, req.shape):
             handle = Handle.mint(page.cursor.epoch, req.shape)
-        return _chunk(req, handle, page, initial=True)
+        return await _chunk(req, handle, page, initial=True)
     handle = req.handle
     if handle is None or handle.shape != req.shape:
         return await _must_refetch(req)
@@ -577,7 +582,7 @@ async def shape(request: web.Request) -> web.StreamResponse:
         page = await _pull(req, Cursor(handle.epoch, req.version), live=req.live)
     except CursorExpired:
         return await _must_refetch(req)
-    return _chunk(req, handle, page, initial=False)
+    return await _chunk(req, handle, page, initial=False)
 
 
 async def _pull(
@@ -608,9 +613,19 @@ def _headers(req: ShapeRequest, renderer: Renderer, handle: Handle, offset: str)
     return headers
 
 
-def _chunk(req: ShapeRequest, handle: Handle, page: Page, initial: bool) -> web.Response:
+def _key_json(key: Mapping[str, Any]) -> str:
+    return orjson.dumps(key).decode()
+
+
+async def _txids(req: ShapeRequest, page: Page) -> dict[str, int]:
+    """The push transactions behind this page's rows, for the client's `awaitTxId`."""
+    keys = [_key_json(orjson.loads(line)["key"]) for line in page.lines]
+    return await req.service.puller.txids(req.spec.table, keys)
+
+
+async def _chunk(req: ShapeRequest, handle: Handle, page: Page, initial: bool) -> web.Response:
     renderer = Renderer(req.spec, req.principal.claims)
-    messages = renderer.messages(page.lines, initial)
+    messages = renderer.messages(page.lines, initial, await _txids(req, page))
     headers = _headers(req, renderer, handle, f"{page.cursor.version}_0")
     if not page.has_more:
         messages.append(UP_TO_DATE)
@@ -654,7 +669,7 @@ async def _sse(request: web.Request, req: ShapeRequest, handle: Handle) -> web.S
         deadline = min(deadline, time.monotonic() + float(expires) - time.time())
     try:
         while True:
-            await resp.write(_sse_events(renderer, page))
+            await resp.write(_sse_events(renderer, page, await _txids(req, page)))
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -666,8 +681,8 @@ async def _sse(request: web.Request, req: ShapeRequest, handle: Handle) -> web.S
     return resp
 
 
-def _sse_events(renderer: Renderer, page: Page) -> bytes:
-    events = renderer.messages(page.lines, initial=False)
+def _sse_events(renderer: Renderer, page: Page, txids: Mapping[str, int]) -> bytes:
+    events = renderer.messages(page.lines, initial=False, txids=txids)
     if not page.has_more:
         done = {"control": "up-to-date", "global_last_seen_lsn": str(page.cursor.version)}
         events.append({"headers": done})

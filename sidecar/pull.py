@@ -7,6 +7,7 @@ retention is refused with `cursor_expired` (410): the client must resync from sc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -257,6 +258,13 @@ class Puller:
                             return
                     if not await wait_event(changed, left):
                         yield StreamEvent("heartbeat")
+
+    async def txids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
+        """Key JSON → id of the transaction that last wrote the row through push (for
+        clients that match optimistic writes by transaction id)."""
+        if not keys:
+            return {}
+        return await asyncio.to_thread(self.store.row_xids, collection, keys)
 
     @contextlib.contextmanager
     def _live_slot(self, subject: str) -> Iterator[None]:

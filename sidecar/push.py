@@ -67,6 +67,7 @@ class CaptureProgress(Protocol):
 class PushResult:
     results: list[MutationResult]
     lsn: int | None
+    txid: int | None = None  # the transaction that applied the writes (when any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ def _with_body_pointers(result: PushResult) -> PushResult:
             error = {**(r.error or {}), "pointer": f"/mutations/{i}/{pointer}"}
             r = dataclasses.replace(r, error=error)
         fixed.append(r)
-    return PushResult(fixed, result.lsn)
+    return PushResult(fixed, result.lsn, result.txid)
 
 
 class Pusher:
@@ -225,6 +226,11 @@ class Pusher:
                     done = await self._write_one_by_one(conn, principal, writes, atomic)
                 results.update(done)
                 written = [r for w in writes if (r := done[w.m.id]).status == "applied"]
+                txid = None
+                if written:
+                    cur = await conn.execute("SELECT pg_current_xact_id()::xid::text")
+                    row = await cur.fetchone()
+                    txid = int(row[0]) if row else None
         except _Aborted as abort:
             return PushResult(self._aborted(mutations, abort.result, results), None)
         failpoints.hit("push.after_commit")  # tests: die between COMMIT and the response
@@ -237,7 +243,7 @@ class Pusher:
                 self.recent[r.id] = r
         for m in mutations:
             self._log(principal, m, results[m.id])
-        return PushResult([results[m.id] for m in mutations], lsn)
+        return PushResult([results[m.id] for m in mutations], lsn, txid)
 
     async def _write_pipelined(
         self,

@@ -82,6 +82,7 @@ class Ingest:
         # transactions committed before the copy's snapshot are already in the store.
         self.backfilled = dict(backfilled or {})
         self._txn_lsn = 0
+        self._txn_xid = 0
         self.routes_by_oid = {r.table.oid: r for r in routes}
         self.relations: dict[int, _RelMap] = {}
         self.decoder = po.Decoder()
@@ -151,6 +152,7 @@ class Ingest:
             elif kind is po.Begin:
                 self._in_txn = True
                 self._txn_lsn = msg.final_lsn  # type: ignore[union-attr]
+                self._txn_xid = msg.xid  # type: ignore[union-attr]
                 self._skipping = msg.final_lsn < self.skip_through  # type: ignore[union-attr]
             elif kind is po.Commit:
                 self._in_txn = False
@@ -214,13 +216,15 @@ class Ingest:
     def _on_message(self, msg: po.LogicalMessage) -> None:
         try:
             body = orjson.loads(msg.content)
+            # The transaction id travels with the outcome: clients match their writes by it.
+            outcome = {**body.get("outcome", {}), "xid": self._txn_xid}
             self._mutations.append(
                 MutationRecord(
                     id=str(body["id"]),
                     subject=body.get("sub"),
                     device=body.get("dev"),
                     lsn=msg.lsn,
-                    outcome=orjson.dumps(body.get("outcome", {})),
+                    outcome=orjson.dumps(outcome),
                 )
             )
         except (orjson.JSONDecodeError, KeyError, TypeError):

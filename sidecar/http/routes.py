@@ -337,6 +337,7 @@ async def push(request: web.Request) -> web.Response:
         {
             "results": [r.as_json() for r in result.results],
             "lsn": None if result.lsn is None else lsn_to_str(result.lsn),
+            "txid": None if result.txid is None else str(result.txid),
         }
     )
 

@@ -90,6 +90,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_scope ON entries (scope, version);
 CREATE UNIQUE INDEX IF NOT EXISTS entries_tombstone ON entries (collection, ident, scope)
     WHERE deleted = 1;
 CREATE INDEX IF NOT EXISTS entries_purge ON entries (version) WHERE deleted = 1;
+CREATE INDEX IF NOT EXISTS mutations_row
+    ON mutations (json_extract(outcome, '$.collection'), json_extract(outcome, '$.key'));
 """
 
 _TABLES = ("rows", "entries", "marks", "mutations", "meta")
@@ -714,6 +716,25 @@ class SQLiteStore:
         if row is None:
             return None
         return MutationRecord(row[0], row[1], row[2], int(row[3]), bytes(row[4]))
+
+    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
+        """For row keys (JSON objects as change lines carry them), the transaction id of
+        the last mutation the write path applied to each (keys without one are absent)."""
+        out: dict[str, int] = {}
+        conn = self._reader()
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.execute(
+                "SELECT json_extract(outcome, '$.key'), json_extract(outcome, '$.xid') "
+                "FROM mutations WHERE json_extract(outcome, '$.collection') = ? "
+                f"AND json_extract(outcome, '$.key') IN ({marks}) ORDER BY lsn",
+                (collection, *chunk),
+            ).fetchall()
+            for key, xid in rows:
+                if xid is not None:
+                    out[key] = int(xid)
+        return out
 
     def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
         """The recorded mutations of one row (key: JSON object), newest first."""

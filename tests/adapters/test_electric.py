@@ -275,6 +275,11 @@ async def test_sync_live_changes_push_and_isolation(sc: Sidecar, node: Node, pg_
     mine = db_rows(pg_dsn, 1)
     assert {"id": 20, "title": "from the client", "done": True} in mine
     await node.rows("u1", mine)
+    txid = int(pushed["body"]["txid"])  # the client sees its write's transaction come back
+    await node.expect(
+        lambda e: e["event"] == "messages" and e.get("id") == "u1" and txid in e["txids"],
+        f"a message of user 1's shape carrying txid {txid}",
+    )
 
     # user 2 never received anything of user 1's
     theirs = {r["id"] for r in db_rows(pg_dsn, 2)}
@@ -476,3 +481,28 @@ def test_values_are_postgresql_text(type_name: str, value: Any, text: str):
     column = column_type(ColumnInfo("c", oid, type_name, nullable=True))
     assert column.encode(value) == text
     assert column.schema == {"type": info.name, **({"dims": 1} if "[]" in type_name else {})}
+
+
+async def test_messages_carry_the_txid_of_the_push_that_wrote_them(sc: Sidecar, pg_dsn: str):
+    status, body = await sc.push(
+        [
+            {
+                "id": "tx1",
+                "collection": "items",
+                "op": "insert",
+                "key": {"id": 30},
+                "data": {"title": "optimistic"},
+            }
+        ]
+    )
+    assert status == 200 and body["results"][0]["status"] == "applied", body
+    txid = int(body["txid"])
+    with psycopg.connect(pg_dsn) as conn:  # the push's transaction, as PostgreSQL saw it
+        row = conn.execute("SELECT xmin::text FROM items WHERE id = 30").fetchone()
+    assert row == (str(txid),)
+    sql(pg_dsn, "UPDATE items SET title = 'plain sql' WHERE id = 1")
+    await sc.caught_up(pg_dsn)
+    resp = await sc.get("/" + SHAPE, params={"table": "items", "offset": "-1"})
+    messages = {m["key"]: m["headers"] for m in await resp.json() if "key" in m}
+    assert messages['"items"/"30"']["txids"] == [txid]
+    assert "txids" not in messages['"items"/"1"']  # not written through push

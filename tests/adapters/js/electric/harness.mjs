@@ -43,6 +43,8 @@ function openShape({ id, url, token, params, liveSse = false }) {
       operations: messages
         .filter((m) => m.headers.operation)
         .map((m) => [m.headers.operation, m.key]),
+      // what an app's awaitTxId matches its optimistic writes against
+      txids: messages.flatMap((m) => m.headers.txids ?? []),
     })
   })
   const shape = new Shape(stream)
