@@ -232,7 +232,10 @@ class Pusher:
                     row = await cur.fetchone()
                     txid = int(row[0]) if row else None
         except _Aborted as abort:
-            return PushResult(self._aborted(mutations, abort.result, results), None)
+            aborted = self._aborted(mutations, abort.result, results)
+            for m, r in zip(mutations, aborted, strict=True):
+                self._log(principal, m, r)  # refused writes are audited too
+            return PushResult(aborted, None)
         failpoints.hit("push.after_commit")  # tests: die between COMMIT and the response
         lsn = None
         if written:

@@ -102,3 +102,22 @@ async def test_hostile_claim_values_are_bound_not_spliced(sc, pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
         owners = {r[0] for r in conn.execute("SELECT owner_id FROM todo_items").fetchall()}
     assert evil in owners  # stored verbatim as a value; the table is still there
+
+
+async def test_every_write_accepted_or_refused_leaves_an_audit_line(sc):
+    from structlog.testing import capture_logs
+
+    ok = {"id": "a1", "collection": "todos", "op": "insert", "data": {"title": "fine"}}
+    bad = {"id": "a2", "collection": "todos", "op": "insert", "data": {"nope": 1}}
+    with capture_logs() as logs:
+        await sc.push([ok, bad], device_id="phone-1")
+        await sc.push([{**ok, "id": "a3"}, {**bad, "id": "a4"}], atomic=True)
+    lines = {e["mutation_id"]: e for e in logs if e.get("event") == "mutation"}
+    assert set(lines) == {"a1", "a2", "a3", "a4"}
+    assert lines["a1"]["outcome"] == "applied" and lines["a1"]["device"] == "phone-1"
+    assert lines["a2"]["outcome"] == "rejected" and lines["a2"]["code"] == "validation_failed"
+    assert lines["a3"]["outcome"] == "rejected"  # the atomic batch was aborted: logged too
+    assert lines["a4"]["code"] == "validation_failed"
+    for e in lines.values():
+        assert e["subject"] == "1" and e["collection"] == "todos"
+        assert "Bearer" not in repr(e) and "eyJ" not in repr(e)  # no token in any line
