@@ -589,8 +589,26 @@ class CaptureRunner:
             await self._in_writer(copy_and_commit)
         except BaseException:
             await self._in_writer(self.store.rollback)
+            await self._drop_unused_slot()
             raise
         self.status.rows_applied += ingest.rows_applied
+
+    async def _drop_unused_slot(self) -> None:
+        """After a failed first copy: the new slot serves no store, so it must not pin WAL
+        until the next start (which makes a new one anyway)."""
+        slot = self.config.database.slot
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.config.database.url, autocommit=True
+            ) as conn:
+                await conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name = %s AND NOT active",
+                    (slot,),
+                )
+            log.warning("dropped the slot of a failed initial copy", slot=slot)
+        except psycopg.Error as exc:
+            log.error("could not drop the slot of a failed initial copy", slot=slot, error=str(exc))
 
     # -- maintenance ---------------------------------------------------------------------
 

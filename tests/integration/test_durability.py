@@ -462,3 +462,30 @@ collections:
     assert deaths[0] >= 2, "the sidecar never died between commit and response"
     assert kills + deaths[0] >= 3
     assert "duplicate" in answered.values(), "no retry of a committed batch happened"
+
+
+async def test_a_failed_first_copy_leaves_no_slot_pinning_wal(
+    pg_dsn, pg_url, tmp_path, monkeypatch
+):
+    """The database refuses the copy half-way (here: injected); the slot just made for it
+    serves no store, so it is dropped instead of holding WAL until the next start."""
+    from sidecar.capture import runner
+    from sidecar.service import Service
+    from tests.integration.conftest import make_config
+
+    run_sql(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)")
+
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise psycopg.errors.InsufficientPrivilege("permission denied for table items")
+
+    monkeypatch.setattr(runner, "copy_tables", refuse)
+    service = await Service.start(make_config(pg_url, tmp_path / "store.db", ITEMS))
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await asyncio.wait_for(service.tasks[0], 30)  # `sidecar run` exits 1
+        with psycopg.connect(pg_dsn) as conn:
+            slots = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()
+        assert slots == (0,)
+        assert not service.store.state().snapshot_done
+    finally:
+        await service.close()

@@ -1,0 +1,190 @@
+"""Operations on the database side of a sidecar, for `sidecar init | drop | status`.
+
+No printing here: each function returns what it did or found; `cli.py` words it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from sidecar.config.model import Config
+from sidecar.errors import PreflightError
+from sidecar.preflight import publication_statement, run_preflight
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement `init` or `drop` runs (or would run), and whether it is needed."""
+
+    statement: str
+    needed: bool
+    why: str
+
+
+def _slot(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
+    cur = conn.execute(
+        "SELECT plugin, database, active, active_pid, wal_status, "
+        "restart_lsn::text, confirmed_flush_lsn::text, "
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes, "
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes "
+        "FROM pg_replication_slots WHERE slot_name = %s",
+        (name,),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    names = [d.name for d in cur.description or ()]
+    return dict(zip(names, row, strict=True))
+
+
+def _publication_exists(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def init_steps(config: Config) -> list[Step]:
+    """What `init` runs: the publication for exactly the mapped tables, then the slot.
+
+    Raises PreflightError when the database is not ready for them (every problem listed).
+    """
+    db = config.database
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        report = run_preflight(conn, config)
+        if not report.ok:
+            raise PreflightError(list(report.problems))
+        publication = publication_statement(config, list(report.tables.values()), create=True)
+        slot = sql.SQL("SELECT pg_create_logical_replication_slot({}, 'pgoutput')").format(
+            sql.Literal(db.slot)
+        )
+        has_slot = _slot(conn, db.slot) is not None
+        if report.publication_adds:
+            publication = publication_statement(config, list(report.publication_adds), create=False)
+        needed = not report.publication_exists or bool(report.publication_adds)
+        return [
+            Step(
+                publication.as_string(conn),
+                needed,
+                "publishes the mapped tables" if needed else "exists already",
+            ),
+            Step(
+                slot.as_string(conn),
+                not has_slot,
+                "exists already" if has_slot else "keeps the WAL the sidecar has not read yet",
+            ),
+        ]
+
+
+def run_steps(config: Config, steps: list[Step]) -> None:
+    with psycopg.connect(config.database.url, autocommit=True) as conn:
+        for step in steps:
+            if step.needed:
+                conn.execute(step.statement.encode())
+
+
+def drop_steps(config: Config, keep_publication: bool = False) -> list[Step]:
+    """What `drop` runs: the slot (so no WAL stays pinned), then the publication."""
+    db = config.database
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        slot = _slot(conn, db.slot)
+        if slot is not None and slot["active"]:
+            raise PreflightError(
+                [
+                    f"replication slot {db.slot!r} is in use by process {slot['active_pid']}: "
+                    "stop the sidecar first"
+                ]
+            )
+        has_pub = _publication_exists(conn, db.publication)
+        steps = [
+            Step(
+                sql.SQL("SELECT pg_drop_replication_slot({})")
+                .format(sql.Literal(db.slot))
+                .as_string(conn),
+                slot is not None,
+                "no such slot"
+                if slot is None
+                else f"releases {slot['retained_bytes'] or 0:,} bytes of retained WAL",
+            ),
+        ]
+        if not keep_publication:
+            steps.append(
+                Step(
+                    sql.SQL("DROP PUBLICATION {}")
+                    .format(sql.Identifier(db.publication))
+                    .as_string(conn),
+                    has_pub,
+                    "no such publication" if not has_pub else "the mapped tables' publication",
+                )
+            )
+        return steps
+
+
+def store_summary(path: Path) -> dict[str, Any] | None:
+    """The store file's state, read-only (None when there is no store yet)."""
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
+        tombstones = conn.execute("SELECT count(*) FROM entries WHERE deleted = 1").fetchone()[0]
+        mutations = conn.execute("SELECT count(*) FROM mutations").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        return {"error": f"not a sidecar store: {exc}"}
+    finally:
+        conn.close()
+    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    return {
+        "path": str(path),
+        "bytes": size,
+        "rows": rows,
+        "tombstones": tombstones,
+        "mutations": mutations,
+        "epoch": meta.get("epoch"),
+        "version": int(meta.get("version", 0)),
+        "lsn": int(meta.get("lsn", 0)),
+        "initial_copy_done": meta.get("snapshot_done") == "1",
+    }
+
+
+def service_metrics(config: Config, timeout: float = 1.0) -> dict[str, float] | None:
+    """Selected metrics of a running sidecar on this config's port (None if unreachable)."""
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = f"http://{host}:{config.server.port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    wanted = (
+        "sidecar_live_requests",
+        "sidecar_live_waiters",
+        "sidecar_capture_lag_bytes",
+        "sidecar_capture_rows_applied",
+    )
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[name] = float(value)
+    return out
+
+
+def status(config: Config) -> dict[str, Any]:
+    """Slot, publication, store and service state, as one JSON-able dict."""
+    db = config.database
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        slot = _slot(conn, db.slot)
+        publication = _publication_exists(conn, db.publication)
+    return {
+        "slot": {"name": db.slot, **slot} if slot else {"name": db.slot, "exists": False},
+        "publication": {"name": db.publication, "exists": publication},
+        "store": store_summary(Path(config.store.path)),
+        "service": service_metrics(config),
+    }

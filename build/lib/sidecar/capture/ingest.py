@@ -1,0 +1,276 @@
+"""Ingest: decoded changes → store writes.
+
+Two threads share the work so that Python and SQLite run on both cores at once: the
+calling thread decodes the stream and routes each row change into its image (typed
+values, JSON, rev, scopes); every `_FLUSH_EVERY` changes it hands the batch to the store's
+writer thread (`ChangeStore.apply`, which looks up the rows' stored state and writes the
+net effect) and goes on routing the next one. At most `_IN_FLIGHT` batches wait for the
+writer, which bounds memory for transactions of any size: their rows go into the store's
+open transaction batch by batch. The store commits at transaction boundaries with the
+commit's end LSN, after every batch before it was written.
+
+A primary-key change is a delete of the old identity and an upsert of the new one. A
+TOASTed value sent as "unchanged" is filled in by the store from the row's stored image.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+
+from sidecar.capture import pgoutput as po
+from sidecar.changes import Image
+from sidecar.errors import SidecarError
+from sidecar.route import Route
+from sidecar.store.base import ChangeStore, MutationRecord, RowChange
+
+log = structlog.get_logger("sidecar.capture")
+
+T = TypeVar("T")
+
+MESSAGE_PREFIX = "sidecar"
+_FLUSH_EVERY = 5000  # row changes per batch handed to the store
+_IN_FLIGHT = 2  # batches handed to the writer and not yet written, at most
+
+
+class SchemaChanged(SidecarError):
+    code, status, title = "schema_changed", 500, "A synced table changed shape"
+
+
+@dataclass(slots=True)
+class _RelMap:
+    route: Route
+    positions: tuple[int, ...]  # index in the relation tuple of each of route.needed
+    whole: bool  # route.needed is every column of the relation, in its order
+
+    def needed(self, row: Sequence[Any]) -> Sequence[Any]:
+        """The values of route.needed in a tuple of the relation."""
+        return row if self.whole else [row[p] for p in self.positions]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    committed_lsn: int | None  # the store committed up to this LSN (None: nothing new)
+    touched: set[str] = field(default_factory=set)
+    rows: int = 0
+    commits: int = 0
+
+
+class Ingest:
+    """Applies pgoutput messages to the store. One calling thread at a time.
+
+    `writer` runs the store's methods (its single writer thread); without one they run
+    on the calling thread.
+    """
+
+    def __init__(
+        self,
+        store: ChangeStore,
+        routes: Iterable[Route],
+        skip_through: int,
+        writer: Executor | None = None,
+        backfilled: Mapping[str, int] | None = None,
+    ) -> None:
+        self.store = store
+        # Collections copied later than the rest (added to the config): their changes in
+        # transactions committed before the copy's snapshot are already in the store.
+        self.backfilled = dict(backfilled or {})
+        self._txn_lsn = 0
+        self._txn_xid = 0
+        self.routes_by_oid = {r.table.oid: r for r in routes}
+        self.relations: dict[int, _RelMap] = {}
+        self.decoder = po.Decoder()
+        self.skip_through = skip_through  # commits ending at or before this are applied
+        self._writer = writer
+        self._in_flight: deque[Future[set[str]]] = deque()
+        self._in_txn = False
+        self._skipping = False
+        self._changes: list[RowChange] = []
+        self._mutations: list[MutationRecord] = []
+        self._touched: set[str] = set()
+        self._last_commit_lsn: int | None = None
+        self.rows_applied = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction has begun on the stream and its commit is not processed yet."""
+        return self._in_txn
+
+    # -- relation map ----------------------------------------------------------------------
+
+    def _on_relation(self, rel: po.Relation) -> None:
+        route = self.routes_by_oid.get(rel.relid)
+        if route is None:
+            return  # a table of the publication that no collection maps
+        names = [c.name for c in rel.columns]
+        missing = [c for c in route.needed if c not in names]
+        if missing:
+            raise SchemaChanged(
+                f"table {route.table.ref} no longer has column(s) {', '.join(missing)} "
+                f"used by collection {route.name!r}"
+            )
+        by_name = {c.name: (i, c) for i, c in enumerate(rel.columns)}
+        for name, oid in zip(route.needed, route.needed_oids, strict=True):
+            if by_name[name][1].type_oid != oid:
+                raise SchemaChanged(f"column {route.table.ref}.{name} changed type")
+        if not route.config.columns:  # the collection exposes every column of its table
+            added = [c for c in names if c not in route.needed]
+            if added:
+                raise SchemaChanged(
+                    f"table {route.table.ref} gained column(s) {', '.join(added)}, which "
+                    f"collection {route.name!r} exposes"
+                )
+        positions = tuple(by_name[c][0] for c in route.needed)
+        whole = positions == tuple(range(len(rel.columns)))
+        self.relations[rel.relid] = _RelMap(route, positions, whole)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def process(self, payloads: Sequence[bytes]) -> BatchResult:
+        """Decode and apply a batch of pgoutput messages; commit at the last boundary."""
+        start_rows = self.rows_applied
+        commits = 0
+        decode = self.decoder.decode
+        on_row = self._on_row
+        changes = self._changes
+        update, insert, delete = po.Update, po.Insert, po.Delete
+        for payload in payloads:
+            msg = decode(payload)
+            kind = type(msg)
+            if kind is update or kind is insert or kind is delete:
+                if not self._skipping:
+                    on_row(msg)  # type: ignore[arg-type]
+                    if len(changes) >= _FLUSH_EVERY:
+                        self._flush()
+                        changes = self._changes
+            elif kind is po.Begin:
+                self._in_txn = True
+                self._txn_lsn = msg.final_lsn  # type: ignore[union-attr]
+                self._txn_xid = msg.xid  # type: ignore[union-attr]
+                self._skipping = msg.final_lsn < self.skip_through  # type: ignore[union-attr]
+            elif kind is po.Commit:
+                self._in_txn = False
+                if not self._skipping:
+                    self._last_commit_lsn = msg.end_lsn  # type: ignore[union-attr]
+                    commits += 1
+                self._skipping = False
+            elif kind is po.Relation:  # even in a skipped transaction: it is sent once
+                self._on_relation(msg)  # type: ignore[arg-type]
+            elif not self._skipping:
+                self._on_other(msg)
+                changes = self._changes
+        self._flush()
+        self.drain()
+        result = BatchResult(None, rows=self.rows_applied - start_rows, commits=commits)
+        if not self._in_txn and self._last_commit_lsn is not None:
+            mutations, self._mutations = self._mutations, []
+            self._on_writer(self._commit, mutations, self._last_commit_lsn)
+            self.skip_through = max(self.skip_through, self._last_commit_lsn)
+            result.committed_lsn = self._last_commit_lsn
+            result.touched = self._touched
+            self._touched = set()
+            self._last_commit_lsn = None
+        return result
+
+    def _commit(self, mutations: Sequence[MutationRecord], lsn: int) -> None:
+        if mutations:
+            self.store.record_mutations(mutations)
+        self.store.commit(lsn)
+
+    def _on_row(self, msg: po.Insert | po.Update | po.Delete) -> None:
+        rm = self.relations.get(msg.relid)
+        if rm is None:
+            if msg.relid in self.routes_by_oid:
+                raise SchemaChanged(f"row change for relation {msg.relid} before its Relation")
+            return
+        route = rm.route
+        if self.backfilled and self._txn_lsn < self.backfilled.get(route.name, 0):
+            return  # in the backfill's snapshot already
+        if type(msg) is po.Delete:
+            self._changes.append(RowChange(route.name, route.ident_of(rm.needed(msg.old)), None))
+            return
+        image = route.change_image(rm.needed(msg.new))
+        gone = None
+        if type(msg) is po.Update and msg.old is not None:
+            old_ident = route.ident_of(rm.needed(msg.old))
+            if old_ident != image.ident:  # the identity changed: the old one is gone
+                gone = old_ident
+        self._changes.append(RowChange(route.name, gone, image))
+
+    def _on_other(self, msg: object) -> None:
+        if type(msg) is po.Truncate:
+            self._flush()
+            for relid in msg.relids:
+                rm = self.relations.get(relid)
+                if rm is not None and self._txn_lsn >= self.backfilled.get(rm.route.name, 0):
+                    self._touched |= self._on_writer(self.store.truncate, rm.route.name)
+        elif type(msg) is po.LogicalMessage and msg.prefix == MESSAGE_PREFIX:
+            self._on_message(msg)
+
+    def _on_message(self, msg: po.LogicalMessage) -> None:
+        try:
+            body = orjson.loads(msg.content)
+            # The transaction id travels with the outcome: clients match their writes by it.
+            outcome = {**body.get("outcome", {}), "xid": self._txn_xid}
+            self._mutations.append(
+                MutationRecord(
+                    id=str(body["id"]),
+                    subject=body.get("sub"),
+                    device=body.get("dev"),
+                    lsn=msg.lsn,
+                    outcome=orjson.dumps(outcome),
+                )
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignored malformed sidecar message", lsn=po.lsn_to_str(msg.lsn))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Hand the pending row changes to the writer, in order."""
+        if not self._changes:
+            return
+        changes, self._changes = self._changes, []
+        self._submit(self.store.apply, changes)
+        self.rows_applied += len(changes)
+
+    def _submit(self, fn: Callable[..., set[str]], *args: Any) -> None:
+        """Run `fn` on the writer after what was handed to it before; keep going meanwhile
+        unless `_IN_FLIGHT` batches are already waiting."""
+        if self._writer is None:
+            self._touched |= fn(*args)
+            return
+        self._in_flight.append(self._writer.submit(fn, *args))
+        while len(self._in_flight) > _IN_FLIGHT:
+            self._touched |= self._in_flight.popleft().result()
+
+    def drain(self) -> None:
+        """Wait until the writer wrote every batch handed to it (raising its error)."""
+        while self._in_flight:
+            self._touched |= self._in_flight.popleft().result()
+
+    def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the writer once everything before it is written; return its result."""
+        self.drain()
+        if self._writer is None:
+            return fn(*args)
+        return self._writer.submit(fn, *args).result()
+
+    # -- initial copy --------------------------------------------------------------------
+
+    def snapshot_rows(self, route: Route, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows read by the initial copy (typed values of route.needed, in order)."""
+        image = route.image_of_typed
+        images: list[Image] = [image(r) for r in rows]
+        self._submit(self._load, route.name, images)
+        self.rows_applied += len(rows)
+
+    def _load(self, collection: str, images: Sequence[Image]) -> set[str]:
+        self.store.load(collection, images)
+        return set()

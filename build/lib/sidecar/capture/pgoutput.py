@@ -1,0 +1,872 @@
+"""Pure decoder of PostgreSQL's ``pgoutput`` logical replication protocol.
+
+Two layers, both free of I/O (no sockets, no psycopg):
+
+* **Framing** of the streaming replication protocol (the CopyData messages exchanged after
+  ``START_REPLICATION``): :func:`parse_copy_data` splits what the server sends into
+  :class:`XLogData` (a WAL chunk carrying one pgoutput message) and :class:`Keepalive`;
+  :func:`standby_status` builds the ``'r'`` reply that reports how far the client has
+  written, flushed and applied.  See
+  https://www.postgresql.org/docs/15/protocol-replication.html.
+* **pgoutput messages** (protocol versions 1 and 2): :class:`Decoder` turns the payload of
+  each XLogData into one frozen dataclass (:class:`Begin`, :class:`Relation`,
+  :class:`Insert`, …).  See
+  https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.html.
+
+Column values are left as the server sent them: ``None`` for SQL NULL, the singleton
+:data:`UNCHANGED` for an unchanged out-of-line (TOASTed) value, and otherwise ``bytes``.
+The sidecar asks for the text format (it never passes the ``binary`` option), so those
+bytes are the text representation that psycopg's type loaders understand; a binary value
+(``'b'``) is returned as ``bytes`` as well, and it is up to the caller, who chose the format,
+to load it accordingly.
+
+Names (schemas, tables, columns, types, origins, message prefixes) are decoded as UTF-8:
+the server converts them to the connection's ``client_encoding``, so the replication
+connection must use ``client_encoding=UTF8`` (psycopg's default for a UTF-8 database).
+
+Every malformed or truncated input raises :class:`ProtocolError` naming what was expected
+and at which offset; no ``IndexError`` or ``struct.error`` escapes.
+
+LSNs and xids are plain ``int``; timestamps are ``int`` microseconds since
+2000-01-01 00:00:00 UTC (PostgreSQL's epoch) — :func:`pg_time_to_datetime` converts one.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, TypeAlias
+
+__all__ = [
+    "PG_EPOCH",
+    "UNCHANGED",
+    "Begin",
+    "Commit",
+    "Decoder",
+    "Delete",
+    "Insert",
+    "Keepalive",
+    "LogicalMessage",
+    "Message",
+    "Origin",
+    "ProtocolError",
+    "Relation",
+    "RelationColumn",
+    "Row",
+    "StreamAbort",
+    "StreamCommit",
+    "StreamStart",
+    "StreamStop",
+    "Truncate",
+    "TypeMsg",
+    "Update",
+    "Value",
+    "XLogData",
+    "decode",
+    "lsn_to_str",
+    "parse_copy_data",
+    "pg_time_to_datetime",
+    "standby_status",
+    "str_to_lsn",
+]
+
+
+class ProtocolError(Exception):
+    """The bytes do not follow the replication protocol (malformed, truncated, unknown)."""
+
+
+class _Unchanged:
+    """Type of :data:`UNCHANGED`: a column whose TOASTed value was not changed.
+
+    pgoutput does not resend an out-of-line value that an UPDATE left alone (tuple
+    column kind ``'u'``); the consumer takes it from its own copy of the row.
+    """
+
+    __slots__ = ()
+    _instance: _Unchanged | None = None
+
+    def __new__(cls) -> _Unchanged:
+        if cls._instance is None:
+            cls._instance = object.__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+    def __reduce__(self) -> str:
+        # Pickle/copy as a reference to the module global: stays a singleton.
+        return "UNCHANGED"
+
+
+UNCHANGED: Final[_Unchanged] = _Unchanged()
+"""Sentinel value of a column whose unchanged TOASTed value was not sent (kind ``'u'``)."""
+
+Value: TypeAlias = bytes | _Unchanged | None
+"""One column of a tuple: text-format bytes, :data:`UNCHANGED`, or ``None`` for NULL."""
+
+Row: TypeAlias = tuple[Value, ...]
+"""The columns of one tuple, in the order of the :class:`Relation`'s columns."""
+
+PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+"""Origin of PostgreSQL timestamps (``TimestampTz`` is microseconds since this instant)."""
+
+_PG_EPOCH_UNIX_US: Final = 946_684_800_000_000
+_MAX_LSN: Final = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def pg_time_to_datetime(us: int) -> datetime:
+    """Convert microseconds since 2000-01-01 UTC (a pgoutput timestamp) to an aware datetime."""
+    return PG_EPOCH + timedelta(microseconds=us)
+
+
+# --------------------------------------------------------------------------------------
+# LSN helpers
+# --------------------------------------------------------------------------------------
+
+_LSN_RE: Final = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+
+
+def lsn_to_str(n: int) -> str:
+    """Format an LSN the way PostgreSQL prints ``pg_lsn`` (``"16/B374D848"``)."""
+    if type(n) is not int or not 0 <= n <= _MAX_LSN:
+        raise ValueError(f"an LSN is an int in [0, 2**64): got {n!r}")
+    return f"{n >> 32:X}/{n & 0xFFFFFFFF:X}"
+
+
+def str_to_lsn(s: str) -> int:
+    """Parse a ``pg_lsn`` text (``"16/B374D848"``: 1-8 hex digits, slash, 1-8 hex digits)."""
+    m = _LSN_RE.fullmatch(s) if isinstance(s, str) else None
+    if m is None:
+        raise ValueError(f"malformed LSN {s!r}: expected 'XXXXXXXX/XXXXXXXX' (hex)")
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+WAL_PAGE: Final = 8192  # XLOG_BLCKSZ of every stock build
+_PAGE_HEADERS: Final = (24, 40)  # SizeOfXLogShortPHD, SizeOfXLogLongPHD (segment start)
+
+
+def covers(done: int, target: int) -> bool:
+    """True when WAL processed up to `done` includes everything before `target`.
+
+    ``pg_current_wal_insert_lsn()`` reports a position that falls on a page boundary as
+    *after* that page's header, while the walsender reports the end of the last record,
+    i.e. the boundary itself. Both mean the same point of the WAL; without this an idle
+    server would leave a waiter stuck until some unrelated WAL is written.
+    """
+    if done >= target:
+        return True
+    offset = target % WAL_PAGE
+    return offset in _PAGE_HEADERS and done == target - offset
+
+
+# --------------------------------------------------------------------------------------
+# Streaming replication framing (CopyData payloads)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class XLogData:
+    """A chunk of WAL sent by the server (``'w'``); with pgoutput, one logical message.
+
+    ``start`` is the WAL position of the data (0 for messages not tied to a record, such
+    as Relation), ``end`` the server's current end of WAL, ``clock`` the server's time of
+    sending, ``payload`` the pgoutput message for :meth:`Decoder.decode`.
+    """
+
+    start: int
+    end: int
+    clock: int
+    payload: memoryview | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """Primary keepalive (``'k'``): the server's end of WAL and clock.
+
+    ``reply`` means the server wants a standby status update now, or it may disconnect
+    the client after ``wal_sender_timeout``.
+    """
+
+    wal_end: int
+    clock: int
+    reply: bool
+
+
+_XLOG_HEAD: Final = struct.Struct(">QQq")  # start, end, clock
+_KEEPALIVE: Final = struct.Struct(">QqB")  # wal_end, clock, reply
+_STANDBY_STATUS: Final = struct.Struct(">cQQQqB")  # 'r', write, flush, apply, clock, reply
+
+
+def parse_copy_data(buf: bytes | bytearray | memoryview) -> XLogData | Keepalive:
+    """Parse one CopyData payload received in COPY_BOTH mode after ``START_REPLICATION``.
+
+    The XLogData payload is a zero-copy ``memoryview`` slice of ``buf``.
+    """
+    n = len(buf)
+    if n == 0:
+        raise ProtocolError("empty CopyData: expected a message type byte at offset 0")
+    tag = buf[0]
+    if tag == 0x77:  # 'w'
+        if n < 25:
+            raise ProtocolError(
+                f"truncated XLogData: expected 24 header bytes (start, end, clock) at offset 1,"
+                f" got {n - 1}"
+            )
+        start, end, clock = _XLOG_HEAD.unpack_from(buf, 1)
+        view = buf if isinstance(buf, memoryview) else memoryview(buf)
+        return XLogData(start, end, clock, view[25:])
+    if tag == 0x6B:  # 'k'
+        if n != 18:
+            raise ProtocolError(
+                f"malformed primary keepalive: expected 17 bytes (wal_end, clock, reply) at"
+                f" offset 1, got {n - 1}"
+            )
+        wal_end, clock, reply = _KEEPALIVE.unpack_from(buf, 1)
+        return Keepalive(wal_end, clock, reply != 0)
+    raise ProtocolError(
+        f"unknown CopyData message type {bytes([tag])!r} at offset 0 (expected b'w' or b'k')"
+    )
+
+
+def standby_status(
+    write: int, flush: int, apply: int, reply: bool = False, now_us: int | None = None
+) -> bytes:
+    """Build a standby status update (``'r'``) to send as CopyData.
+
+    ``write``/``flush``/``apply`` are the LSNs received, durably stored and applied by the
+    client (the slot's ``confirmed_flush_lsn`` follows ``flush``). ``now_us`` is the client's
+    clock in microseconds since 2000-01-01 UTC (default: now); ``reply`` asks the server to
+    answer with a keepalive at once.
+    """
+    if now_us is None:
+        now_us = time.time_ns() // 1000 - _PG_EPOCH_UNIX_US
+    for name, lsn in (("write", write), ("flush", flush), ("apply", apply)):
+        if type(lsn) is not int or not 0 <= lsn <= _MAX_LSN:
+            raise ValueError(f"{name} LSN must be an int in [0, 2**64): got {lsn!r}")
+    try:
+        return _STANDBY_STATUS.pack(b"r", write, flush, apply, now_us, 1 if reply else 0)
+    except struct.error as exc:
+        raise ValueError(f"now_us out of range for a signed 64-bit clock: {now_us!r}") from exc
+
+
+# --------------------------------------------------------------------------------------
+# pgoutput messages
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """Start of a (non-streamed) transaction; its changes follow, then a :class:`Commit`.
+
+    ``final_lsn`` is the LSN of the commit record, ``commit_time_us`` its timestamp.
+    """
+
+    final_lsn: int
+    commit_time_us: int
+    xid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """End of the transaction opened by the last :class:`Begin`.
+
+    ``end_lsn`` (the end of the commit record) is the position to acknowledge as flushed
+    once everything up to this commit is stored.
+    """
+
+    flags: int
+    commit_lsn: int
+    end_lsn: int
+    commit_time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The transaction was replayed from replication origin ``name`` (commit ``lsn`` there)."""
+
+    lsn: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelationColumn:
+    """One column of a :class:`Relation`: ``is_key`` if part of the replica identity."""
+
+    name: str
+    type_oid: int
+    type_modifier: int
+    is_key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """Schema of a table, sent before its first change and after every schema change.
+
+    Later Insert/Update/Delete for ``relid`` have one value per column, in this order.
+    ``replica_identity`` is ``'d'`` (default: primary key), ``'n'`` (nothing), ``'f'``
+    (full) or ``'i'`` (index).
+    """
+
+    relid: int
+    namespace: str
+    name: str
+    replica_identity: str
+    columns: tuple[RelationColumn, ...]
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TypeMsg:
+    """Name of a non-built-in data type used by a following :class:`Relation`."""
+
+    type_oid: int
+    namespace: str
+    name: str
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """A row inserted into ``relid``: ``new`` holds every column."""
+
+    relid: int
+    new: Row
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """A row of ``relid`` updated.
+
+    ``old`` is sent only when the replica identity changed (``old_kind`` ``'K'``: the old
+    key columns, others ``None``) or with REPLICA IDENTITY FULL (``'O'``: the whole old
+    row); otherwise ``old`` and ``old_kind`` are ``None``.  ``new`` may contain
+    :data:`UNCHANGED` for TOASTed columns the update did not touch.
+    """
+
+    relid: int
+    old: Row | None
+    old_kind: str | None
+    new: Row
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """A row of ``relid`` deleted: ``old`` is its key (``'K'``) or whole row (``'O'``)."""
+
+    relid: int
+    old: Row
+    old_kind: str
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    """The tables ``relids`` were truncated (with ``CASCADE`` / ``RESTART IDENTITY``)."""
+
+    relids: tuple[int, ...]
+    cascade: bool
+    restart_identity: bool
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalMessage:
+    """A ``pg_logical_emit_message`` (needs the ``messages`` option).
+
+    A ``transactional`` message arrives inside its transaction, between Begin and Commit;
+    the sidecar's push path uses one (prefix ``'sidecar'``) as the mutation record.
+    """
+
+    transactional: bool
+    lsn: int
+    prefix: str
+    content: bytes
+    xid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """Opens a block of changes of the in-progress transaction ``xid`` (protocol 2).
+
+    ``first`` is true for the transaction's first block.  Until :class:`StreamStop`, every
+    change, Relation, Type, Truncate and Message carries this ``xid`` (or a subxact's).
+    """
+
+    xid: int
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStop:
+    """Closes the current streamed block; other transactions' messages may follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCommit:
+    """The streamed transaction ``xid`` committed: apply all its blocks (protocol 2).
+
+    Like :class:`Commit`, ``end_lsn`` is the position to acknowledge.
+    """
+
+    xid: int
+    flags: int
+    commit_lsn: int
+    end_lsn: int
+    commit_time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAbort:
+    """The streamed (sub)transaction ``subxid`` of ``xid`` aborted: discard its changes.
+
+    ``subxid == xid`` means the whole transaction aborted.  ``abort_lsn`` and
+    ``abort_time_us`` are only sent by protocol 4 (parallel apply); otherwise ``None``.
+    """
+
+    xid: int
+    subxid: int
+    abort_lsn: int | None = None
+    abort_time_us: int | None = None
+
+
+Message: TypeAlias = (
+    Begin
+    | Commit
+    | Origin
+    | Relation
+    | TypeMsg
+    | Insert
+    | Update
+    | Delete
+    | Truncate
+    | LogicalMessage
+    | StreamStart
+    | StreamStop
+    | StreamCommit
+    | StreamAbort
+)
+"""Any decoded pgoutput message."""
+
+
+# Hot-path constructors for Insert/Update/Delete.  A frozen dataclass's generated __init__
+# calls object.__setattr__(self, "name", value) per field; filling the slots through their
+# descriptors builds an identical (equal, hashable, immutable) object in ~60% of the time.
+_new_object: Final = object.__new__
+
+
+def _slot_setters(cls: type, *names: str) -> tuple[Callable[[object, object], None], ...]:
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+_ins_relid, _ins_new, _ins_xid = _slot_setters(Insert, "relid", "new", "xid")
+_upd_relid, _upd_old, _upd_old_kind, _upd_new, _upd_xid = _slot_setters(
+    Update, "relid", "old", "old_kind", "new", "xid"
+)
+_del_relid, _del_old, _del_old_kind, _del_xid = _slot_setters(
+    Delete, "relid", "old", "old_kind", "xid"
+)
+
+
+def _make_insert(relid: int, new: Row, xid: int | None) -> Insert:
+    obj = _new_object(Insert)
+    _ins_relid(obj, relid)
+    _ins_new(obj, new)
+    _ins_xid(obj, xid)
+    return obj
+
+
+def _make_update(
+    relid: int, old: Row | None, old_kind: str | None, new: Row, xid: int | None
+) -> Update:
+    obj = _new_object(Update)
+    _upd_relid(obj, relid)
+    _upd_old(obj, old)
+    _upd_old_kind(obj, old_kind)
+    _upd_new(obj, new)
+    _upd_xid(obj, xid)
+    return obj
+
+
+def _make_delete(relid: int, old: Row, old_kind: str, xid: int | None) -> Delete:
+    obj = _new_object(Delete)
+    _del_relid(obj, relid)
+    _del_old(obj, old)
+    _del_old_kind(obj, old_kind)
+    _del_xid(obj, xid)
+    return obj
+
+
+_U16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct(">I")
+_BEGIN: Final = struct.Struct(">QqI")  # final_lsn, commit_time, xid
+_COMMIT: Final = struct.Struct(">BQQq")  # flags, commit_lsn, end_lsn, commit_time
+_U64: Final = struct.Struct(">Q")
+_REL_TAIL: Final = struct.Struct(">BH")  # replica identity, ncols
+_COL_TAIL: Final = struct.Struct(">Ii")  # type oid, typmod
+_TRUNC_HEAD: Final = struct.Struct(">IB")  # nrelations, options
+_MSG_HEAD: Final = struct.Struct(">BQ")  # flags, lsn
+_STREAM_START: Final = struct.Struct(">IB")  # xid, first
+_STREAM_COMMIT: Final = struct.Struct(">IBQQq")  # xid, flags, commit_lsn, end_lsn, time
+_STREAM_ABORT: Final = struct.Struct(">II")  # xid, subxid
+_STREAM_ABORT_V4: Final = struct.Struct(">IIQq")  # + abort_lsn, abort_time
+
+_Parser: TypeAlias = Callable[[bytes, bool], Message]
+
+_TUPLE_NEW: Final = 0x4E  # 'N': the new tuple of Insert/Update follows
+
+
+def _fail(what: str, expected: str, off: int, buf: bytes) -> ProtocolError:
+    """Build the ProtocolError for a field of message ``what`` that could not be read."""
+    return ProtocolError(
+        f"malformed {what} message: expected {expected} at offset {off}"
+        f" (message is {len(buf)} bytes)"
+    )
+
+
+def _need(buf: bytes, off: int, size: int, what: str, expected: str) -> None:
+    """Raise unless ``size`` bytes are available at ``off``."""
+    if len(buf) - off < size:
+        raise _fail(what, f"{size} bytes ({expected})", off, buf)
+
+
+def _end(buf: bytes, off: int, what: str) -> None:
+    """Raise if bytes remain after the last field of a message (a framing error)."""
+    if off != len(buf):
+        raise ProtocolError(
+            f"malformed {what} message: {len(buf) - off} unexpected trailing bytes at offset {off}"
+        )
+
+
+def _cstring(buf: bytes, off: int, what: str, field: str) -> tuple[str, int]:
+    """Read a NUL-terminated UTF-8 string at ``off``; return it and the offset after it."""
+    nul = buf.find(b"\0", off)
+    if nul < 0:
+        raise _fail(what, f"NUL-terminated {field}", off, buf)
+    try:
+        return buf[off:nul].decode(), nul + 1
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            f"malformed {what} message: {field} at offset {off} is not UTF-8"
+            f" (use client_encoding=UTF8): {exc.reason}"
+        ) from None
+
+
+def _xid(buf: bytes, streamed: bool, what: str) -> tuple[int | None, int]:
+    """Read the leading xid of a message inside a stream block; return (xid, offset)."""
+    if not streamed:
+        return None, 1
+    if len(buf) < 5:
+        raise _fail(what, "Int32 xid (inside a stream block)", 1, buf)
+    return _U32.unpack_from(buf, 1)[0], 5
+
+
+def _tuple(buf: bytes, off: int, what: str) -> tuple[Row, int]:
+    """Read TupleData at ``off``: Int16 count, then per column a kind byte and maybe a value.
+
+    Hot path: one ``bytes`` slice per non-null value and nothing else per column.
+    """
+    n = len(buf)
+    if n - off < 2:
+        raise _fail(what, "Int16 number of columns of TupleData", off, buf)
+    (ncols,) = _U16.unpack_from(buf, off)
+    off += 2
+    values: list[Value] = [None] * ncols
+    unpack_len = _U32.unpack_from
+    i = 0
+    try:
+        for i in range(ncols):
+            kind = buf[off]
+            if kind in b"tb":  # text or binary value
+                start = off + 5
+                off = start + unpack_len(buf, off + 1)[0]
+                if off > n:
+                    raise _fail(
+                        what,
+                        f"{off - start} bytes of column {i + 1}/{ncols} value",
+                        start,
+                        buf,
+                    )
+                values[i] = buf[start:off]
+            elif kind == 0x6E:  # 'n': NULL
+                off += 1
+            elif kind == 0x75:  # 'u': unchanged TOASTed value
+                values[i] = UNCHANGED
+                off += 1
+            else:
+                raise _fail(
+                    what,
+                    f"column {i + 1}/{ncols} kind b't', b'b', b'n' or b'u', got {bytes([kind])!r}",
+                    off,
+                    buf,
+                )
+    except IndexError:
+        raise _fail(what, f"column {i + 1}/{ncols} kind byte", off, buf) from None
+    except struct.error:
+        raise _fail(what, f"Int32 length of column {i + 1}/{ncols}", off + 1, buf) from None
+    return tuple(values), off
+
+
+def _parse_begin(buf: bytes, streamed: bool) -> Begin:
+    if len(buf) != 21:
+        raise _fail("Begin", "20 bytes (final_lsn, commit_time, xid)", 1, buf)
+    return Begin(*_BEGIN.unpack_from(buf, 1))
+
+
+def _parse_commit(buf: bytes, streamed: bool) -> Commit:
+    if len(buf) != 26:
+        raise _fail("Commit", "25 bytes (flags, commit_lsn, end_lsn, commit_time)", 1, buf)
+    return Commit(*_COMMIT.unpack_from(buf, 1))
+
+
+def _parse_origin(buf: bytes, streamed: bool) -> Origin:
+    _need(buf, 1, 8, "Origin", "Int64 commit LSN on the origin")
+    (lsn,) = _U64.unpack_from(buf, 1)
+    name, off = _cstring(buf, 9, "Origin", "origin name")
+    _end(buf, off, "Origin")
+    return Origin(lsn, name)
+
+
+def _parse_relation(buf: bytes, streamed: bool) -> Relation:
+    what = "Relation"
+    xid, off = _xid(buf, streamed, what)
+    _need(buf, off, 4, what, "Int32 relation OID")
+    (relid,) = _U32.unpack_from(buf, off)
+    namespace, off = _cstring(buf, off + 4, what, "namespace")
+    name, off = _cstring(buf, off, what, "relation name")
+    _need(buf, off, 3, what, "Int8 replica identity, Int16 number of columns")
+    ident, ncols = _REL_TAIL.unpack_from(buf, off)
+    off += 3
+    columns = []
+    for i in range(ncols):
+        _need(buf, off, 1, what, f"Int8 flags of column {i + 1}/{ncols}")
+        flags = buf[off]
+        col_name, off = _cstring(buf, off + 1, what, f"name of column {i + 1}/{ncols}")
+        _need(buf, off, 8, what, f"type OID and modifier of column {i + 1}/{ncols}")
+        type_oid, typmod = _COL_TAIL.unpack_from(buf, off)
+        off += 8
+        columns.append(RelationColumn(col_name, type_oid, typmod, bool(flags & 1)))
+    _end(buf, off, what)
+    return Relation(relid, namespace, name, chr(ident), tuple(columns), xid)
+
+
+def _parse_type(buf: bytes, streamed: bool) -> TypeMsg:
+    what = "Type"
+    xid, off = _xid(buf, streamed, what)
+    _need(buf, off, 4, what, "Int32 type OID")
+    (type_oid,) = _U32.unpack_from(buf, off)
+    namespace, off = _cstring(buf, off + 4, what, "namespace")
+    name, off = _cstring(buf, off, what, "type name")
+    _end(buf, off, what)
+    return TypeMsg(type_oid, namespace, name, xid)
+
+
+def _parse_insert(buf: bytes, streamed: bool) -> Insert:
+    if streamed:
+        xid, off = _xid(buf, streamed, "Insert")
+    else:
+        xid, off = None, 1
+    if len(buf) - off < 5 or buf[off + 4] != _TUPLE_NEW:
+        raise _fail("Insert", "Int32 relation OID and b'N'", off, buf)
+    (relid,) = _U32.unpack_from(buf, off)
+    new, off = _tuple(buf, off + 5, "Insert")
+    if off != len(buf):
+        _end(buf, off, "Insert")
+    return _make_insert(relid, new, xid)
+
+
+def _parse_update(buf: bytes, streamed: bool) -> Update:
+    if streamed:
+        xid, off = _xid(buf, streamed, "Update")
+    else:
+        xid, off = None, 1
+    if len(buf) - off < 5:
+        raise _fail("Update", "Int32 relation OID and b'K', b'O' or b'N'", off, buf)
+    (relid,) = _U32.unpack_from(buf, off)
+    off += 4
+    kind = buf[off]
+    if kind == _TUPLE_NEW:
+        old = old_kind = None
+    elif kind in b"KO":
+        old, off = _tuple(buf, off + 1, "Update")
+        old_kind = chr(kind)
+        if off >= len(buf) or buf[off] != _TUPLE_NEW:
+            raise _fail("Update", "b'N' before the new tuple", off, buf)
+    else:
+        raise _fail("Update", f"b'K', b'O' or b'N', got {bytes([kind])!r}", off, buf)
+    new, off = _tuple(buf, off + 1, "Update")
+    if off != len(buf):
+        _end(buf, off, "Update")
+    return _make_update(relid, old, old_kind, new, xid)
+
+
+def _parse_delete(buf: bytes, streamed: bool) -> Delete:
+    if streamed:
+        xid, off = _xid(buf, streamed, "Delete")
+    else:
+        xid, off = None, 1
+    if len(buf) - off < 5:
+        raise _fail("Delete", "Int32 relation OID and b'K' or b'O'", off, buf)
+    (relid,) = _U32.unpack_from(buf, off)
+    kind = buf[off + 4]
+    if kind not in b"KO":
+        raise _fail("Delete", f"b'K' or b'O', got {bytes([kind])!r}", off + 4, buf)
+    old, off = _tuple(buf, off + 5, "Delete")
+    if off != len(buf):
+        _end(buf, off, "Delete")
+    return _make_delete(relid, old, chr(kind), xid)
+
+
+def _parse_truncate(buf: bytes, streamed: bool) -> Truncate:
+    what = "Truncate"
+    xid, off = _xid(buf, streamed, what)
+    _need(buf, off, 5, what, "Int32 number of relations, Int8 options")
+    nrels, options = _TRUNC_HEAD.unpack_from(buf, off)
+    off += 5
+    _need(buf, off, 4 * nrels, what, f"{nrels} Int32 relation OIDs")
+    relids = struct.unpack_from(f">{nrels}I", buf, off)
+    _end(buf, off + 4 * nrels, what)
+    return Truncate(relids, bool(options & 1), bool(options & 2), xid)
+
+
+def _parse_message(buf: bytes, streamed: bool) -> LogicalMessage:
+    what = "Message"
+    xid, off = _xid(buf, streamed, what)
+    _need(buf, off, 9, what, "Int8 flags, Int64 LSN")
+    flags, lsn = _MSG_HEAD.unpack_from(buf, off)
+    prefix, off = _cstring(buf, off + 9, what, "prefix")
+    _need(buf, off, 4, what, "Int32 content length")
+    (length,) = _U32.unpack_from(buf, off)
+    off += 4
+    _need(buf, off, length, what, "message content")
+    _end(buf, off + length, what)
+    return LogicalMessage(bool(flags & 1), lsn, prefix, buf[off : off + length], xid)
+
+
+def _parse_stream_start(buf: bytes, streamed: bool) -> StreamStart:
+    if len(buf) != 6:
+        raise _fail("Stream Start", "5 bytes (xid, first segment flag)", 1, buf)
+    xid, first = _STREAM_START.unpack_from(buf, 1)
+    return StreamStart(xid, first == 1)
+
+
+def _parse_stream_stop(buf: bytes, streamed: bool) -> StreamStop:
+    _end(buf, 1, "Stream Stop")
+    return StreamStop()
+
+
+def _parse_stream_commit(buf: bytes, streamed: bool) -> StreamCommit:
+    if len(buf) != 30:
+        raise _fail(
+            "Stream Commit", "29 bytes (xid, flags, commit_lsn, end_lsn, commit_time)", 1, buf
+        )
+    return StreamCommit(*_STREAM_COMMIT.unpack_from(buf, 1))
+
+
+def _parse_stream_abort(buf: bytes, streamed: bool) -> StreamAbort:
+    if len(buf) == 9:
+        return StreamAbort(*_STREAM_ABORT.unpack_from(buf, 1))
+    if len(buf) == 25:
+        return StreamAbort(*_STREAM_ABORT_V4.unpack_from(buf, 1))
+    raise _fail("Stream Abort", "8 bytes (xid, subxid) or 24 with abort LSN and time", 1, buf)
+
+
+_PARSERS: Final[dict[int, _Parser]] = {
+    ord("B"): _parse_begin,
+    ord("C"): _parse_commit,
+    ord("O"): _parse_origin,
+    ord("R"): _parse_relation,
+    ord("Y"): _parse_type,
+    ord("I"): _parse_insert,
+    ord("U"): _parse_update,
+    ord("D"): _parse_delete,
+    ord("T"): _parse_truncate,
+    ord("M"): _parse_message,
+    ord("S"): _parse_stream_start,
+    ord("E"): _parse_stream_stop,
+    ord("c"): _parse_stream_commit,
+    ord("A"): _parse_stream_abort,
+}
+
+_TWO_PHASE: Final = frozenset(b"bPKrp")
+_STREAM_START_TAG: Final = ord("S")
+_STREAM_STOP_TAG: Final = ord("E")
+
+
+def _unknown(buf: bytes) -> ProtocolError:
+    if not buf:
+        return ProtocolError("empty pgoutput message: expected a message type byte at offset 0")
+    tag = buf[0]
+    hint = " (two-phase messages need protocol 3, not supported)" if tag in _TWO_PHASE else ""
+    return ProtocolError(f"unknown pgoutput message type {bytes([tag])!r} at offset 0{hint}")
+
+
+def decode(payload: bytes | bytearray | memoryview, in_stream: bool = False) -> Message:
+    """Decode one pgoutput message.
+
+    ``in_stream`` says whether the message is inside a StreamStart/StreamStop block, where
+    changes, Relation, Type, Truncate and Message carry a leading xid. Prefer
+    :class:`Decoder`, which tracks that state itself.
+    """
+    buf = payload if type(payload) is bytes else bytes(payload)
+    try:
+        parse = _PARSERS[buf[0]]
+    except (IndexError, KeyError):
+        raise _unknown(buf) from None
+    return parse(buf, in_stream)
+
+
+class Decoder:
+    """Stateful pgoutput decoder for one replication connection.
+
+    Tracks whether the current message is inside a streamed block (between
+    :class:`StreamStart` and :class:`StreamStop`, protocol 2), so that the leading xid of
+    the messages in it is read. Use a new Decoder (or :meth:`reset`) after reconnecting.
+    """
+
+    __slots__ = ("_stream_xid",)
+
+    def __init__(self) -> None:
+        self._stream_xid: int | None = None
+
+    @property
+    def in_stream(self) -> bool:
+        """True between a StreamStart and its StreamStop."""
+        return self._stream_xid is not None
+
+    @property
+    def stream_xid(self) -> int | None:
+        """The xid of the open stream block, or None outside one."""
+        return self._stream_xid
+
+    def reset(self) -> None:
+        """Forget any open stream block (e.g. after the connection was lost mid-block)."""
+        self._stream_xid = None
+
+    def decode(self, payload: bytes | bytearray | memoryview) -> Message:
+        """Decode one pgoutput message (the payload of an :class:`XLogData`)."""
+        buf = payload if type(payload) is bytes else bytes(payload)
+        try:
+            tag = buf[0]
+            parse = _PARSERS[tag]
+        except (IndexError, KeyError):
+            raise _unknown(buf) from None
+        msg = parse(buf, self._stream_xid is not None)
+        if tag == _STREAM_START_TAG:
+            assert isinstance(msg, StreamStart)
+            if self._stream_xid is not None:
+                raise ProtocolError(
+                    f"Stream Start of xid {msg.xid} inside the open stream block of xid"
+                    f" {self._stream_xid}"
+                )
+            self._stream_xid = msg.xid
+        elif tag == _STREAM_STOP_TAG:
+            if self._stream_xid is None:
+                raise ProtocolError("Stream Stop outside a stream block")
+            self._stream_xid = None
+        return msg

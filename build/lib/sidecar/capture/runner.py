@@ -1,0 +1,600 @@
+"""Capture runner: slot → (initial copy) → stream → store → acknowledge.
+
+- First start (or a store that cannot continue from the slot): create the slot with an
+  exported snapshot, copy every mapped table under it, commit the store at the slot's
+  consistent point, then stream from there.
+- Restart: stream from the LSN recorded in the store; commits at or before it are skipped
+  (delivery is at-least-once after a reconnect).
+- The flush position sent to the server is only ever an LSN the store has committed; while
+  nothing of ours is in flight, the server's keepalive position is acknowledged too, so an
+  idle publication never pins WAL. Status updates run on a timer that keeps going while
+  the store is busy (the store writes on its own thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+import psycopg
+import structlog
+
+from sidecar.capture import pgoutput as po
+from sidecar.capture.ingest import Ingest, SchemaChanged
+from sidecar.capture.snapshot import CopyProgress, copy_tables
+from sidecar.capture.source import ReplicationError, ReplicationStream
+from sidecar.config.model import Config
+from sidecar.notify import Notifier
+from sidecar.route import Route, store_shape
+from sidecar.store.base import ChangeStore
+
+log = structlog.get_logger("sidecar.capture")
+
+T = TypeVar("T")
+
+STATUS_INTERVAL = 1.0
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
+IDLE_REPLY_INTERVAL = 10.0  # when idle, ask the server for its position this often
+_W, _K, _B, _C = ord("w"), ord("k"), ord("B"), ord("C")
+_XLOG_HEADER = 25  # tag, start, end, clock
+ACK_PERSIST_INTERVAL = 1.0  # seconds between store writes of an idle acknowledged position
+
+
+@dataclass
+class CaptureStatus:
+    phase: str = (
+        "starting"  # starting | copying | streaming | reconnecting | schema_changed | failed
+    )
+    error: str | None = None
+    copy: CopyProgress = field(default_factory=CopyProgress)
+    received_lsn: int = 0
+    flushed_lsn: int = 0  # everything of ours up to here is in the store
+    acked_lsn: int = 0  # acknowledged to the server (≤ what the store has recorded)
+    server_lsn: int = 0  # last position the server reported
+    rows_applied: int = 0
+    commits_applied: int = 0
+    last_commit_at: float | None = None
+    rebuilds: int = 0
+    batches: int = 0
+    writer_seconds: float = 0.0
+    behind_since: float | None = None  # monotonic time the store fell behind the server
+
+    def note_server(self, lsn: int) -> None:
+        """The server reported WAL up to `lsn`."""
+        if lsn > self.server_lsn:
+            self.server_lsn = lsn
+            if lsn > self.flushed_lsn and self.behind_since is None:
+                self.behind_since = time.monotonic()
+
+    def note_flushed(self, lsn: int) -> None:
+        """The store has everything up to `lsn`."""
+        self.flushed_lsn = lsn
+        if lsn >= self.server_lsn:
+            self.behind_since = None
+
+    def lag_seconds(self) -> float:
+        """How long the store has been behind what the server reported (0 when caught up)."""
+        return 0.0 if self.behind_since is None else time.monotonic() - self.behind_since
+
+
+def _cancelling() -> bool:
+    """The current task itself is being cancelled (not just something it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _shapes(text: str | None) -> dict[str, str] | None:
+    """The per-collection shapes a store records (None: none, or an older format)."""
+    if not text:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector run less often (process-wide).
+
+    Capture allocates several container objects per row change, millions per second while
+    catching up. With CPython's default threshold (700 allocations) a young collection
+    runs every hundred rows or so, and older ones keep walking the batches in flight:
+    measured, a fifth of the capture time. Nearly everything here is freed by reference
+    counting the moment it is dropped, so collecting less often costs no memory to speak
+    of.
+    """
+    young, older, oldest = gc.get_threshold()
+    if young < GC_YOUNG_THRESHOLD:
+        gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+class _Inbox:
+    """Payloads read from the stream and not yet handed to the writer (bounded)."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.keepalive_pos = 0
+        self.wire_in_txn = False  # a Begin was read whose Commit was not
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def extend(self, payloads: list[bytes]) -> None:
+        self.payloads.extend(payloads)
+        for payload in reversed(payloads):  # the last Begin or Commit tells
+            tag = payload[0]
+            if tag in (_B, _C):
+                self.wire_in_txn = tag == _B
+                break
+        if len(self.payloads) >= self.LIMIT:
+            self.room.clear()
+
+    def keepalive(self, pos: int) -> None:
+        self.keepalive_pos = max(self.keepalive_pos, pos)
+
+    async def wait(self) -> None:
+        await self.ready.wait()
+
+    async def wait_for_room(self) -> None:
+        await self.room.wait()
+
+    def take(self) -> tuple[list[bytes], int, bool]:
+        out = (self.payloads, self.keepalive_pos, self.wire_in_txn)
+        self.payloads, self.keepalive_pos = [], 0
+        self.ready.clear()
+        self.room.set()
+        return out
+
+
+class CaptureRunner:
+    """Owns the slot and the store's writer thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: ChangeStore,
+        routes: Sequence[Route],
+        notifier: Notifier,
+        *,
+        on_commit: Callable[[set[str]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.routes = list(routes)
+        self._shape = store_shape(self.routes)
+        self._acked_at = 0.0
+        self._session_task: asyncio.Task[None] | None = None
+        self.notifier = notifier
+        self.on_commit = on_commit
+        self.status = CaptureStatus()
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="sidecar-writer")
+        # Decodes and routes while the writer writes the previous batch (see Ingest).
+        self.router = ThreadPoolExecutor(1, thread_name_prefix="sidecar-router")
+        self._source: ReplicationStream | None = None
+        self._lsn_changed = asyncio.Event()
+        self._want_reply = False
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self.idle_reply_interval = IDLE_REPLY_INTERVAL
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+
+    async def _in_router(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.router, fn, *args)
+
+    @property
+    def ready(self) -> bool:
+        return self.status.phase == "streaming"
+
+    def progress(self) -> dict[str, object]:
+        return {
+            "phase": self.status.phase,
+            "error": self.status.error,
+            **self.status.copy.as_dict(),
+        }
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    # -- read-your-writes ----------------------------------------------------------------
+
+    async def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
+        """True once everything up to `lsn` is in the store (asks the server to report)."""
+        deadline = time.monotonic() + timeout
+        while not po.covers(self.status.flushed_lsn, lsn):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._want_reply = True
+            self._lsn_changed.clear()
+            source = self._source
+            if source is not None and self.status.phase == "streaming":
+                with contextlib.suppress(ReplicationError, OSError):
+                    await source.send_status(
+                        max(self.status.received_lsn, self.status.acked_lsn),
+                        self.status.acked_lsn,
+                        self.status.acked_lsn,
+                        reply=True,
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lsn_changed.wait(), min(left, 0.05))
+        return True
+
+    def _advance(self, lsn: int) -> None:
+        if lsn > self.status.flushed_lsn:
+            self.status.note_flushed(lsn)
+            self._lsn_changed.set()
+
+    # -- main loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Capture until cancelled; reconnects with backoff after connection errors."""
+        _tune_gc()
+        backoff = 1.0
+        try:
+            while not self._stopping:
+                try:
+                    self._session_task = asyncio.create_task(self._session())
+                    try:
+                        await self._session_task
+                    except asyncio.CancelledError:
+                        if self._stopping and not _cancelling():
+                            return  # stop() ended the session; the caller goes on
+                        raise
+                except SchemaChanged as exc:
+                    # The service re-reads the catalog and starts a new runner (see
+                    # Service._run_capture); this one stops here, nothing acknowledged.
+                    self.status.phase, self.status.error = "schema_changed", exc.detail
+                    log.warning("a synced table changed shape", detail=exc.detail)
+                    await self._in_writer(self.store.rollback)
+                    return
+                except (ReplicationError, psycopg.OperationalError, OSError) as exc:
+                    if self._stopping:  # stop() closed the stream under us
+                        return
+                    self.status.phase, self.status.error = "reconnecting", str(exc)
+                    log.warning(
+                        "replication interrupted; reconnecting", error=str(exc), retry_in=backoff
+                    )
+                    await self._in_writer(self.store.rollback)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                except Exception:
+                    if self._stopping:  # e.g. an executor shut down by stop() mid-batch
+                        return
+                    raise
+        finally:
+            await self._close_source()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._session_task is not None and not self._session_task.done():
+            self._session_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._session_task
+        await self._close_source()
+        self.router.shutdown(wait=True)
+        self.writer.shutdown(wait=True)
+
+    async def _close_source(self) -> None:
+        if self._source is not None:
+            await self._source.close()
+            self._source = None
+
+    async def _session(self) -> None:
+        source = ReplicationStream(
+            self.config.database.url, self.config.database.slot, self.config.database.publication
+        )
+        self._source = source
+        await source.connect()
+        system = await source.identify_system()
+        reason = await self._rebuild_reason(system.system_id, system.dbname)
+        if reason is not None:
+            await self._rebuild(source, reason, system.system_id, system.dbname)
+        else:
+            stored = _shapes(self.store.state().shape) or {}
+            added = [r for r in self.routes if r.name not in stored]
+            if added:
+                await self._backfill(added)
+        state = self.store.state()
+        backfilled = {
+            c: lsn for c, lsn in orjson.loads(state.backfill or "{}").items() if lsn > state.lsn
+        }
+        ingest = Ingest(
+            self.store,
+            self.routes,
+            skip_through=state.lsn,
+            writer=self.writer,
+            backfilled=backfilled,
+        )
+        await source.start(state.lsn)
+        self.status.phase, self.status.error = "streaming", None
+        self.status.flushed_lsn = max(self.status.flushed_lsn, state.lsn)
+        self.status.acked_lsn = max(self.status.acked_lsn, state.lsn, state.acked_lsn)
+        self._lsn_changed.set()
+        self._ready.set()
+        log.info("streaming", slot=self.config.database.slot, from_lsn=po.lsn_to_str(state.lsn))
+        feedback = asyncio.create_task(self._feedback(source))
+        try:
+            await self._stream(source, ingest)
+        finally:
+            feedback.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feedback
+            await source.close()
+            self._source = None
+
+    async def _stream(self, source: ReplicationStream, ingest: Ingest) -> None:
+        """Read on the loop while the writer thread applies the previous batch.
+
+        The reader keeps filling the inbox while a batch is being written, so batches grow
+        with the load (group commit) and stay small when idle (low latency).
+        """
+        inbox = _Inbox()
+        reader = asyncio.create_task(self._read(source, inbox))
+        st = self.status
+        try:
+            while True:
+                await inbox.wait()
+                if reader.done():
+                    reader.result()  # re-raise the reader's error
+                payloads, keepalive_pos, wire_in_txn = inbox.take()
+                if payloads:
+                    started = time.perf_counter()
+                    result = await self._in_router(ingest.process, payloads)
+                    st.batches += 1
+                    st.writer_seconds += time.perf_counter() - started
+                    st.rows_applied += result.rows
+                    if result.committed_lsn is not None:
+                        st.commits_applied += result.commits
+                        st.last_commit_at = time.time()
+                        self._advance(result.committed_lsn)
+                        st.acked_lsn = max(st.acked_lsn, result.committed_lsn)
+                        if result.touched:
+                            self.notifier.publish(result.touched)
+                            if self.on_commit:
+                                self.on_commit(result.touched)
+                # Nothing of ours in flight: the server's position is safe to acknowledge,
+                # once the store remembers it (a store restored from an older backup is
+                # then recognised at start: the slot is ahead of it).
+                if keepalive_pos and not wire_in_txn and not ingest.in_transaction:
+                    self._advance(keepalive_pos)  # waiters may go on at once
+                    if (
+                        keepalive_pos > st.acked_lsn
+                        and time.monotonic() - self._acked_at >= ACK_PERSIST_INTERVAL
+                        and await self._in_writer(self.store.note_acked, keepalive_pos)
+                    ):
+                        self._acked_at = time.monotonic()
+                        st.acked_lsn = keepalive_pos
+                if self._want_reply:
+                    self._want_reply = False
+                    await self._send_status(source)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read(self, source: ReplicationStream, inbox: _Inbox) -> None:
+        st = self.status
+        try:
+            while True:
+                await inbox.wait_for_room()
+                payloads: list[bytes] = []
+                last_xlog = None
+                for buf in await source.read_batch(20_000):
+                    first = buf[0]
+                    if first == _W:  # XLogData: a 24-byte header, then one pgoutput message
+                        if len(buf) < _XLOG_HEADER:
+                            po.parse_copy_data(buf)  # raises the ProtocolError
+                        payloads.append(buf[_XLOG_HEADER:])
+                        last_xlog = buf
+                    elif first == _K:
+                        ka = po.parse_copy_data(buf)
+                        assert isinstance(ka, po.Keepalive)
+                        inbox.keepalive(ka.wal_end)
+                        st.note_server(ka.wal_end)
+                        if ka.reply:
+                            self._want_reply = True
+                if last_xlog is not None:  # positions only grow: the last one is the highest
+                    xl = po.parse_copy_data(last_xlog)
+                    st.received_lsn = max(st.received_lsn, xl.start)
+                    st.note_server(xl.end)
+                    inbox.extend(payloads)
+                inbox.ready.set()
+        finally:
+            inbox.ready.set()  # wake the writer loop so it sees the reader ended
+
+    async def _send_status(self, source: ReplicationStream, reply: bool = False) -> None:
+        st = self.status
+        await source.send_status(
+            max(st.received_lsn, st.acked_lsn), st.acked_lsn, st.acked_lsn, reply
+        )
+
+    async def _feedback(self, source: ReplicationStream) -> None:
+        """Status on a timer; when idle, ask for a keepalive so idle slots advance."""
+        last_reply = time.monotonic()
+        while True:
+            await asyncio.sleep(min(STATUS_INTERVAL, self.idle_reply_interval))
+            now = time.monotonic()
+            reply = now - last_reply >= self.idle_reply_interval
+            if reply:
+                last_reply = now
+            with contextlib.suppress(ReplicationError, OSError):
+                await self._send_status(source, reply=reply)
+
+    # -- slot and store agreement --------------------------------------------------------
+
+    async def _slot_row(self) -> tuple[Any, ...] | None:
+        async with await psycopg.AsyncConnection.connect(
+            self.config.database.url, autocommit=True
+        ) as conn:
+            cur = await conn.execute(
+                "SELECT plugin, database, wal_status, active, active_pid, "
+                "confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                (self.config.database.slot,),
+            )
+            return await cur.fetchone()
+
+    async def _rebuild_reason(self, system_id: str, dbname: str) -> str | None:
+        state = self.store.state()
+        slot = await self._slot_row()
+        if not state.snapshot_done:
+            return "the store has no completed initial copy"
+        if (state.slot, state.system_id, state.database) != (
+            self.config.database.slot,
+            system_id,
+            dbname,
+        ):
+            return "the store was made for another database or slot"
+        stored = _shapes(state.shape)
+        if stored is None:
+            return "the store does not record its collections' shapes (an older format)"
+        current = orjson.loads(self._shape)
+        changed = sorted(c for c, h in stored.items() if current.get(c) != h)
+        if changed:
+            return (
+                f"collection(s) {', '.join(changed) or '(all)'} changed (table, key, columns, "
+                "types or read rule) or were removed since the store was made"
+            )
+        if slot is None:
+            return f"replication slot {self.config.database.slot!r} is missing"
+        confirmed = po.str_to_lsn(slot[5]) if slot[5] else 0
+        if confirmed > max(state.lsn, state.acked_lsn):
+            return (
+                f"replication slot {self.config.database.slot!r} has confirmed "
+                f"{slot[5]}, past the store's {po.lsn_to_str(max(state.lsn, state.acked_lsn))}: "
+                "the store is older than what it acknowledged (restored from a backup?), "
+                "and the changes in between are gone from the slot"
+            )
+        if slot[2] == "lost":
+            return f"replication slot {self.config.database.slot!r} was invalidated (WAL removed)"
+        if slot[0] != "pgoutput" or slot[1] != dbname:
+            return f"replication slot {self.config.database.slot!r} belongs to something else"
+        return None
+
+    async def _backfill(self, routes: list[Route]) -> None:
+        """Copy collections added to the config, leaving the others as they are.
+
+        A temporary slot exports a snapshot at its consistent point C: the copy holds every
+        transaction committed before C. The main stream then skips these collections'
+        changes committed before C and applies the later ones (their tables were added to
+        the publication before C), so each change lands exactly once."""
+        names = [r.name for r in routes]
+        log.info("copying collections added to the config", collections=names)
+        temp = ReplicationStream(
+            self.config.database.url,
+            f"{self.config.database.slot}_fill_{secrets.token_hex(3)}",
+            self.config.database.publication,
+        )
+        await temp.connect()
+        try:
+            info = await temp.create_slot(export_snapshot=True, temporary=True)
+            self.status.phase = "copying"
+            self.status.copy = CopyProgress()
+            ingest = Ingest(self.store, self.routes, skip_through=0)
+            state = self.store.state()
+            backfill = {
+                **orjson.loads(state.backfill or "{}"),
+                **dict.fromkeys(names, info.consistent_point),
+            }
+
+            def copy_and_commit() -> None:
+                copy_tables(
+                    self.config.database.url,
+                    info.snapshot_name,
+                    routes,
+                    ingest,
+                    self.status.copy,
+                )
+                self.store.set_layout(self._shape, orjson.dumps(backfill).decode())
+                self.store.commit()  # the stream's position stays where it was
+
+            try:
+                await self._in_writer(copy_and_commit)
+            except BaseException:
+                await self._in_writer(self.store.rollback)
+                raise
+        finally:
+            await temp.close()  # a temporary slot goes with its connection
+        log.info(
+            "collections copied",
+            collections=names,
+            snapshot_lsn=po.lsn_to_str(info.consistent_point),
+        )
+
+    async def _rebuild(
+        self, source: ReplicationStream, reason: str, system_id: str, dbname: str
+    ) -> None:
+        state = self.store.state()
+        if state.snapshot_done:
+            log.warning("rebuilding the store; clients will resync (410)", reason=reason)
+            self.status.rebuilds += 1
+        slot = await self._slot_row()
+        if slot is not None:
+            if slot[3]:
+                raise ReplicationError(
+                    f"replication slot {self.config.database.slot!r} is in use by process "
+                    f"{slot[4]}; is another sidecar running with the same slot?"
+                )
+            async with await psycopg.AsyncConnection.connect(
+                self.config.database.url, autocommit=True
+            ) as conn:
+                await conn.execute(
+                    "SELECT pg_drop_replication_slot(%s)", (self.config.database.slot,)
+                )
+            log.info("dropped replication slot", slot=self.config.database.slot)
+        await self._in_writer(
+            lambda: self.store.reset(
+                slot=self.config.database.slot,
+                system_id=system_id,
+                database=dbname,
+                shape=self._shape,
+            )
+        )
+        info = await source.create_slot(export_snapshot=True)
+        log.info(
+            "created replication slot",
+            slot=info.name,
+            consistent_point=po.lsn_to_str(info.consistent_point),
+        )
+        self.status.phase = "copying"
+        self.status.copy = CopyProgress()
+        ingest = Ingest(self.store, self.routes, skip_through=0)  # loads on the writer
+
+        def copy_and_commit() -> None:
+            copy_tables(
+                self.config.database.url,
+                info.snapshot_name,
+                self.routes,
+                ingest,
+                self.status.copy,
+            )
+            self.store.commit(info.consistent_point, snapshot_done=True)
+
+        try:
+            await self._in_writer(copy_and_commit)
+        except BaseException:
+            await self._in_writer(self.store.rollback)
+            raise
+        self.status.rows_applied += ingest.rows_applied
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def purge_tombstones(self) -> int:
+        return await self._in_writer(
+            self.store.purge_tombstones, self.config.store.tombstone_retention
+        )

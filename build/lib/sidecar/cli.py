@@ -1,0 +1,297 @@
+"""Command line: `sidecar run | check | init | drop | status | demo`.
+
+Every failure the user can fix prints a message and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import structlog
+from aiohttp import web
+
+from sidecar.config.loader import load_config
+from sidecar.config.model import Config
+from sidecar.errors import SidecarError
+from sidecar.observability import configure_logging
+
+EXIT_OK, EXIT_FAIL = 0, 1
+
+
+def _default_config() -> str:
+    return os.environ.get("SIDECAR_CONFIG", "sidecar.yaml")
+
+
+CONFIG_POLL = 2.0  # seconds between checks of the config file's modification time
+
+
+async def watch_config(service: Any, path: str, hup: asyncio.Event) -> None:
+    """Reload the config on SIGHUP (`hup`) or when its file changes; a config that is
+    invalid or needs a restart is refused and the running one stays (logged)."""
+    log = structlog.get_logger("sidecar.reload")
+    last = _mtime(path)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hup.wait(), CONFIG_POLL)
+        mtime = _mtime(path)
+        if not hup.is_set() and mtime == last:
+            continue
+        hup.clear()
+        last = mtime
+        try:
+            new = await asyncio.to_thread(load_config, path)
+            changed = await service.reload(new)
+        except SidecarError as exc:
+            log.error("config reload refused; the running config stays", problems=exc.detail)
+            continue
+        if "log" in changed:
+            configure_logging(new.log.level, new.log.format)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+async def serve(config: Config, *, ready_message: str | None = None, watch: bool = True) -> None:
+    """Run the service and its HTTP server until SIGINT/SIGTERM; SIGHUP or an edit of the
+    config file reloads what can change without a restart (`watch`)."""
+    from sidecar.http.app import create_app
+    from sidecar.service import Service
+
+    service = await Service.start(config)
+    runner = web.AppRunner(create_app(service), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    try:
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if watch:
+            hup = asyncio.Event()
+            loop.add_signal_handler(signal.SIGHUP, hup.set)
+            service.tasks.append(asyncio.create_task(watch_config(service, config.file, hup)))
+        capture_task = service.tasks[0]
+        if sys.stderr.isatty():
+            from sidecar.progress import show_copy_progress
+
+            service.tasks.append(
+                asyncio.create_task(show_copy_progress(service.capture, sys.stderr))
+            )
+        if ready_message:
+            ready = asyncio.create_task(service.capture.wait_ready())
+            await asyncio.wait({ready, capture_task}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not capture_task.done():
+                print(ready_message, flush=True)
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, capture_task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if capture_task.done() and not stop.is_set():
+            raise SidecarError(f"capture stopped: {_capture_failure(service, capture_task)}")
+    finally:
+        await runner.cleanup()
+        await service.close()
+
+
+def _capture_failure(service: object, task: asyncio.Task[None]) -> str:
+    """Why the capture task ended (it only ends on a failure)."""
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    if exc is not None:
+        return f"{type(exc).__name__}: {exc}"
+    status = service.capture.status  # type: ignore[attr-defined]
+    return str(status.error or status.phase)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log.level, config.log.format)
+    asyncio.run(serve(config))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from sidecar.service import preflight
+
+    config = load_config(args.config)
+    report = preflight(config)
+    for w in report.warnings:
+        print(f"warning: {w}")
+    if report.ok:
+        print(f"{args.config}: ok ({len(config.collections)} collections)")
+        return EXIT_OK
+    print(f"{args.config}: {len(report.problems)} problem(s):", file=sys.stderr)
+    for p in report.problems:
+        print(f"  - {p}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _print_steps(steps: Sequence[Any]) -> None:
+    for step in steps:
+        if step.needed:
+            print(f"{step.statement};  -- {step.why}")
+        else:
+            print(f"-- skipped ({step.why}): {step.statement};")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from sidecar import admin
+
+    config = load_config(args.config)
+    steps = admin.init_steps(config)
+    _print_steps(steps)
+    if args.dry_run:
+        print("-- dry run: nothing was changed")
+        return EXIT_OK
+    admin.run_steps(config, steps)
+    print("-- done. `sidecar run` makes its initial copy from a slot it has not used yet by")
+    print("-- recreating it with an exported snapshot (the slot name stays the same).")
+    return EXIT_OK
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    from sidecar import admin
+
+    config = load_config(args.config)
+    steps = admin.drop_steps(config, keep_publication=args.keep_publication)
+    todo = [s for s in steps if s.needed]
+    _print_steps(steps)
+    if not todo:
+        print("-- nothing to drop")
+        return EXIT_OK
+    if args.dry_run:
+        print("-- dry run: nothing was changed")
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("sidecar drop: not a terminal; pass --yes to confirm", file=sys.stderr)
+            return EXIT_FAIL
+        answer = input(f"Drop {config.database.slot!r}? Clients will resync. Type yes: ")
+        if answer.strip().lower() != "yes":
+            print("sidecar drop: cancelled", file=sys.stderr)
+            return EXIT_FAIL
+    admin.run_steps(config, steps)
+    print(f"-- dropped. The store at {config.store.path} is rebuilt by the next `sidecar run`.")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from sidecar import admin
+
+    config = load_config(args.config)
+    info = admin.status(config)
+    if args.json:
+        print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    slot = info["slot"]
+    if slot.get("exists") is False:
+        print(f"slot         {slot['name']}: missing (the next run rebuilds the store)")
+    else:
+        state = "active" if slot["active"] else "inactive"
+        print(
+            f"slot         {slot['name']}: {state}, wal_status {slot['wal_status']}, "
+            f"confirmed {slot['confirmed_flush_lsn']}, lag {slot['lag_bytes'] or 0:,} bytes, "
+            f"retained WAL {slot['retained_bytes'] or 0:,} bytes"
+        )
+    pub = info["publication"]
+    print(f"publication  {pub['name']}: {'exists' if pub['exists'] else 'missing'}")
+    store = info["store"]
+    if store is None:
+        print(f"store        {config.store.path}: none yet")
+    elif "error" in store:
+        print(f"store        {config.store.path}: {store['error']}")
+    else:
+        copy = "done" if store["initial_copy_done"] else "not done"
+        print(
+            f"store        {store['path']}: {store['bytes']:,} bytes, {store['rows']:,} rows, "
+            f"{store['tombstones']:,} tombstones, {store['mutations']:,} mutation ids, "
+            f"initial copy {copy}, version {store['version']}"
+        )
+    service = info["service"]
+    if service is None:
+        print(f"service      not reachable on port {config.server.port}")
+    else:
+        print(
+            f"service      up: {int(service.get('sidecar_live_requests', 0))} live clients, "
+            f"capture lag {int(service.get('sidecar_capture_lag_bytes', 0)):,} bytes"
+        )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sidecar.demo.tour import run_demo
+
+    return run_demo(port=args.port, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="Offline-first sync beside an existing PostgreSQL database.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="capture changes and serve the sync API")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check", help="validate the config and check the database")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("init", help="create the publication and the slot (prints the SQL)")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument("--dry-run", action="store_true", help="print the SQL, change nothing")
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("drop", help="drop the slot and the publication (no WAL stays pinned)")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--dry-run", action="store_true", help="print the SQL, change nothing")
+    p.add_argument(
+        "--keep-publication", action="store_true", help="drop only the slot (a DBA's publication)"
+    )
+    p.set_defaults(func=cmd_drop)
+    p = sub.add_parser("status", help="slot, WAL retained, lag, store and live clients")
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("demo", help="start a private PostgreSQL with a demo app and sync it")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--keep", action="store_true", help="keep the demo data directory")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SidecarError as exc:
+        print(f"sidecar {args.command}: {exc.detail}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except psycopg.OperationalError as exc:
+        print(f"sidecar {args.command}: cannot reach the database: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"sidecar {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,92 @@
+"""Middleware: request id, problem+json for every refusal, metrics, and no tracebacks out."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+import structlog
+from aiohttp import web
+
+from sidecar.errors import MethodNotAllowed, NotFound, PayloadTooLarge, SidecarError
+from sidecar.observability import Metrics
+
+log = structlog.get_logger("sidecar.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PROBLEM_JSON = "application/problem+json"
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+def problem_response(exc: SidecarError, request: web.Request) -> web.Response:
+    body = exc.to_problem(instance=request.path)
+    rid = request.get(REQUEST_ID)
+    if rid:
+        body["request_id"] = rid
+    return web.Response(
+        body=orjson.dumps(body),
+        status=exc.status,
+        content_type=PROBLEM_JSON,
+        headers=exc.headers(),
+    )
+
+
+def _endpoint(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+def make_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        if len(rid) > 64 or not rid.isprintable():
+            rid = uuid.uuid4().hex[:16]
+        request[REQUEST_ID] = rid
+        endpoint = _endpoint(request)
+        started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            try:
+                response = await handler(request)
+            except web.HTTPNotFound:
+                response = problem_response(NotFound(f"no such endpoint: {request.path}"), request)
+            except web.HTTPMethodNotAllowed as exc:
+                allowed = ", ".join(sorted(exc.allowed_methods))
+                err = MethodNotAllowed(f"method {request.method} not allowed; use {allowed}")
+                response = problem_response(err, request)
+                response.headers["Allow"] = allowed
+            except web.HTTPRequestEntityTooLarge as exc:
+                response = problem_response(
+                    PayloadTooLarge(f"the body is larger than {exc.max_size} bytes"), request
+                )
+            except SidecarError as exc:
+                response = problem_response(exc, request)
+            except web.HTTPException:
+                raise
+            except Exception:
+                log.exception("unhandled error", path=request.path)
+                response = problem_response(
+                    SidecarError("internal error; the request id identifies it in the logs"),
+                    request,
+                )
+            if not response.prepared:  # (streams got it in `add_request_id`)
+                response.headers["X-Request-Id"] = rid
+            return response
+        finally:
+            status = getattr(locals().get("response"), "status", 500)
+            metrics.requests.labels(endpoint, str(status)).inc()
+            metrics.latency.labels(endpoint, str(status)).observe(time.perf_counter() - started)
+            structlog.contextvars.unbind_contextvars("request_id", "subject")
+
+    return middleware
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: streamed responses carry the request id too."""
+    rid = request.get(REQUEST_ID)
+    if rid and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = rid

@@ -1,0 +1,304 @@
+"""Safety preflight: is the database ready for the sidecar, and is the config true to it?
+
+Every problem is collected (never just the first) with the statement that fixes it, so a
+DBA can act on one report. Used at start-up and by `sidecar check`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from sidecar.catalog import TableInfo, load_table
+from sidecar.config.model import CollectionConfig, Config
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightReport:
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+    tables: dict[str, TableInfo]  # collection name → table (those found)
+    publication_exists: bool
+    publication_adds: tuple[TableInfo, ...] = ()  # mapped tables to add to the publication
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _q(ident: str) -> str:
+    return sql.Identifier(ident).as_string(None)
+
+
+def _server_checks(conn: psycopg.Connection, problems: list[str]) -> None:
+    wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
+    if wal_level != "logical":
+        problems.append(
+            f"wal_level is {wal_level!r}, logical replication needs 'logical': run "
+            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+        )
+    version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+    if version < 140000:
+        problems.append(f"PostgreSQL {version // 10000} is too old: the sidecar needs 14 or later")
+    role, can_replicate, is_super = conn.execute(
+        "SELECT rolname, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()  # type: ignore[misc]
+    if not (can_replicate or is_super):
+        problems.append(
+            f"role {role!r} cannot start replication: run ALTER ROLE {_q(role)} REPLICATION;"
+        )
+
+
+def _identity_fix(conn: psycopg.Connection, info: TableInfo) -> str:
+    row = conn.execute(
+        """SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+           WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL
+             AND i.indexprs IS NULL AND NOT EXISTS (
+               SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid
+                 AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)
+           ORDER BY ic.relname LIMIT 1""",
+        (info.oid,),
+    ).fetchone()
+    if row:
+        return f"ALTER TABLE {info.ref.qualified} REPLICA IDENTITY USING INDEX {_q(row[0])};"
+    return f"ALTER TABLE {info.ref.qualified} ADD PRIMARY KEY (<key columns>);"
+
+
+def _privilege_checks(
+    conn: psycopg.Connection, coll: CollectionConfig, info: TableInfo, problems: list[str]
+) -> None:
+    """The table grants the collection needs: SELECT always, and each write op's own."""
+    needed = ["SELECT", *(op.upper() for op in coll.write.ops)]
+    if {"update", "delete"} & set(coll.write.ops):
+        needed.append("UPDATE")  # SELECT … FOR UPDATE locks the rows first
+    role = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+    missing = [
+        p
+        for p in dict.fromkeys(needed)
+        if not conn.execute("SELECT has_table_privilege(%s, %s)", (info.oid, p)).fetchone()[0]  # type: ignore[index]
+    ]
+    if missing:
+        problems.append(
+            f"collection {coll.name!r}: role {role!r} lacks {', '.join(missing)} on "
+            f"{info.ref}: run GRANT {', '.join(missing)} ON {info.ref.qualified} TO {_q(role)};"
+        )
+
+
+def _collection_checks(
+    conn: psycopg.Connection, coll: CollectionConfig, info: TableInfo, problems: list[str]
+) -> None:
+    where = f"collection {coll.name!r} ({info.ref})"
+    if info.partitioned:
+        problems.append(
+            f"{where}: partitioned tables are not supported yet; map each partition as a "
+            "collection of its own"
+        )
+        return
+    _privilege_checks(conn, coll, info, problems)
+    names = set(info.column_names)
+    for label, cols in (
+        ("columns", coll.columns or ()),
+        ("key", coll.key or ()),
+        ("read rule", sorted(coll.read.columns)),
+        ("write.immutable", coll.write.immutable),
+        ("write.set", tuple(coll.write.set)),
+        ("write.check", sorted(coll.write.check.columns) if coll.write.check else ()),
+    ):
+        missing = [c for c in cols if c not in names]
+        if missing:
+            problems.append(
+                f"{where}: {label} names column(s) {', '.join(missing)} that the table "
+                f"does not have (it has: {', '.join(info.column_names)})"
+            )
+    if coll.conflict.column and coll.conflict.column not in names:
+        problems.append(f"{where}: latest_wins column {coll.conflict.column!r} does not exist")
+    key = coll.key or info.primary_key
+    if not key:
+        problems.append(
+            f"{where}: the table has no primary key; add one or set `key:` to the columns "
+            "of a unique index whose columns are NOT NULL"
+        )
+    elif (
+        coll.key
+        and tuple(coll.key) not in info.unique_keys
+        and set(coll.key) != set(info.primary_key)
+    ):
+        problems.append(
+            f"{where}: key ({', '.join(coll.key)}) is not a unique index over NOT NULL "
+            "columns; create one, e.g. CREATE UNIQUE INDEX ON "
+            f"{info.ref.qualified} ({', '.join(_q(c) for c in coll.key)});"
+        )
+    if info.updates_need_identity:
+        problems.append(
+            f"{where}: the table has no replica identity, so once it is published the "
+            "application's own UPDATE and DELETE statements would fail. The sidecar refuses "
+            f"to publish it. Fix: {_identity_fix(conn, info)}"
+        )
+
+
+def _publication_checks(
+    conn: psycopg.Connection,
+    config: Config,
+    tables: dict[str, TableInfo],
+    problems: list[str],
+    warnings: list[str],
+    adds: list[TableInfo],
+) -> bool:
+    pub = config.database.publication
+    row = conn.execute(
+        "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
+        "FROM pg_publication WHERE pubname = %s",
+        (pub,),
+    ).fetchone()
+    if row is None:
+        create = f"CREATE PUBLICATION {_q(pub)} FOR TABLE " + ", ".join(
+            t.ref.qualified for t in tables.values()
+        )
+        if not config.database.create_publication:
+            problems.append(
+                f"publication {pub!r} does not exist and database.create_publication is "
+                f"false: have a DBA run {create};"
+            )
+        else:
+            _can_create_publication(conn, tables, create, problems)
+        return False
+    published = {
+        int(oid)
+        for (oid,) in conn.execute(
+            "SELECT format('%%I.%%I', schemaname, tablename)::regclass::oid "
+            "FROM pg_publication_tables WHERE pubname = %s",
+            (pub,),
+        )
+    }
+    missing = [t for t in tables.values() if t.oid not in published]
+    if missing and config.database.create_publication and not row[0]:
+        alter = f"ALTER PUBLICATION {_q(pub)} ADD TABLE " + ", ".join(
+            t.ref.qualified for t in missing
+        )
+        before = len(problems)
+        _can_alter_publication(conn, pub, missing, alter, problems)
+        if len(problems) == before:
+            adds.extend(missing)
+            missing = []
+    if missing:
+        problems.append(
+            f"publication {pub!r} exists but does not publish "
+            + ", ".join(str(t.ref) for t in missing)
+            + f": run ALTER PUBLICATION {_q(pub)} ADD TABLE "
+            + ", ".join(t.ref.qualified for t in missing)
+            + ";"
+        )
+    if not all(row[1:4]):
+        problems.append(
+            f"publication {pub!r} must publish insert, update and delete: run ALTER "
+            f"PUBLICATION {_q(pub)} SET (publish = 'insert, update, delete, truncate');"
+        )
+    if row[0]:
+        warnings.append(
+            f"publication {pub!r} is FOR ALL TABLES; the sidecar ignores tables it does not map"
+        )
+    return True
+
+
+def _can_alter_publication(
+    conn: psycopg.Connection, pub: str, tables: list[TableInfo], alter: str, problems: list[str]
+) -> None:
+    """ALTER PUBLICATION … ADD TABLE needs ownership of the publication and the tables."""
+    owner = conn.execute(
+        "SELECT rolsuper OR pg_has_role(p.pubowner, 'USAGE') FROM pg_roles r, pg_publication p "
+        "WHERE r.rolname = current_user AND p.pubname = %s",
+        (pub,),
+    ).fetchone()
+    not_owned = [
+        str(t.ref)
+        for t in tables
+        if not conn.execute(
+            "SELECT pg_has_role(relowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles "
+            "WHERE rolname = current_user) FROM pg_class WHERE oid = %s",
+            (t.oid,),
+        ).fetchone()[0]  # type: ignore[index]
+    ]
+    if not (owner and owner[0]) or not_owned:
+        problems.append(
+            f"publication {pub!r} does not publish {', '.join(str(t.ref) for t in tables)} "
+            f"and the sidecar's role cannot add them: have a DBA run {alter};"
+        )
+
+
+def _can_create_publication(
+    conn: psycopg.Connection, tables: dict[str, TableInfo], create: str, problems: list[str]
+) -> None:
+    """CREATE PUBLICATION needs CREATE on the database and ownership of every table."""
+    is_super, can_create = conn.execute(
+        "SELECT rolsuper, has_database_privilege(current_database(), 'CREATE') "
+        "FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()  # type: ignore[misc]
+    if is_super:
+        return
+    not_owned = [
+        str(t.ref)
+        for t in tables.values()
+        if not conn.execute(
+            "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = %s", (t.oid,)
+        ).fetchone()[0]  # type: ignore[index]
+    ]
+    if not can_create or not_owned:
+        why = []
+        if not can_create:
+            why.append("CREATE on the database")
+        if not_owned:
+            why.append("ownership of " + ", ".join(not_owned))
+        problems.append(
+            f"the publication is missing and the sidecar's role cannot create it (needs "
+            f"{' and '.join(why)}): have a DBA run {create}; "
+            "or set database.create_publication: false once it exists"
+        )
+
+
+def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
+    """Check the server, every mapped table and the publication; collect every problem."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    _server_checks(conn, problems)
+    tables: dict[str, TableInfo] = {}
+    for coll in config.collections.values():
+        info = load_table(conn, coll.table)
+        if info is None:
+            problems.append(
+                f"collection {coll.name!r}: table {coll.table} does not exist "
+                "(or the sidecar's role cannot see it)"
+            )
+            continue
+        tables[coll.name] = info
+        _collection_checks(conn, coll, info, problems)
+    adds: list[TableInfo] = []
+    exists = _publication_checks(conn, config, tables, problems, warnings, adds)
+    return PreflightReport(tuple(problems), tuple(warnings), tables, exists, tuple(adds))
+
+
+def publication_statement(
+    config: Config, tables: Sequence[TableInfo], *, create: bool
+) -> sql.Composed:
+    """CREATE PUBLICATION … FOR TABLE (create) or ALTER PUBLICATION … ADD TABLE."""
+    head = "CREATE PUBLICATION {} FOR TABLE {}" if create else "ALTER PUBLICATION {} ADD TABLE {}"
+    return sql.SQL(head).format(
+        sql.Identifier(config.database.publication),
+        sql.SQL(", ").join(sql.Identifier(t.ref.schema, t.ref.name) for t in tables),
+    )
+
+
+def create_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:
+    """CREATE PUBLICATION for exactly the mapped tables; returns the statement run."""
+    stmt = publication_statement(config, tables, create=True)
+    conn.execute(stmt)
+    return stmt.as_string(conn)
+
+
+def add_to_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:
+    """ALTER PUBLICATION … ADD TABLE for mapped tables it lacks; returns the statement."""
+    stmt = publication_statement(config, tables, create=False)
+    conn.execute(stmt)
+    return stmt.as_string(conn)

@@ -1,0 +1,305 @@
+"""Pull: deltas since a cursor, filtered to the caller's scopes, paged. No HTTP here.
+
+Pages are in version order; the client's state is consistent when `has_more` is false.
+A cursor from another store epoch (the store was rebuilt) or older than the tombstone
+retention is refused with `cursor_expired` (410): the client must resync from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import orjson
+import structlog
+
+from sidecar.auth import Principal
+from sidecar.changes import Cursor, Page
+from sidecar.errors import CursorExpired, Forbidden, InvalidRequest, Unavailable
+from sidecar.notify import Notifier, wait_event
+from sidecar.pagecache import PageCache
+from sidecar.permissions import Permissions
+from sidecar.route import Route
+from sidecar.store.base import ChangeStore
+
+log = structlog.get_logger("sidecar.pull")
+
+
+class CaptureState(Protocol):
+    """What pull needs to know of capture (the runner provides it)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def progress(self) -> dict[str, object]: ...
+
+    async def wait_for_lsn(self, lsn: int, timeout: float) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    cursor: Cursor | None = None
+    collections: tuple[str, ...] | None = None
+    limit: int = 1000
+    live: bool = False
+    timeout: float = 20.0
+    after_lsn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One thing a stream tells its client.
+
+    `changes`: a page (sent when it has changes, and once at the start); `heartbeat`:
+    nothing changed for a while; `reauth`: the token expired, the stream ends;
+    `resync`: the store was rebuilt, the stream ends and the client starts afresh.
+    """
+
+    kind: Literal["changes", "heartbeat", "reauth", "resync"]
+    page: Page | None = None
+    detail: str = ""
+
+
+def schema_version(routes: Sequence[Route]) -> str:
+    """A short hash of every collection's exposed shape; changes when a shape changes."""
+    shape = [
+        (
+            r.name,
+            list(r.key),
+            [(c, r.table.column(c).type_name) for c in r.exposed],  # type: ignore[union-attr]
+        )
+        for r in routes
+    ]
+    return hashlib.blake2b(orjson.dumps(shape), digest_size=6).hexdigest()
+
+
+def collection_schema(route: Route) -> dict[str, object]:
+    cols = {}
+    for name in route.exposed:
+        info = route.table.column(name)
+        assert info is not None
+        cols[name] = {"type": info.type_name, "nullable": info.nullable}
+    return {"key": list(route.key), "columns": cols, "write": list(route.config.write.ops)}
+
+
+class Puller:
+    def __init__(
+        self,
+        store: ChangeStore,
+        routes: Mapping[str, Route],
+        notifier: Notifier,
+        capture: CaptureState,
+        *,
+        max_page: int,
+        max_wait: float,
+        permissions: Permissions,
+        live_per_subject: int = 16,
+        live_total: int = 20_000,
+        cache_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.permissions = permissions
+        self.live_per_subject = live_per_subject
+        self.live_total = live_total
+        self.cache = PageCache(store, cache_bytes)
+        self._missing: set[tuple[str, str]] = set()
+        self._live: dict[str, int] = {}
+        self._live_total = 0
+        self.store = store
+        self.routes = dict(routes)
+        self.notifier = notifier
+        self.capture = capture
+        self.max_page = max_page
+        self.max_wait = max_wait
+        self.schema_version = schema_version(list(self.routes.values()))
+
+    # -- scopes --------------------------------------------------------------------------
+
+    def select_routes(self, principal: Principal, collections: Sequence[str] | None) -> list[Route]:
+        """The requested collections (default: all) the caller's scopes and roles allow."""
+        if collections is None:
+            return [
+                r for r in self.routes.values() if self.permissions.can_read(principal, r.config)
+            ]
+        unknown = [c for c in collections if c not in self.routes]
+        if unknown:
+            raise InvalidRequest(
+                f"unknown collection(s): {', '.join(unknown)}; known: {', '.join(self.routes)}",
+                parameter="collections",
+            )
+        routes = [self.routes[c] for c in dict.fromkeys(collections)]
+        denied = [r.name for r in routes if not self.permissions.can_read(principal, r.config)]
+        if denied:
+            raise Forbidden(
+                f"your token does not allow reading {', '.join(denied)} (scope or roles)"
+            )
+        return routes
+
+    def scopes_for(self, principal: Principal, routes: Sequence[Route]) -> list[str]:
+        scopes: list[str] = []
+        for route in routes:
+            self._note_missing_claims(principal, route)
+            scopes.extend(route.request_scopes(principal.claims))
+        return list(dict.fromkeys(scopes))
+
+    def _note_missing_claims(self, principal: Principal, route: Route) -> None:
+        """A claim the read rule needs but the token lacks makes its conditions false;
+        say so once per collection and claim, so a misconfigured issuer is noticed."""
+        for claim in route.config.read.claims:
+            if claim not in principal.claims and (route.name, claim) not in self._missing:
+                self._missing.add((route.name, claim))
+                log.warning(
+                    "token without a claim the read rule uses: its conditions are false",
+                    collection=route.name,
+                    claim=claim,
+                )
+
+    def schema_for(self, principal: Principal) -> dict[str, object]:
+        """The collections this caller can read (it has a scope in) or write."""
+        return {
+            "schema_version": self.schema_version,
+            "collections": {
+                name: collection_schema(r)
+                for name, r in self.routes.items()
+                if (
+                    self.permissions.can_read(principal, r.config)
+                    and r.request_scopes(principal.claims)
+                )
+                or (self.permissions.can_write(principal, r.config) and r.config.write.ops)
+            },
+        }
+
+    # -- pull ----------------------------------------------------------------------------
+
+    def _check_ready(self) -> None:
+        if not self.capture.ready:
+            raise Unavailable(
+                "the initial copy is in progress; retry shortly",
+                retry_after=5,
+                progress=self.capture.progress(),
+            )
+
+    def _start_version(self, cursor: Cursor | None) -> int:
+        state = self.store.state()
+        if cursor is None:
+            return 0
+        if cursor.epoch != state.epoch:
+            raise CursorExpired(
+                "this cursor is from an earlier store (it was rebuilt); resync from scratch "
+                "by pulling without a cursor"
+            )
+        if cursor.version < state.purged_version:
+            raise CursorExpired(
+                "this cursor is older than the tombstone retention; resync from scratch by "
+                "pulling without a cursor"
+            )
+        if cursor.version > state.version:
+            raise CursorExpired("this cursor is ahead of the store; resync from scratch")
+        return cursor.version
+
+    async def pull(self, principal: Principal, req: PullRequest) -> Page:
+        self._check_ready()
+        limit = max(1, min(req.limit, self.max_page))
+        if req.after_lsn is not None:
+            wait = min(max(req.timeout, 1.0), self.max_wait)
+            if not await self.capture.wait_for_lsn(req.after_lsn, wait):
+                raise Unavailable(
+                    "the store has not caught up with after_lsn yet; retry", retry_after=1
+                )
+        after = self._start_version(req.cursor)
+        routes = self.select_routes(principal, req.collections)
+        scopes = self.scopes_for(principal, routes)
+        if not (req.live and scopes):
+            return await self.cache.page(scopes, after, limit)
+        timeout = max(0.0, min(req.timeout, self.max_wait))
+        with self._live_slot(principal.subject), self.notifier.watch(scopes) as changed:
+            page = await self.cache.page(scopes, after, limit)
+            if not page.lines and not page.has_more and await wait_event(changed, timeout):
+                page = await self.cache.page(scopes, page.cursor.version, limit)
+        return page
+
+    async def stream(
+        self, principal: Principal, req: PullRequest, *, heartbeat: float
+    ) -> AsyncIterator[StreamEvent]:
+        """Pages as changes land in the caller's scopes, until the token expires.
+
+        Holds one live slot for its whole life. The first page is always sent (it tells
+        the client where it stands); later ones only when they carry changes.
+        """
+        self._check_ready()
+        limit = max(1, min(req.limit, self.max_page))
+        epoch = self.store.state().epoch
+        after = self._start_version(req.cursor)
+        scopes = self.scopes_for(principal, self.select_routes(principal, req.collections))
+        expires = principal.claims.get("exp")
+        first = True
+        with self._live_slot(principal.subject):
+            while True:
+                with self.notifier.watch(scopes) as changed:
+                    if self.store.state().epoch != epoch:
+                        yield StreamEvent("resync", detail="the store was rebuilt; resync")
+                        return
+                    page = await self.cache.page(scopes, after, limit)
+                    if page.lines or first:
+                        yield StreamEvent("changes", page)
+                        first = False
+                    after = page.cursor.version
+                    if page.has_more:
+                        continue
+                    left = heartbeat
+                    if isinstance(expires, int | float):
+                        left = min(left, float(expires) - time.time())
+                        if left <= 0:
+                            yield StreamEvent("reauth", detail="the token expired")
+                            return
+                    if not await wait_event(changed, left):
+                        yield StreamEvent("heartbeat")
+
+    async def txids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
+        """Key JSON → id of the transaction that last wrote the row through push (for
+        clients that match optimistic writes by transaction id)."""
+        if not keys:
+            return {}
+        return await asyncio.to_thread(self.store.row_xids, collection, keys)
+
+    @contextlib.contextmanager
+    def _live_slot(self, subject: str) -> Iterator[None]:
+        """Bound the live waits of one subject and of the whole process (503 past it)."""
+        mine = self._live.get(subject, 0)
+        if mine >= self.live_per_subject or self._live_total >= self.live_total:
+            raise Unavailable("too many live requests waiting; retry shortly", retry_after=2)
+        self._live[subject] = mine + 1
+        self._live_total += 1
+        try:
+            yield
+        finally:
+            self._live_total -= 1
+            left = self._live[subject] - 1
+            if left:
+                self._live[subject] = left
+            else:
+                del self._live[subject]
+
+    def live_count(self) -> int:
+        return self._live_total
+
+
+def render_page(page: Page, schema_version: str) -> bytes:
+    """The JSON body of a pull response, assembled from pre-serialised change lines."""
+    return b"".join(
+        (
+            b'{"changes":[',
+            b",".join(page.lines),
+            b'],"cursor":"',
+            str(page.cursor).encode(),
+            b'","has_more":',
+            b"true" if page.has_more else b"false",
+            b',"schema_version":"',
+            schema_version.encode(),
+            b'"}',
+        )
+    )

@@ -1,0 +1,217 @@
+"""Route: one collection's mapping from a table's text values to what the store keeps.
+
+For each row it computes, from the text values of the columns the collection needs
+(`Route.needed`: the exposed columns first, then key, identity and rule columns):
+- `ident`: the row's identity in the store (the replica identity columns, which is what
+  a DELETE's old key carries), so deletes never need the full old row;
+- `key` and `row`: JSON objects of the client key and of the exposed columns;
+- `rev`: a short hash of `row` (the write path computes it the same way);
+- `scopes`: the read rule's partitions the row belongs to, prefixed by the collection;
+- `hidden`: JSON of the needed columns that are not exposed.
+
+A TOASTed value that an UPDATE did not change arrives as "unchanged": its JSON value is
+taken from the stored image instead (for the read rule too, which then sees the JSON
+form of that value — exact for text, json and arrays of them, the types that TOAST).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import structlog
+
+from sidecar.capture.pgoutput import UNCHANGED
+from sidecar.catalog import TableInfo
+from sidecar.changes import Image, rev_of
+from sidecar.config.model import CollectionConfig
+from sidecar.rules import ReadRule, compile_read_rule
+from sidecar.values import JSON_OPTIONS, dumps, json_fixer, make_transformer
+from sidecar.values import default as values_default
+
+log = structlog.get_logger("sidecar.capture")
+
+_EMPTY = b"{}"
+
+
+def scope_prefix(collection: str) -> str:
+    return f"{collection}/"
+
+
+def _json_of(columns: tuple[tuple[str, int], ...]) -> Callable[[Sequence[Any]], bytes]:
+    """JSON object of some columns of a row given as values (name, index in the values)."""
+    encode, default, opts = orjson.dumps, values_default, JSON_OPTIONS
+    if len(columns) == 1:
+        ((name, index),) = columns
+        return lambda values: encode({name: values[index]}, default, opts)
+    return lambda values: encode({c: values[i] for c, i in columns}, default, opts)
+
+
+class PendingImage:
+    """A row change with values sent as UNCHANGED (TOAST): completed by the store with
+    the row's stored JSON when the change is applied (see `ChangeStore.apply`)."""
+
+    __slots__ = ("ident", "route", "text")
+
+    def __init__(self, route: Route, text: Sequence[Any], ident: str) -> None:
+        self.route, self.text, self.ident = route, text, ident
+
+    def complete(self, row: bytes | None, hidden: bytes | None) -> Image:
+        if row is None:
+            log.warning(
+                "unchanged TOAST value for a row the store lacks", collection=self.route.name
+            )
+        return self.route.image(self.text, row, hidden)
+
+
+class Route:
+    """The compiled mapping of one collection onto one table."""
+
+    def __init__(self, config: CollectionConfig, table: TableInfo) -> None:
+        self.name = config.name
+        self.config = config
+        self.table = table
+        self.exposed: tuple[str, ...] = config.columns or table.column_names
+        self.key: tuple[str, ...] = (
+            config.key or table.primary_key or (table.unique_keys[0] if table.unique_keys else ())
+        )
+        if table.replica_identity in ("d", "i") and table.identity_index:
+            self.ident_columns: tuple[str, ...] = table.identity_index
+        else:
+            self.ident_columns = self.key
+        types = {c.name: c.type_name for c in table.columns}
+        self.read: ReadRule = compile_read_rule(config.read, types)
+        extra = [
+            c
+            for c in (*self.key, *self.ident_columns, *sorted(self.read.columns))
+            if c not in self.exposed
+        ]
+        self.needed: tuple[str, ...] = tuple(dict.fromkeys((*self.exposed, *extra)))
+        cols = {c.name: c for c in table.columns}
+        self.needed_oids: tuple[int, ...] = tuple(cols[c].type_oid for c in self.needed)
+        self._tx = make_transformer(self.needed_oids)
+        pos = {c: i for i, c in enumerate(self.needed)}
+        self._n_exposed = len(self.exposed)
+        self._hidden = self.needed[self._n_exposed :]
+        self._ident_pos = tuple((c, pos[c]) for c in self.ident_columns)
+        self._key_json = _json_of(tuple((c, pos[c]) for c in self.key))
+        self._ident_json = None if self.ident_columns == self.key else _json_of(self._ident_pos)
+        self._fixers = tuple(
+            (i, f) for i, oid in enumerate(self.needed_oids) if (f := json_fixer(oid)) is not None
+        )
+        self._prefix = scope_prefix(self.name)
+        self._static_scopes = (
+            None if self.read.columns else tuple(self._prefix + s for s in self.read.row_scopes({}))
+        )
+        self._scopes = self.read.scoper(self._prefix, self.needed)
+        # The image of a row given the typed values of every needed column, in order.
+        self.image_of_typed: Callable[[Sequence[Any]], Image] = self._image_builder()
+
+    # -- identity -----------------------------------------------------------------------
+
+    def ident_of(self, text: Sequence[Any]) -> str:
+        """Identity from the text of the needed columns (only ident positions are read)."""
+        loaded = self._tx.load_sequence(
+            [None if v is UNCHANGED else v for v in text] if UNCHANGED in text else text
+        )
+        return dumps({c: loaded[i] for c, i in self._ident_pos}).decode()
+
+    # -- images -------------------------------------------------------------------------
+
+    def image(
+        self, text: Sequence[Any], old_row: bytes | None = None, old_hidden: bytes | None = None
+    ) -> Image:
+        """The store image of a row given the text of every needed column, in order.
+
+        `old_row`/`old_hidden` (the stored JSON) fill in values sent as UNCHANGED.
+        """
+        if UNCHANGED in text:
+            return self._image_merging(text, old_row, old_hidden)
+        return self.image_of_typed(self._tx.load_sequence(text))
+
+    def change_image(self, text: Sequence[Any]) -> Image | PendingImage:
+        """The image of a row change: pending when values were sent as UNCHANGED, to be
+        completed by the store with the row's stored JSON."""
+        if UNCHANGED in text:
+            return PendingImage(self, text, self.ident_of(text))
+        return self.image_of_typed(self._tx.load_sequence(text))
+
+    def _image_merging(
+        self, text: Sequence[Any], old_row: bytes | None, old_hidden: bytes | None
+    ) -> Image:
+        values = list(self._tx.load_sequence([None if v is UNCHANGED else v for v in text]))
+        old: dict[str, Any] = {}
+        if old_row:
+            old.update(orjson.loads(old_row))
+        if old_hidden:
+            old.update(orjson.loads(old_hidden))
+        for i, v in enumerate(text):
+            if v is UNCHANGED:
+                values[i] = old.get(self.needed[i])
+        return self.image_of_typed(values)
+
+    def _image_builder(self) -> Callable[[Sequence[Any]], Image]:
+        """`image_of_typed` for this route. Capture and the initial copy call it once per
+        row, so it is a closure over locals."""
+        needed, exposed, hidden_names = self.needed, self.exposed, self._hidden
+        n = self._n_exposed
+        fixers = self._fixers
+        key_json, ident_json = self._key_json, self._ident_json
+        static, scopes_of = self._static_scopes, self._scopes
+        encode, default, opts = orjson.dumps, values_default, JSON_OPTIONS
+
+        def image(values: Sequence[Any]) -> Image:
+            if fixers:
+                values = list(values)
+                for i, fix in fixers:
+                    values[i] = fix(values[i])
+            # zip() without strict=: the lengths match by construction, and the keyword
+            # argument alone costs a sixth of this function.
+            if hidden_names:
+                row = encode(dict(zip(exposed, values)), default, opts)  # noqa: B905
+                hidden = encode(dict(zip(hidden_names, values[n:])), default, opts)  # noqa: B905
+            else:
+                row = encode(dict(zip(needed, values)), default, opts)  # noqa: B905
+                hidden = _EMPTY
+            key = key_json(values)
+            ident = key if ident_json is None else ident_json(values)
+            scopes = scopes_of(values) if static is None else static
+            return Image(ident.decode(), key, row, rev_of(row), scopes, hidden)
+
+        return image
+
+    def image_of_values(self, values: Mapping[str, Any]) -> Image:
+        """The image of a row given typed values by column name (e.g. from a SELECT)."""
+        return self.image_of_typed([values.get(c) for c in self.needed])
+
+    def request_scopes(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(self._prefix + s for s in self.read.request_scopes(claims))
+
+
+def collection_shapes(routes: Sequence[Route]) -> dict[str, str]:
+    """Per collection, a fingerprint of everything that decides what the store holds for
+    it: table, key, columns and their types, read rule. A collection stored with another
+    shape must be copied again (its rows, images and scopes would be stale)."""
+    return {
+        r.name: hashlib.blake2b(
+            orjson.dumps(
+                [
+                    str(r.table.ref),
+                    list(r.key),
+                    list(r.ident_columns),
+                    [(c, r.table.column(c).type_name) for c in r.needed],  # type: ignore[union-attr]
+                    list(r.exposed),
+                    r.config.read.text,
+                ]
+            ),
+            digest_size=8,
+        ).hexdigest()
+        for r in routes
+    }
+
+
+def store_shape(routes: Sequence[Route]) -> str:
+    """The shapes of all these collections, as the store records them (JSON)."""
+    return orjson.dumps(collection_shapes(routes), option=orjson.OPT_SORT_KEYS).decode()

@@ -1,0 +1,324 @@
+"""The running sidecar: preflight, store, routes, capture, pull — wired, started, stopped.
+
+`Service.start(config)` is what `sidecar run` and the tests call; the HTTP layer gets the
+started service and only translates requests onto its parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from sidecar.auth import Authenticator
+from sidecar.capture.runner import CaptureRunner
+from sidecar.config.model import Config
+from sidecar.errors import ConfigError, ConfigProblem, PreflightError
+from sidecar.notify import Notifier
+from sidecar.observability import Metrics
+from sidecar.permissions import Permissions
+from sidecar.preflight import (
+    PreflightReport,
+    add_to_publication,
+    create_publication,
+    run_preflight,
+)
+from sidecar.pull import Puller, schema_version
+from sidecar.push import Pusher
+from sidecar.ratelimit import RateLimiter
+from sidecar.route import Route, collection_shapes
+from sidecar.store.sqlite import SQLiteStore
+from sidecar.values import configure_connection, session_options
+
+log = structlog.get_logger("sidecar")
+
+PURGE_INTERVAL = 3600.0
+
+
+def preflight(config: Config) -> PreflightReport:
+    with psycopg.connect(config.database.url, autocommit=True) as conn:
+        return run_preflight(conn, config)
+
+
+def prepare_database(config: Config) -> PreflightReport:
+    """Preflight; create the publication when allowed and missing. Raises PreflightError."""
+    with psycopg.connect(config.database.url, autocommit=True) as conn:
+        report = run_preflight(conn, config)
+        if not report.ok:
+            raise PreflightError(list(report.problems))
+        if not report.publication_exists:
+            stmt = create_publication(conn, config, list(report.tables.values()))
+            log.info("created publication", statement=stmt)
+        elif report.publication_adds:
+            stmt = add_to_publication(conn, config, list(report.publication_adds))
+            log.info("added tables to the publication", statement=stmt)
+    for w in report.warnings:
+        log.warning(w)
+    return report
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    configure_connection(conn)
+
+
+@dataclass
+class Service:
+    config: Config
+    store: SQLiteStore
+    routes: dict[str, Route]
+    notifier: Notifier
+    capture: CaptureRunner
+    puller: Puller
+    pusher: Pusher
+    pool: AsyncConnectionPool
+    auth: Authenticator
+    metrics: Metrics
+    limiter: RateLimiter | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
+    _next_routes: dict[str, Route] | None = None  # set by a reload that adds collections
+
+    @classmethod
+    async def start(cls, config: Config) -> Service:
+        report = await asyncio.to_thread(prepare_database, config)
+        routes = {
+            name: Route(coll, report.tables[name]) for name, coll in config.collections.items()
+        }
+        store = SQLiteStore(Path(config.store.path))
+        notifier = Notifier()
+        permissions = Permissions(config.auth)
+        capture = CaptureRunner(config, store, list(routes.values()), notifier)
+        puller = Puller(
+            store,
+            routes,
+            notifier,
+            capture,
+            max_page=config.limits.max_page,
+            max_wait=config.limits.pull_wait,
+            permissions=permissions,
+            live_per_subject=config.limits.live_per_subject,
+            live_total=config.limits.live_total,
+            cache_bytes=config.limits.page_cache,
+        )
+        pool = AsyncConnectionPool(
+            config.database.url,
+            min_size=1,
+            max_size=config.database.pool_size,
+            kwargs={"options": session_options(), "application_name": "sidecar-push"},
+            configure=_configure,
+            open=False,
+            name="sidecar-push",
+        )
+        await pool.open()
+        pusher = Pusher(
+            routes,
+            store,
+            capture,
+            pool,
+            user_claim=config.auth.claims.user,
+            permissions=permissions,
+        )
+        service = cls(
+            config=config,
+            store=store,
+            routes=routes,
+            notifier=notifier,
+            capture=capture,
+            puller=puller,
+            pusher=pusher,
+            pool=pool,
+            auth=Authenticator(config.auth),
+            metrics=Metrics(),
+            limiter=RateLimiter(config.limits.rate) if config.limits.rate else None,
+        )
+        service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
+        service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))
+        return service
+
+    async def reload(self, new: Config) -> list[str]:
+        """Apply a new config without touching the replication stream: write rules and
+        conflict strategies, permissions, limits, auth, log level. Returns the top-level
+        sections that changed. Raises ConfigError, keeping the running config, when the
+        change needs a restart (database, store, server, page cache, body size, or anything
+        that changes what the store holds: collections, tables, keys, columns, read rules).
+        """
+        old = self.config
+        fixed = [
+            name
+            for name, a, b in (
+                ("database", old.database, new.database),
+                ("store", old.store, new.store),
+                (
+                    "server.host/port",
+                    (old.server.host, old.server.port),
+                    (new.server.host, new.server.port),
+                ),
+                ("limits.max_body", old.limits.max_body, new.limits.max_body),
+                ("limits.page_cache", old.limits.page_cache, new.limits.page_cache),
+            )
+            if a != b
+        ]
+        removed = [c for c in old.collections if c not in new.collections]
+        if removed:
+            fixed.append(f"collections removed ({', '.join(removed)})")
+        added: list[str] = []
+        if not fixed:
+            report = await asyncio.to_thread(preflight, new)
+            if not report.ok:
+                raise PreflightError(list(report.problems))
+            routes = {
+                name: Route(coll, report.tables[name]) for name, coll in new.collections.items()
+            }
+            now, before = (
+                collection_shapes(list(routes.values())),
+                collection_shapes(list(self.routes.values())),
+            )
+            if any(now[c] != h for c, h in before.items()):
+                fixed.append("collections (tables, keys, columns or read rules)")
+            added = [c for c in now if c not in before]
+        if fixed:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        new.file,
+                        "",
+                        None,
+                        f"{', '.join(fixed)} changed: that needs a restart (the running "
+                        "config stays in force)",
+                    )
+                ]
+            )
+        permissions = Permissions(new.auth)
+        limits = new.limits
+        self.routes = routes
+        self.puller.routes = dict(routes)
+        self.puller.permissions = permissions
+        self.puller.max_page, self.puller.max_wait = limits.max_page, limits.pull_wait
+        self.puller.live_per_subject, self.puller.live_total = (
+            limits.live_per_subject,
+            limits.live_total,
+        )
+        self.puller.schema_version = schema_version(list(routes.values()))
+        self.pusher.routes = dict(routes)
+        self.pusher.permissions = permissions
+        self.pusher.user_claim = new.auth.claims.user
+        self.auth = Authenticator(new.auth)
+        if limits.rate != old.limits.rate:
+            self.limiter = RateLimiter(limits.rate) if limits.rate else None
+        self.config = new
+        changed = [
+            f.name
+            for f in dataclasses.fields(new)
+            if f.name != "file" and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        if added:  # capture starts again with the new routes and copies only these
+            await asyncio.to_thread(prepare_database, new)  # adds them to the publication
+            self._next_routes = routes
+            await self.capture.stop()
+        log.info("config reloaded", changed=changed, collections_added=added)
+        return changed
+
+    async def _run_capture(self) -> None:
+        """Run capture; when a synced table changes shape, re-read the catalog and start
+        over with new routes: the store no longer matches them, so the new runner rebuilds
+        it (new epoch: clients resync and get the new schema_version). Ends when capture
+        fails for good, or the new shape no longer fits the config (preflight problems)."""
+        while True:
+            await self.capture.run()
+            if self._next_routes is not None:  # a reload added collections
+                routes, self._next_routes = self._next_routes, None
+                await self._swap_capture(routes)
+                continue
+            if self.capture.status.phase != "schema_changed":
+                return
+            detail = self.capture.status.error
+            try:
+                report = await asyncio.to_thread(preflight, self.config)
+            except psycopg.Error as exc:
+                self.capture.status.error = f"{detail}; and the catalog cannot be read: {exc}"
+                self.capture.status.phase = "failed"
+                return
+            if not report.ok:
+                self.capture.status.phase = "failed"
+                self.capture.status.error = f"{detail}; the config no longer fits: " + "; ".join(
+                    report.problems
+                )
+                log.error("capture stopped", error=self.capture.status.error)
+                return
+            routes = {
+                name: Route(coll, report.tables[name])
+                for name, coll in self.config.collections.items()
+            }
+            await self.capture.stop()
+            await self._swap_capture(routes)
+            log.warning("re-initialising capture for the new table shape", detail=detail)
+
+    async def _swap_capture(self, routes: dict[str, Route]) -> None:
+        """A new capture runner for `routes` (the old one is stopped), wired everywhere."""
+        self.store.rollback()  # whatever the old runner left half-written
+        self.capture = CaptureRunner(self.config, self.store, list(routes.values()), self.notifier)
+        self.routes = routes
+        self.puller.routes = dict(routes)
+        self.puller.capture = self.capture
+        self.puller.schema_version = schema_version(list(routes.values()))
+        self.pusher.routes = dict(routes)
+        self.pusher.capture = self.capture
+
+    async def _purge_loop(self) -> None:
+        await self.capture.wait_ready()
+        while True:
+            try:
+                purged = await self.capture.purge_tombstones()
+                if purged:
+                    log.info("purged tombstones", count=purged)
+            except Exception:  # a failed purge must never stop the service
+                log.exception("tombstone purge failed")
+            await asyncio.sleep(PURGE_INTERVAL)
+
+    def update_metrics(self) -> None:
+        st = self.capture.status
+        m = self.metrics
+        m.rows_applied.set(st.rows_applied)
+        m.commits_applied.set(st.commits_applied)
+        m.flushed_lsn.set(st.acked_lsn)
+        m.lag_bytes.set(max(0, st.server_lsn - st.flushed_lsn))
+        m.lag_seconds.set(st.lag_seconds())
+        m.live_waiters.set(self.notifier.waiter_count())
+        m.live_requests.set(self.puller.live_count())
+        cache = self.puller.cache
+        m.page_cache_hits.inc(cache.hits - self._counted[0])
+        m.page_cache_misses.inc(cache.misses - self._counted[1])
+        self._counted = (cache.hits, cache.misses)
+        counts = self.store.counts()
+        m.store_rows.set(counts["rows"])
+        m.store_bytes.set(counts["bytes"])
+
+    async def retained_wal(self) -> int | None:
+        """Bytes of WAL the slot holds on the server (None if it cannot be read now)."""
+        try:
+            async with self.pool.connection(timeout=1.0) as conn:
+                cur = await conn.execute(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+                    "FROM pg_replication_slots WHERE slot_name = %s",
+                    (self.config.database.slot,),
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout):
+            return None
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.pool.close()
+        await self.capture.stop()
+        self.store.close()

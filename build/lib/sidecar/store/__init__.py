@@ -1,0 +1,1 @@
+"""Stores: where captured rows, their scopes and versions are kept (SQLite by default)."""

@@ -1,0 +1,126 @@
+"""The ChangeStore protocol: what capture writes and pull reads.
+
+A store keeps, for every synced row, its latest image (compacted), its scopes and its
+version; a tombstone per scope a row left (kept for the retention period); the last
+applied commit LSN; and the store's epoch (a new one whenever the store is rebuilt, so
+cursors from an older store are refused). Each batch of transactions and its LSN is
+committed atomically.
+
+Writing happens on one thread (the capture writer); reading on any thread. `apply` is
+what capture uses: the store looks up the rows' previous images itself, so that a batch of
+changes costs a few set-based statements rather than a round of lookups per row.
+Every implementation runs the contract suite in `tests/contract/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from sidecar.changes import Image
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    epoch: str
+    lsn: int  # end LSN of the last applied commit (or the snapshot's consistent point)
+    version: int  # highest version assigned
+    snapshot_done: bool
+    purged_version: int  # tombstones at or below this version may be gone
+    slot: str | None
+    system_id: str | None
+    database: str | None
+    shape: str | None = None  # fingerprint of what the routes put in the store
+    acked_lsn: int = 0  # highest position acknowledged to the server (≥ lsn when idle)
+    backfill: str | None = None  # JSON {collection: LSN of the snapshot it was copied at}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A row's last image as kept by the store (what capture needs to apply a change)."""
+
+    ident: str
+    version: int
+    rev: str
+    key: bytes
+    scopes: tuple[str, ...]
+    row: bytes  # JSON of the exposed columns
+    hidden: bytes  # JSON of the needed columns that are not exposed
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """One row change to apply: `new` None means the row is gone."""
+
+    collection: str
+    old: StoredRow | None
+    new: Image | None
+
+
+class PendingImage(Protocol):
+    """A row image that needs the row's stored JSON to be complete.
+
+    An UPDATE does not resend TOASTed values it left alone; their JSON comes from the
+    image the store holds for the row when the change is applied.
+    """
+
+    @property
+    def ident(self) -> str: ...
+
+    def complete(self, row: bytes | None, hidden: bytes | None) -> Image:
+        """The full image, given the stored `row`/`hidden` JSON (None: the store lacks it)."""
+        ...
+
+
+class RowChange(NamedTuple):
+    """One row change, in stream order, for `ChangeStore.apply`."""
+
+    collection: str
+    gone: str | None  # identity that stops existing: a delete, or the old one of a key change
+    new: Image | PendingImage | None  # the row's image after the change (None: deleted)
+
+
+@dataclass(frozen=True, slots=True)
+class PageData:
+    lines: list[bytes]
+    last_version: int  # version of the last change in `lines` (or the cursor's if none)
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MutationRecord:
+    """A mutation the write path applied, as its WAL message reported it."""
+
+    id: str
+    subject: str | None
+    device: str | None
+    lsn: int
+    outcome: bytes  # JSON of the first result given for this id
+
+
+class ChangeStore(Protocol):
+    # -- lifecycle -----------------------------------------------------------------------
+    def state(self) -> StoreState: ...
+    def reset(self, *, slot: str, system_id: str, database: str, shape: str = "") -> StoreState: ...
+    def close(self) -> None: ...
+
+    # -- writer side (one thread) ----------------------------------------------------------
+    def get_rows(self, collection: str, idents: Iterable[str]) -> dict[str, StoredRow]: ...
+    def apply(self, changes: Sequence[RowChange]) -> set[str]: ...
+    def write(self, writes: Sequence[RowWrite]) -> set[str]: ...
+    def load(self, collection: str, images: Sequence[Image]) -> None: ...
+    def truncate(self, collection: str) -> set[str]: ...
+    def record_mutations(self, records: Sequence[MutationRecord]) -> None: ...
+    def commit(self, lsn: int | None = None, *, snapshot_done: bool | None = None) -> None: ...
+    def note_acked(self, lsn: int) -> bool: ...
+    def set_layout(self, shape: str, backfill: str) -> None: ...
+    def rollback(self) -> None: ...
+    def purge_tombstones(self, older_than: float) -> int: ...
+
+    # -- reader side (any thread) ----------------------------------------------------------
+    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData: ...
+    def mutation(self, mutation_id: str) -> MutationRecord | None: ...
+    def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]: ...
+    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]: ...
+    def counts(self) -> dict[str, int]: ...

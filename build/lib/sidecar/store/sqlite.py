@@ -1,0 +1,759 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Tables:
+- `rows`: the latest image of every synced row (compacted), keyed by (collection, ident);
+  a row in exactly one scope (the usual case) names it in `scope`, and is itself that
+  scope's entry for the row: indexed by (scope, version), it is what a pull reads;
+- `entries`: the other entries, per scope: tombstones (a scope the row left: they keep
+  the key and rev the row had) and the upsert entries of rows in several scopes (they
+  hold no copy of the row: a pull reads it from `rows`, an upsert entry's version being
+  always its row's). Keyed by (scope, version); a row's upsert entry is found by
+  (scope, row version), a tombstone, to be replaced when the row comes back, by identity;
+- `marks`: version → wall time, to find the tombstones older than the retention period;
+- `mutations`: applied mutation ids and their first outcome;
+- `meta`: epoch, last applied LSN, version counter, snapshot state, slot identity.
+
+So a change of a row that stays in its one scope rewrites one record, and a pull is one
+merged range scan of two indexes.
+
+A write batch and its LSN commit in one SQLite transaction (`synchronous=FULL`, so an
+acknowledged LSN survives a crash of the process or of the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sidecar.changes import Image
+from sidecar.store.base import (
+    MutationRecord,
+    PageData,
+    RowChange,
+    RowWrite,
+    StoredRow,
+    StoreState,
+)
+from sidecar.store.netting import Netting, RowState, Stored
+
+# Bumped when the file layout changes; a store of another format is rebuilt.
+FORMAT = "3"
+
+# Tables are plain rowid tables so that the initial copy appends; their indexes are built
+# after it (a bulk load runs without them).
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rows (
+    collection TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    rev TEXT NOT NULL,
+    key BLOB NOT NULL,
+    scopes TEXT NOT NULL,
+    scope TEXT,
+    row BLOB NOT NULL,
+    hidden BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    scope TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    collection TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    key BLOB,
+    rev TEXT
+);
+CREATE TABLE IF NOT EXISTS marks (version INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS mutations (
+    id TEXT PRIMARY KEY,
+    subject TEXT,
+    device TEXT,
+    lsn INTEGER NOT NULL,
+    outcome BLOB NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS rows_ident ON rows (collection, ident);
+CREATE INDEX IF NOT EXISTS rows_scope ON rows (scope, version);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_scope ON entries (scope, version);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_tombstone ON entries (collection, ident, scope)
+    WHERE deleted = 1;
+CREATE INDEX IF NOT EXISTS entries_purge ON entries (version) WHERE deleted = 1;
+CREATE INDEX IF NOT EXISTS mutations_row
+    ON mutations (json_extract(outcome, '$.collection'), json_extract(outcome, '$.key'));
+"""
+
+_TABLES = ("rows", "entries", "marks", "mutations", "meta")
+
+# Batched statements take their rows as one JSON array parameter (json_each): a batch is
+# then a single sqlite3_step, which runs without the GIL, instead of one step per row
+# (executemany), each of which must win the GIL back from the threads routing rows.
+# Blobs travel as JSON strings and are cast back. A row update without `row` (null) keeps
+# the stored one: a change of hidden columns only.
+_LOOKUP = """
+SELECT json_group_array(json_array(
+    r.ident, r.rowid, r.version, r.rev, json(r.scopes), CAST(r.key AS TEXT),
+    CAST(r.hidden AS TEXT){row}))
+FROM json_each(?1) v CROSS JOIN rows r ON r.collection = ?2 AND r.ident = v.value
+"""
+_ROWS_DELETE = "DELETE FROM rows WHERE rowid IN (SELECT value FROM json_each(?))"
+_ROWS_UPDATE = """
+UPDATE rows SET version = v.value ->> 1, rev = v.value ->> 2,
+    key = CAST(v.value ->> 3 AS BLOB), scopes = v.value -> 4, scope = v.value ->> 5,
+    row = coalesce(CAST(v.value ->> 6 AS BLOB), row), hidden = CAST(v.value ->> 7 AS BLOB)
+FROM json_each(?) v WHERE rows.rowid = v.value ->> 0
+"""
+_ROWS_INSERT = """
+INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, row, hidden)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, CAST(value ->> 4 AS BLOB),
+    value -> 5, value ->> 6, CAST(value ->> 7 AS BLOB), CAST(value ->> 8 AS BLOB)
+FROM json_each(?)
+"""
+_ROWS_REWRITE = """
+UPDATE rows SET version = v.value ->> 1, rev = v.value ->> 2,
+    key = CAST(v.value ->> 3 AS BLOB), row = CAST(v.value ->> 4 AS BLOB),
+    hidden = CAST(v.value ->> 5 AS BLOB)
+FROM json_each(?) v WHERE rows.rowid = v.value ->> 0
+"""
+# The usual batch, tried first: rows changed once each, staying in their one scope. The
+# statement finds them itself (no lookup); a row that is not such a change is left alone,
+# which the count of rows changed tells. The collection comes with each row: a join term
+# on a parameter alone would make the planner scan the collection's rows.
+_ROWS_REWRITE_IN_SCOPE = """
+UPDATE rows SET version = ?2 + v.key, rev = v.value ->> 2, row = CAST(v.value ->> 4 AS BLOB),
+    key = coalesce(CAST(v.value ->> 5 AS BLOB), rows.key),
+    hidden = coalesce(CAST(v.value ->> 6 AS BLOB), X'7B7D')
+FROM json_each(?1) v
+WHERE rows.collection = v.value ->> 0 AND rows.ident = v.value ->> 1
+    AND rows.scope = v.value ->> 3 AND rows.rev <> v.value ->> 2
+"""
+_ENTRIES_RENUMBER = """
+UPDATE entries SET version = v.value ->> 2 FROM json_each(?) v
+WHERE entries.scope = v.value ->> 0 AND entries.version = v.value ->> 1
+"""
+_ENTRIES_MOVE = """
+UPDATE entries SET version = v.value ->> 2, deleted = v.value ->> 3,
+    key = CAST(v.value ->> 4 AS BLOB), rev = v.value ->> 5
+FROM json_each(?) v
+WHERE entries.scope = v.value ->> 0 AND entries.version = v.value ->> 1
+"""
+_ENTRIES_DELETE = """
+DELETE FROM entries WHERE rowid IN (
+    SELECT e.rowid FROM json_each(?) v CROSS JOIN entries e
+    ON e.scope = v.value ->> 0 AND e.version = v.value ->> 1)
+"""
+_TOMBSTONES_DELETE = """
+DELETE FROM entries WHERE rowid IN (
+    SELECT e.rowid FROM json_each(?) v CROSS JOIN entries e
+    ON e.collection = v.value ->> 0 AND e.ident = v.value ->> 1 AND e.scope = v.value ->> 2
+        AND e.deleted = 1)
+"""
+_ENTRIES_INSERT = """
+INSERT INTO entries (scope, version, collection, ident, deleted, key, rev)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
+    CAST(value ->> 5 AS BLOB), value ->> 6
+FROM json_each(?)
+"""
+_LOAD_ROW = """
+INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, row, hidden)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_LOAD_ENTRY = """
+INSERT INTO entries (scope, version, collection, ident, deleted) VALUES (?, ?, ?, ?, 0)
+"""
+# A scope's changes after a version: its one-scope rows merged with its other entries.
+_PULL = """
+SELECT version, 0, collection, key, rev, row FROM rows WHERE scope = ?1 AND version > ?2
+UNION ALL
+SELECT e.version, e.deleted, e.collection, coalesce(e.key, r.key), coalesce(e.rev, r.rev), r.row
+FROM entries e LEFT JOIN rows r
+    ON e.deleted = 0 AND r.collection = e.collection AND r.ident = e.ident
+WHERE e.scope = ?1 AND e.version > ?2
+ORDER BY 1 LIMIT ?3
+"""
+_LOOKUP_CHUNK = 20_000  # identities per lookup statement
+_EMPTY = b"{}"
+_SCOPES_CACHE = 100_000  # distinct scope lists whose JSON is kept
+_IN_SCOPE_SKIP = 8  # batches that skip the one-statement attempt after it missed
+
+
+def upsert_line(collection_json: bytes, key: bytes, row: bytes, rev: str, version: int) -> bytes:
+    return b"".join(
+        (
+            b'{"collection":',
+            collection_json,
+            b',"op":"upsert","key":',
+            key,
+            b',"row":',
+            row,
+            b',"rev":"',
+            rev.encode(),
+            b'","version":"',
+            str(version).encode(),
+            b'"}',
+        )
+    )
+
+
+def delete_line(collection_json: bytes, key: bytes, rev: str, version: int) -> bytes:
+    return b"".join(
+        (
+            b'{"collection":',
+            collection_json,
+            b',"op":"delete","key":',
+            key,
+            b',"rev":"',
+            rev.encode(),
+            b'","version":"',
+            str(version).encode(),
+            b'"}',
+        )
+    )
+
+
+def _text(blob: bytes | None) -> str | None:
+    """A JSON blob as a str, to travel inside a JSON batch."""
+    return None if blob is None else blob.decode()
+
+
+class SQLiteStore:
+    """ChangeStore on one SQLite file. Writer methods must be called from one thread."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._w = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._w.execute("PRAGMA journal_mode=WAL")
+        self._w.execute("PRAGMA synchronous=FULL")
+        self._w.execute("PRAGMA cache_size=-65536")
+        self._w.execute("PRAGMA temp_store=MEMORY")
+        self._w.executescript(_SCHEMA)
+        if self._meta("format") not in (None, FORMAT):
+            self._drop_all()
+            self._w.executescript(_SCHEMA)
+        self._local = threading.local()
+        self._in_txn = False
+        self._coll_json: dict[str, bytes] = {}
+        self._in_scope_skip = 0
+        self._scopes_text: dict[tuple[str, ...], str] = {}
+        if self._meta("epoch") is None:
+            self._init_meta()
+        self._w.executescript(_INDEXES)
+        self._indexed = True
+        self._version = int(self._meta("version") or 0)
+        self._state = self._load_state()
+
+    # -- meta ----------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self._w.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, **values: object) -> None:
+        self._w.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [(k, str(v)) for k, v in values.items() if v is not None],
+        )
+
+    def _init_meta(self) -> None:
+        self._w.execute("BEGIN IMMEDIATE")
+        self._set_meta(
+            format=FORMAT,
+            epoch=secrets.token_hex(4),
+            lsn=0,
+            version=0,
+            snapshot_done=0,
+            purged_version=0,
+        )
+        self._w.execute("COMMIT")
+
+    def state(self) -> StoreState:
+        """The committed state (cached: safe to call from any thread)."""
+        return self._state
+
+    def _load_state(self) -> StoreState:
+        m = dict(self._w.execute("SELECT key, value FROM meta").fetchall())
+        return StoreState(
+            epoch=m["epoch"],
+            lsn=int(m.get("lsn", 0)),
+            version=int(m.get("version", 0)),
+            snapshot_done=m.get("snapshot_done") == "1",
+            purged_version=int(m.get("purged_version", 0)),
+            slot=m.get("slot"),
+            system_id=m.get("system_id"),
+            database=m.get("database"),
+            shape=m.get("shape"),
+            acked_lsn=int(m.get("acked_lsn", 0)),
+            backfill=m.get("backfill"),
+        )
+
+    def reset(self, *, slot: str, system_id: str, database: str, shape: str = "") -> StoreState:
+        """Wipe everything and start a new epoch (old cursors become invalid)."""
+        if self._in_txn:
+            self.rollback()
+        self._drop_all()
+        self._w.executescript(_SCHEMA)  # without the secondary indexes: a bulk load follows
+        self._indexed = False
+        self._init_meta()
+        self._w.execute("BEGIN IMMEDIATE")
+        self._set_meta(slot=slot, system_id=system_id, database=database, shape=shape)
+        self._w.execute("COMMIT")
+        self._version = 0
+        self._state = self._load_state()
+        return self._state
+
+    def _drop_all(self) -> None:
+        for table in _TABLES:
+            self._w.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def close(self) -> None:
+        if self._in_txn:
+            self.rollback()
+        self._w.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- writer side ---------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._in_txn:
+            self._w.execute("BEGIN IMMEDIATE")
+            self._in_txn = True
+
+    def _ensure_indexes(self) -> None:
+        """Create the secondary indexes (inside the open transaction) if a bulk load left
+        them out."""
+        if not self._indexed:
+            for stmt in _INDEXES.strip().split(";"):
+                if stmt.strip():
+                    self._w.execute(stmt)
+            self._indexed = True
+
+    def _cj(self, collection: str) -> bytes:
+        cj = self._coll_json.get(collection)
+        if cj is None:
+            cj = self._coll_json[collection] = orjson.dumps(collection)
+        return cj
+
+    # -- row changes -----------------------------------------------------------------------
+
+    def _lookup(self, collection: str, idents: Iterable[str], with_row: bool) -> list[list[Any]]:
+        """Stored rows by identity: [ident, rowid, version, rev, scopes, key, hidden(, row)]."""
+        sql = _LOOKUP.format(row=", CAST(r.row AS TEXT)" if with_row else "")
+        wanted = list(idents)
+        found: list[list[Any]] = []
+        for i in range(0, len(wanted), _LOOKUP_CHUNK):
+            chunk = orjson.dumps(wanted[i : i + _LOOKUP_CHUNK])
+            (text,) = self._w.execute(sql, (chunk, collection)).fetchone()
+            found.extend(orjson.loads(text))
+        return found
+
+    def get_rows(self, collection: str, idents: Iterable[str]) -> dict[str, StoredRow]:
+        out: dict[str, StoredRow] = {}
+        for ident, _, version, rev, scopes, key, hidden, row in self._lookup(
+            collection, dict.fromkeys(idents), with_row=True
+        ):
+            out[ident] = StoredRow(
+                ident, version, rev, key.encode(), tuple(scopes), row.encode(), hidden.encode()
+            )
+        return out
+
+    def _stored(
+        self, changes: Sequence[RowChange]
+    ) -> tuple[dict[str, dict[str, Stored]], dict[str, set[str]]]:
+        """The stored rows the changes name, per collection and identity; and the
+        identities named more than once."""
+        named: dict[str, list[str]] = {}
+        with_row = False
+        for coll, gone, new in changes:
+            ids = named.get(coll)
+            if ids is None:
+                ids = named[coll] = []
+            if gone is not None:
+                ids.append(gone)
+            if new is not None:
+                ids.append(new.ident)
+                with_row = with_row or type(new) is not Image
+        stored: dict[str, dict[str, Stored]] = {}
+        repeated: dict[str, set[str]] = {}
+        for coll, ids in named.items():
+            unique = dict.fromkeys(ids)
+            if len(unique) < len(ids):
+                repeated[coll] = {i for i, n in Counter(ids).items() if n > 1}
+            found = self._lookup(coll, unique, with_row)
+            for r in found:
+                r[4] = tuple(r[4])
+            stored[coll] = {r[0]: r for r in found}
+        return stored, repeated
+
+    def apply(self, changes: Sequence[RowChange]) -> set[str]:
+        """Apply row changes in order; returns the scopes whose content changed.
+
+        The usual batch (stored rows changed once each, staying in their one scope) is one
+        statement. Any other is netted in memory (see `netting`) over one lookup of the
+        rows it names, then written with a few set-based statements.
+        """
+        self._begin()
+        self._ensure_indexes()
+        touched = self._rewrite_in_scope(changes)
+        if touched is not None:
+            return touched
+        netting = Netting(self._version, *self._stored(changes))
+        for change in changes:
+            netting.replay(change)
+        if netting.rewrites:
+            self._w.execute(_ROWS_REWRITE, (orjson.dumps(netting.rewrites),))
+        if netting.renumbers:
+            self._w.execute(_ENTRIES_RENUMBER, (orjson.dumps(netting.renumbers),))
+        self._write_out(netting.states.values())
+        self._version = netting.version
+        return netting.touched
+
+    def _rewrite_in_scope(self, changes: Sequence[RowChange]) -> set[str] | None:
+        """Apply the batch in one statement if it is the usual one: stored rows, each
+        changed once and staying in its one scope (a bulk UPDATE). None if it is not,
+        with nothing written.
+
+        The statement needs no lookup: it finds each row by identity and rewrites it only
+        if it is in that scope with another rev; if it rewrote fewer rows than the batch
+        has, it is rolled back and the batch takes the general way. After such a miss the
+        next few batches go the general way directly.
+        """
+        if self._in_scope_skip:
+            self._in_scope_skip -= 1
+            return None
+        batch: list[tuple[str, str, str, str, str, str | None, str | None]] = []
+        idents: set[tuple[str, str]] = set()
+        for coll, gone, im in changes:
+            if gone is not None or type(im) is not Image or len(im.scopes) != 1:
+                return None
+            idents.add((coll, im.ident))
+            # A key equal to the identity, or hidden columns as "{}", travel as null:
+            # less for SQLite to parse out of the JSON.
+            key = im.key.decode()
+            batch.append(
+                (coll, im.ident, im.rev, im.scopes[0], im.row.decode(),
+                 None if key == im.ident else key,
+                 None if im.hidden == _EMPTY else im.hidden.decode())
+            )  # fmt: skip
+        if len(idents) < len(batch):
+            return None
+        self._w.execute("SAVEPOINT in_scope")
+        cur = self._w.execute(_ROWS_REWRITE_IN_SCOPE, (orjson.dumps(batch), self._version + 1))
+        if cur.rowcount != len(batch):
+            self._w.execute("ROLLBACK TO in_scope")
+            self._w.execute("RELEASE in_scope")
+            self._in_scope_skip = _IN_SCOPE_SKIP
+            return None
+        self._w.execute("RELEASE in_scope")
+        self._version += len(batch)
+        return {b[3] for b in batch}
+
+    def _write_out(self, states: Iterable[RowState]) -> None:
+        """Write the final state of the rows the general replay changed, and their entries.
+
+        A row ending in exactly one scope is its upsert entry there (`rows.scope`); any
+        other final entry is a record of `entries`. Each entry the batch touched goes from
+        where it was stored (in the row, at (scope, stored version), or nowhere but maybe
+        an old tombstone) to where it belongs now.
+        """
+        row_deletes: list[int] = []
+        row_updates: list[tuple[object, ...]] = []
+        row_inserts: list[tuple[object, ...]] = []
+        deletes: list[tuple[str, int]] = []
+        moves: list[tuple[object, ...]] = []
+        clears: list[tuple[str, str, str]] = []
+        inserts: list[tuple[object, ...]] = []
+        for st in states:
+            if not st.changed:
+                continue
+            coll, ident = st.collection, st.ident
+            single = st.scopes[0] if len(st.scopes) == 1 else None  # () once deleted
+            if st.rowid is None:
+                if st.exists:
+                    row_inserts.append(
+                        (coll, ident, st.version, st.rev, st.key.decode(), st.scopes, single,
+                         _text(st.row), st.hidden.decode())
+                    )  # fmt: skip
+            elif not st.exists:
+                row_deletes.append(st.rowid)
+            else:
+                row_updates.append(
+                    (st.rowid, st.version, st.rev, st.key.decode(), st.scopes, single,
+                     _text(st.row), st.hidden.decode())
+                )  # fmt: skip
+            stored, stored_in_row = st.stored_scopes, len(st.stored_scopes) == 1
+            for scope, (version, deleted, key, rev) in st.entries.items():
+                in_row = not deleted and scope == single
+                entry = (scope, version, coll, ident, deleted, _text(key), rev)
+                if scope not in stored:  # replacing the tombstone it may have left before
+                    clears.append((coll, ident, scope))
+                    if not in_row:
+                        inserts.append(entry)
+                elif stored_in_row:
+                    if not in_row:
+                        inserts.append(entry)
+                elif in_row:
+                    deletes.append((scope, st.stored_version))
+                else:
+                    moves.append((scope, st.stored_version, version, deleted, _text(key), rev))
+        for sql, batch in (
+            (_ROWS_DELETE, row_deletes),
+            (_ROWS_UPDATE, row_updates),
+            (_ROWS_INSERT, row_inserts),
+            (_ENTRIES_DELETE, deletes),
+            (_ENTRIES_MOVE, moves),
+            (_TOMBSTONES_DELETE, clears),
+            (_ENTRIES_INSERT, inserts),
+        ):
+            if batch:
+                self._w.execute(sql, (orjson.dumps(batch),))
+
+    def write(self, writes: Sequence[RowWrite]) -> set[str]:
+        """Apply row changes given with the caller's view of each row's current image."""
+        changes = [
+            RowChange(w.collection, w.old.ident if w.new is None and w.old else None, w.new)
+            for w in writes
+            if w.old is not None or w.new is not None
+        ]
+        return self.apply(changes)
+
+    def _scopes_json(self, scopes: tuple[str, ...]) -> str:
+        """JSON of a row's scopes; the same few tuples recur row after row."""
+        text = self._scopes_text.get(scopes)
+        if text is None:
+            if len(self._scopes_text) >= _SCOPES_CACHE:
+                self._scopes_text.clear()
+            text = self._scopes_text[scopes] = orjson.dumps(scopes).decode()
+        return text
+
+    def load(self, collection: str, images: Sequence[Image]) -> None:
+        """Bulk insert for the initial copy into an empty store (no old images).
+
+        `executemany`, not a JSON batch: the copy feeds the store from the thread that
+        reads it, so no other thread competes for the GIL between rows, and binding a
+        row's values costs less than SQLite's parsing them out of JSON.
+        """
+        self._begin()
+        version = self._version
+        rows: list[tuple[object, ...]] = []
+        entries: list[tuple[object, ...]] = []
+        scopes_json = self._scopes_json
+        for ident, key, row, rev, scopes, hidden in images:
+            version += 1
+            if len(scopes) == 1:
+                single = scopes[0]
+            else:
+                single = None
+                for s in scopes:
+                    entries.append((s, version, collection, ident))
+            rows.append(
+                (collection, ident, version, rev, key, scopes_json(scopes), single, row, hidden)
+            )
+        self._w.executemany(_LOAD_ROW, rows)
+        if entries:
+            self._w.executemany(_LOAD_ENTRY, entries)
+        self._version = version
+
+    def truncate(self, collection: str) -> set[str]:
+        """Every row of the collection becomes a tombstone in each of its scopes."""
+        self._begin()
+        self._ensure_indexes()
+        touched: set[str] = set()
+        while True:
+            idents = [
+                r[0]
+                for r in self._w.execute(
+                    "SELECT ident FROM rows WHERE collection = ? LIMIT ?",
+                    (collection, _LOOKUP_CHUNK),
+                )
+            ]
+            if not idents:
+                return touched
+            touched |= self.apply([RowChange(collection, i, None) for i in idents])
+
+    def record_mutations(self, records: Sequence[MutationRecord]) -> None:
+        if not records:
+            return
+        self._begin()
+        now = time.time()
+        self._w.executemany(
+            "INSERT OR IGNORE INTO mutations (id, subject, device, lsn, outcome, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.id, r.subject, r.device, r.lsn, r.outcome, now) for r in records],
+        )
+
+    def commit(self, lsn: int | None = None, *, snapshot_done: bool | None = None) -> None:
+        """Commit the open batch together with the LSN it reaches."""
+        self._begin()
+        self._set_meta(
+            lsn=lsn,
+            version=self._version,
+            snapshot_done=None if snapshot_done is None else int(snapshot_done),
+        )
+        self._w.execute(
+            "INSERT OR REPLACE INTO marks (version, at) VALUES (?, ?)", (self._version, time.time())
+        )
+        if snapshot_done:
+            self._ensure_indexes()
+        self._w.execute("COMMIT")
+        self._in_txn = False
+        self._state = self._load_state()
+
+    def set_layout(self, shape: str, backfill: str) -> None:
+        """In the open batch: the collections' shapes (JSON) and the snapshot LSN of each
+        collection copied after the others (JSON); committed with the batch."""
+        self._begin()
+        self._set_meta(shape=shape, backfill=backfill)
+
+    def note_acked(self, lsn: int) -> bool:
+        """Record, durably, that the server may forget WAL up to `lsn` (an idle position:
+        nothing of ours lies between the last commit and it). False, doing nothing, while
+        a batch is open: acknowledge later."""
+        if self._in_txn:
+            return False
+        self._w.execute("BEGIN IMMEDIATE")
+        self._set_meta(acked_lsn=lsn)
+        self._w.execute("COMMIT")
+        self._state = self._load_state()
+        return True
+
+    def rollback(self) -> None:
+        if self._in_txn:
+            self._w.execute("ROLLBACK")
+            self._in_txn = False
+        self._version = int(self._meta("version") or 0)
+
+    def purge_tombstones(self, older_than: float) -> int:
+        """Forget tombstones older than `older_than` seconds; cursors before them expire."""
+        if self._in_txn:
+            return 0
+        cutoff_at = time.time() - older_than
+        row = self._w.execute(
+            "SELECT max(version) FROM marks WHERE at < ?", (cutoff_at,)
+        ).fetchone()
+        cutoff = row[0] if row and row[0] is not None else None
+        if cutoff is None:
+            return 0
+        self._w.execute("BEGIN IMMEDIATE")
+        cur = self._w.execute("DELETE FROM entries WHERE deleted = 1 AND version <= ?", (cutoff,))
+        self._w.execute("DELETE FROM marks WHERE version < ?", (cutoff,))
+        self._w.execute("DELETE FROM mutations WHERE at < ?", (cutoff_at,))
+        purged = max(cutoff, int(self._meta("purged_version") or 0))
+        self._set_meta(purged_version=purged)
+        self._w.execute("COMMIT")
+        self._state = self._load_state()
+        return cur.rowcount
+
+    # -- reader side ---------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA cache_size=-8192")
+            self._local.conn = conn
+        return conn
+
+    def _line(self, version: int, deleted: int, coll: str, key: bytes, rev: str, row: Any) -> bytes:
+        """The change line of one entry (an upsert shows its row's current image)."""
+        if deleted:
+            return delete_line(self._cj(coll), key, rev, version)
+        return upsert_line(self._cj(coll), key, row, rev, version)
+
+    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData:
+        """Changes after `after` in any of `scopes`, in version order, at most `limit`."""
+        conn = self._reader()
+        if len(scopes) == 1:
+            rows = conn.execute(_PULL, (scopes[0], after, limit + 1)).fetchall()
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+            last = rows[-1][0] if rows else after
+            return PageData([self._line(*r) for r in rows], last, has_more)
+        by_version: dict[int, tuple[Any, ...]] = {}
+        conn.execute("BEGIN")  # one snapshot across the scopes
+        try:
+            for scope in dict.fromkeys(scopes):
+                for r in conn.execute(_PULL, (scope, after, limit + 1)):
+                    seen = by_version.get(r[0])
+                    if seen is None or (seen[1] == 1 and r[1] == 0):
+                        by_version[r[0]] = r
+        finally:
+            conn.execute("COMMIT")
+        versions = sorted(by_version)
+        has_more = len(versions) > limit
+        versions = versions[:limit]
+        last = versions[-1] if versions else after
+        return PageData([self._line(*by_version[v]) for v in versions], last, has_more)
+
+    def mutation(self, mutation_id: str) -> MutationRecord | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT id, subject, device, lsn, outcome FROM mutations WHERE id = ?",
+                (mutation_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return MutationRecord(row[0], row[1], row[2], int(row[3]), bytes(row[4]))
+
+    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
+        """For row keys (JSON objects as change lines carry them), the transaction id of
+        the last mutation the write path applied to each (keys without one are absent)."""
+        out: dict[str, int] = {}
+        conn = self._reader()
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.execute(
+                "SELECT json_extract(outcome, '$.key'), json_extract(outcome, '$.xid') "
+                "FROM mutations WHERE json_extract(outcome, '$.collection') = ? "
+                f"AND json_extract(outcome, '$.key') IN ({marks}) ORDER BY lsn",
+                (collection, *chunk),
+            ).fetchall()
+            for key, xid in rows:
+                if xid is not None:
+                    out[key] = int(xid)
+        return out
+
+    def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
+        """The recorded mutations of one row (key: JSON object), newest first."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT id, subject, device, lsn, outcome FROM mutations "
+                "WHERE json_extract(outcome, '$.collection') = ? "
+                "AND json(json_extract(outcome, '$.key')) = json(?) "
+                "ORDER BY lsn DESC LIMIT ?",
+                (collection, key.decode(), limit),
+            )
+            .fetchall()
+        )
+        return [MutationRecord(r[0], r[1], r[2], int(r[3]), bytes(r[4])) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        conn = self._reader()
+        rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
+        tombs = conn.execute("SELECT count(*) FROM entries WHERE deleted = 1").fetchone()[0]
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        return {"rows": int(rows), "tombstones": int(tombs), "bytes": size}

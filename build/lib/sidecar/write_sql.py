@@ -1,0 +1,184 @@
+"""SQL statements of the write path, with every value and claim bound as a parameter.
+
+Statements use `$n` placeholders (run with psycopg's raw cursor) so that rule
+expressions, rendered by pglast with their own `$n` claim parameters, share one numbering.
+Identifiers are quoted by psycopg; type names come from the catalog (`format_type`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from sidecar.config.expressions import Expression
+from sidecar.route import Route
+from sidecar.rules import bind_claims
+
+
+def ident(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+def table_name(route: Route) -> str:
+    return sql.Identifier(route.table.ref.schema, route.table.ref.name).as_string(None)
+
+
+class Statement:
+    """SQL text assembled in parts, and its parameters in `$n` order."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.params: list[Any] = []
+
+    def add(self, *text: str) -> Statement:
+        self.parts.extend(text)
+        return self
+
+    def value(self, value: Any, type_name: str | None = None) -> str:
+        """A placeholder for `value` (cast to the column type when given)."""
+        if type_name in ("json", "jsonb") or (type_name is None and isinstance(value, dict | list)):
+            value = None if value is None else Jsonb(value)
+        self.params.append(value)
+        placeholder = f"${len(self.params)}"
+        return f"{placeholder}::{type_name}" if type_name else placeholder
+
+    def rule(self, expr: Expression | None, claims: Mapping[str, Any]) -> str:
+        """`(<expr>) IS TRUE` with its claims bound; TRUE when there is no rule."""
+        if expr is None:
+            return "TRUE"
+        text, values = bind_claims(expr, claims, len(self.params) + 1)
+        self.params.extend(values)
+        return f"(({text}) IS TRUE)"
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def column_type(route: Route, column: str) -> str:
+    info = route.table.column(column)
+    assert info is not None, column
+    return info.type_name
+
+
+def _select_list(route: Route) -> str:
+    return ", ".join(ident(c) for c in route.needed)
+
+
+def lock_rows(
+    route: Route, keys: Sequence[Mapping[str, Any]], claims: Mapping[str, Any]
+) -> Statement:
+    """SELECT … FOR UPDATE of the rows with these keys, tagged with their position in
+    `keys`, and whether each satisfies the read rule for the caller."""
+    st = Statement()
+    key_cols = route.key
+    rows = []
+    for i, key in enumerate(keys):
+        vals = [st.value(i, "integer")] + [
+            st.value(key.get(c), column_type(route, c)) for c in key_cols
+        ]
+        rows.append("(" + ", ".join(vals) + ")")
+    cols = ", ".join(["i", *(f"k{n}" for n in range(len(key_cols)))])
+    on = " AND ".join(f"t.{ident(c)} = v.k{n}" for n, c in enumerate(key_cols))
+    select = ", ".join(f"t.{ident(c)}" for c in route.needed)
+    allowed = st.rule(route.config.read, claims)
+    st.add(
+        f"SELECT v.i, {allowed} AS sidecar_read, {select} FROM {table_name(route)} AS t ",
+        f"JOIN (VALUES {', '.join(rows)}) AS v({cols}) ON {on} ",
+        "ORDER BY " + ", ".join(f"t.{ident(c)}" for c in key_cols),
+        " FOR UPDATE OF t",
+    )
+    return st
+
+
+def _returning(st: Statement, route: Route, claims: Mapping[str, Any]) -> str:
+    read = st.rule(route.config.read, claims)
+    check = st.rule(route.config.write.check, claims)
+    return f" RETURNING {read} AS sidecar_read, {check} AS sidecar_check, {_select_list(route)}"
+
+
+def insert(route: Route, data: Mapping[str, Any], claims: Mapping[str, Any]) -> Statement:
+    st = Statement()
+    cols = list(data)
+    if cols:
+        values = ", ".join(st.value(data[c], column_type(route, c)) for c in cols)
+        st.add(
+            f"INSERT INTO {table_name(route)} ({', '.join(ident(c) for c in cols)}) ",
+            f"VALUES ({values})",
+        )
+    else:
+        st.add(f"INSERT INTO {table_name(route)} DEFAULT VALUES")
+    st.add(_returning(st, route, claims))
+    return st
+
+
+def _where_key(st: Statement, route: Route, key: Mapping[str, Any]) -> str:
+    return " AND ".join(
+        f"{ident(c)} = {st.value(key[c], column_type(route, c))}" for c in route.key
+    )
+
+
+def update(
+    route: Route, key: Mapping[str, Any], data: Mapping[str, Any], claims: Mapping[str, Any]
+) -> Statement:
+    st = Statement()
+    sets = ", ".join(f"{ident(c)} = {st.value(v, column_type(route, c))}" for c, v in data.items())
+    if not sets:  # nothing to change: still lock-step through the rules
+        first = route.key[0]
+        sets = f"{ident(first)} = {ident(first)}"
+    st.add(f"UPDATE {table_name(route)} SET {sets} WHERE {_where_key(st, route, key)}")
+    st.add(_returning(st, route, claims))
+    return st
+
+
+def delete(route: Route, key: Mapping[str, Any]) -> Statement:
+    st = Statement()
+    st.add(f"DELETE FROM {table_name(route)} WHERE {_where_key(st, route, key)}")
+    return st
+
+
+def emit_messages(payloads: Sequence[bytes]) -> Statement:
+    """One transactional WAL message per payload, prefix `sidecar`, in one statement."""
+    st = Statement()
+    # One JSON array parameter: psycopg escapes no element (a text[] costs a regex pass
+    # per element), and `json` keeps each payload's text as it was.
+    arr = st.value((b"[" + b",".join(payloads) + b"]").decode(), "text")
+    st.add(
+        "SELECT count(pg_logical_emit_message(true, 'sidecar', m::text)) "
+        f"FROM json_array_elements({arr}::json) AS m"
+    )
+    return st
+
+
+def update_many(
+    route: Route,
+    items: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    columns: Sequence[str],
+    claims: Mapping[str, Any],
+) -> Statement:
+    """One UPDATE for many rows that change the same columns; RETURNING tags each row
+    with its position in `items`, then the read and check verdicts and the new row."""
+    st = Statement()
+    rows = []
+    for i, (key, data) in enumerate(items):
+        vals = [st.value(i, "integer")]
+        vals += [st.value(key[c], column_type(route, c)) for c in route.key]
+        vals += [st.value(data[c], column_type(route, c)) for c in columns]
+        rows.append("(" + ", ".join(vals) + ")")
+    names = ["sidecar_i"]
+    names += [f"sidecar_k{n}" for n in range(len(route.key))]
+    names += [f"sidecar_d{n}" for n in range(len(columns))]
+    sets = ", ".join(f"{ident(c)} = v.sidecar_d{n}" for n, c in enumerate(columns))
+    where = " AND ".join(f"t.{ident(c)} = v.sidecar_k{n}" for n, c in enumerate(route.key))
+    read = st.rule(route.config.read, claims)
+    check = st.rule(route.config.write.check, claims)
+    select = ", ".join(f"t.{ident(c)}" for c in route.needed)
+    st.add(
+        f"UPDATE {table_name(route)} AS t SET {sets} ",
+        f"FROM (VALUES {', '.join(rows)}) AS v({', '.join(names)}) WHERE {where} ",
+        f"RETURNING v.sidecar_i, {read}, {check}, {select}",
+    )
+    return st
