@@ -91,12 +91,6 @@ def _collection_checks(
     conn: psycopg.Connection, coll: CollectionConfig, info: TableInfo, problems: list[str]
 ) -> None:
     where = f"collection {coll.name!r} ({info.ref})"
-    if info.partitioned:
-        problems.append(
-            f"{where}: partitioned tables are not supported yet; map each partition as a "
-            "collection of its own"
-        )
-        return
     _privilege_checks(conn, coll, info, problems)
     names = set(info.column_names)
     for label, cols in (
@@ -149,13 +143,15 @@ def _publication_checks(
 ) -> bool:
     pub = config.database.publication
     row = conn.execute(
-        "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
+        "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot "
         "FROM pg_publication WHERE pubname = %s",
         (pub,),
     ).fetchone()
     if row is None:
-        create = f"CREATE PUBLICATION {_q(pub)} FOR TABLE " + ", ".join(
-            t.ref.qualified for t in tables.values()
+        create = (
+            f"CREATE PUBLICATION {_q(pub)} FOR TABLE "
+            + ", ".join(t.ref.qualified for t in tables.values())
+            + " WITH (publish_via_partition_root = true)"
         )
         if not config.database.create_publication:
             problems.append(
@@ -190,6 +186,13 @@ def _publication_checks(
             + f": run ALTER PUBLICATION {_q(pub)} ADD TABLE "
             + ", ".join(t.ref.qualified for t in missing)
             + ";"
+        )
+    partitioned = [str(t.ref) for t in tables.values() if t.partitioned]
+    if partitioned and not row[5]:
+        problems.append(
+            f"publication {pub!r} must publish partitioned table(s) {', '.join(partitioned)} "
+            f"under their own name: run ALTER PUBLICATION {_q(pub)} SET "
+            "(publish_via_partition_root = true);"
         )
     if not all(row[1:4]):
         problems.append(
@@ -283,7 +286,12 @@ def publication_statement(
     config: Config, tables: Sequence[TableInfo], *, create: bool
 ) -> sql.Composed:
     """CREATE PUBLICATION … FOR TABLE (create) or ALTER PUBLICATION … ADD TABLE."""
-    head = "CREATE PUBLICATION {} FOR TABLE {}" if create else "ALTER PUBLICATION {} ADD TABLE {}"
+    head = (
+        # partitioned tables' changes then come under the table's own name
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)"
+        if create
+        else "ALTER PUBLICATION {} ADD TABLE {}"
+    )
     return sql.SQL(head).format(
         sql.Identifier(config.database.publication),
         sql.SQL(", ").join(sql.Identifier(t.ref.schema, t.ref.name) for t in tables),

@@ -84,10 +84,15 @@ def copy_tables(
         progress.estimated_rows = _estimate(conn, routes)
         for route in routes:
             progress.table = route.name
-            query = sql.SQL("COPY {} ({}) TO STDOUT").format(
-                sql.Identifier(route.table.ref.schema, route.table.ref.name),
-                sql.SQL(", ").join(sql.Identifier(c) for c in route.needed),
+            table = sql.Identifier(route.table.ref.schema, route.table.ref.name)
+            columns = sql.SQL(", ").join(sql.Identifier(c) for c in route.needed)
+            # COPY cannot read a partitioned table itself; a query over it can.
+            form = (
+                "COPY (SELECT {1} FROM {0}) TO STDOUT"
+                if route.table.partitioned
+                else ("COPY {0} ({1}) TO STDOUT")
             )
+            query = sql.SQL(form).format(table, columns)
             n = 0
             with conn.cursor().copy(query) as copy:
                 copy.set_types(list(route.needed_oids))
