@@ -206,8 +206,8 @@ class Pusher:
         written: list[MutationResult] = []
         try:
             async with conn.transaction():
-                await self._lock_ids(conn, [m.id for m in mutations])
-                duplicates = await self._duplicates(conn, [m.id for m in mutations])
+                lsn_now = await self._lock_ids(conn, [m.id for m in mutations])
+                duplicates = await self._duplicates([m.id for m in mutations], lsn_now)
                 results.update(duplicates)
                 todo = [m for m in mutations if m.id not in duplicates]
                 current = await self._lock_rows(conn, principal, todo)
@@ -220,14 +220,14 @@ class Pusher:
                     results[m.id] = plan
                     if atomic and plan.status != "applied":
                         raise _Aborted(plan)
+                txid = None
                 if fast:
-                    done = await self._write_pipelined(conn, principal, writes, atomic)
+                    done, txid = await self._write_pipelined(conn, principal, writes, atomic)
                 else:
                     done = await self._write_one_by_one(conn, principal, writes, atomic)
                 results.update(done)
                 written = [r for w in writes if (r := done[w.m.id]).status == "applied"]
-                txid = None
-                if written:
+                if written and txid is None:
                     cur = await conn.execute("SELECT pg_current_xact_id()::xid::text")
                     row = await cur.fetchone()
                     txid = int(row[0]) if row else None
@@ -254,10 +254,11 @@ class Pusher:
         principal: Principal,
         writes: Sequence[_Write],
         atomic: bool,
-    ) -> dict[str, MutationResult]:
-        """All writes in one pipeline, then every record in one statement."""
+    ) -> tuple[dict[str, MutationResult], int | None]:
+        """All writes in one pipeline, then every record in one statement; returns the
+        results and the transaction's id (read by that statement)."""
         if not writes:
-            return {}
+            return {}, None
         groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         singles: list[int] = []
         for n, w in enumerate(writes):
@@ -301,8 +302,9 @@ class Pusher:
                 raise _SlowPath()  # undo just this one: run the batch with savepoints
             out[w.m.id] = result
             records.append(record)
-        await _raw(conn, write_sql.emit_messages(records))
-        return out
+        cur = await _raw(conn, write_sql.emit_messages(records))
+        row = await cur.fetchone()
+        return out, (int(row[1]) if row else None)
 
     async def _write_one_by_one(
         self,
@@ -425,17 +427,22 @@ class Pusher:
 
     # -- idempotency ---------------------------------------------------------------------
 
-    async def _lock_ids(self, conn: psycopg.AsyncConnection, ids: list[str]) -> None:
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT "
+    async def _lock_ids(self, conn: psycopg.AsyncConnection, ids: list[str]) -> int:
+        """Lock the mutation ids (one batch at a time per id, across processes); returns
+        the WAL insert position read once the locks are held (one round trip)."""
+        cur = await conn.execute(
+            "WITH locked AS (SELECT count(pg_advisory_xact_lock(k)) AS n FROM (SELECT DISTINCT "
             "hashtextextended('sidecar:' || i, 0) AS k FROM unnest(%s::text[]) AS i "
-            "ORDER BY 1) AS ids",
+            "ORDER BY 1) AS ids) SELECT n, pg_current_wal_insert_lsn()::text FROM locked",
             (sorted(ids),),
         )
+        row = await cur.fetchone()
+        assert row is not None
+        return str_to_lsn(row[1])
 
-    async def _duplicates(
-        self, conn: psycopg.AsyncConnection, ids: list[str]
-    ) -> dict[str, MutationResult]:
+    async def _duplicates(self, ids: list[str], lsn_now: int) -> dict[str, MutationResult]:
+        """The ids already applied (`duplicate`), once capture has reached `lsn_now`, read
+        after their locks were taken: any earlier attempt committed before it."""
         found: dict[str, MutationResult] = {}
         unknown = []
         for i in ids:
@@ -446,10 +453,7 @@ class Pusher:
                 unknown.append(i)
         if not unknown:
             return found
-        cur = await conn.execute("SELECT pg_current_wal_insert_lsn()::text")
-        row = await cur.fetchone()
-        assert row is not None
-        if not await self.capture.wait_for_lsn(str_to_lsn(row[0]), CAPTURE_WAIT):
+        if not await self.capture.wait_for_lsn(lsn_now, CAPTURE_WAIT):
             raise Unavailable(
                 "capture is behind the database; cannot tell yet whether these mutations "
                 "were already applied — retry",

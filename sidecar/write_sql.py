@@ -147,8 +147,8 @@ def emit_messages(payloads: Sequence[bytes]) -> Statement:
     # per element), and `json` keeps each payload's text as it was.
     arr = st.value((b"[" + b",".join(payloads) + b"]").decode(), "text")
     st.add(
-        "SELECT count(pg_logical_emit_message(true, 'sidecar', m::text)) "
-        f"FROM json_array_elements({arr}::json) AS m"
+        "SELECT count(pg_logical_emit_message(true, 'sidecar', m::text)), "
+        f"pg_current_xact_id()::xid::text FROM json_array_elements({arr}::json) AS m"
     )
     return st
 
