@@ -475,13 +475,16 @@ class Renderer:
         return "/".join([_quote(self.spec.table), *parts])
 
     def messages(
-        self, lines: Sequence[bytes], initial: bool, txids: Mapping[str, int] | None = None
+        self,
+        changes: Sequence[Mapping[str, Any]],
+        initial: bool,
+        txids: Mapping[str, int] | None = None,
     ) -> list[Message]:
-        """`initial`: the first answer to `offset=-1`, where the client holds nothing.
-        `txids`: key JSON → transaction that last wrote the row through push."""
+        """`changes`: a page's change lines, parsed. `initial`: the first answer to
+        `offset=-1`, where the client holds nothing. `txids`: key JSON → transaction that
+        last wrote the row through push."""
         out: list[Message] = []
-        for line in lines:
-            change = orjson.loads(line)
+        for change in changes:
             message = self._message(change, initial)
             if message is not None:
                 if txids and (xid := txids.get(_key_json(change["key"]))) is not None:
@@ -617,15 +620,18 @@ def _key_json(key: Mapping[str, Any]) -> str:
     return orjson.dumps(key).decode()
 
 
-async def _txids(req: ShapeRequest, page: Page) -> dict[str, int]:
-    """The push transactions behind this page's rows, for the client's `awaitTxId`."""
-    keys = [_key_json(orjson.loads(line)["key"]) for line in page.lines]
-    return await req.service.puller.txids(req.spec.table, keys)
+async def _parsed(req: ShapeRequest, page: Page) -> tuple[list[Any], dict[str, int]]:
+    """The page's changes, parsed once, and the push transactions behind their rows (for
+    the client's `awaitTxId`)."""
+    changes = [orjson.loads(line) for line in page.lines]
+    keys = [_key_json(change["key"]) for change in changes]
+    return changes, await req.service.puller.txids(req.spec.table, keys)
 
 
 async def _chunk(req: ShapeRequest, handle: Handle, page: Page, initial: bool) -> web.Response:
     renderer = Renderer(req.spec, req.principal.claims)
-    messages = renderer.messages(page.lines, initial, await _txids(req, page))
+    changes, txids = await _parsed(req, page)
+    messages = renderer.messages(changes, initial, txids)
     headers = _headers(req, renderer, handle, f"{page.cursor.version}_0")
     if not page.has_more:
         messages.append(UP_TO_DATE)
@@ -669,7 +675,8 @@ async def _sse(request: web.Request, req: ShapeRequest, handle: Handle) -> web.S
         deadline = min(deadline, time.monotonic() + float(expires) - time.time())
     try:
         while True:
-            await resp.write(_sse_events(renderer, page, await _txids(req, page)))
+            changes, txids = await _parsed(req, page)
+            await resp.write(_sse_events(renderer, page, changes, txids))
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -681,8 +688,10 @@ async def _sse(request: web.Request, req: ShapeRequest, handle: Handle) -> web.S
     return resp
 
 
-def _sse_events(renderer: Renderer, page: Page, txids: Mapping[str, int]) -> bytes:
-    events = renderer.messages(page.lines, initial=False, txids=txids)
+def _sse_events(
+    renderer: Renderer, page: Page, changes: Sequence[Any], txids: Mapping[str, int]
+) -> bytes:
+    events = renderer.messages(changes, initial=False, txids=txids)
     if not page.has_more:
         done = {"control": "up-to-date", "global_last_seen_lsn": str(page.cursor.version)}
         events.append({"headers": done})

@@ -60,11 +60,6 @@ class Notifier:
                         if not waiters:
                             del self._waiters[s]
 
-    async def wait(self, scopes: Iterable[str] | None, timeout: float) -> bool:
-        """Sleep until one of `scopes` changes (None: any commit) or `timeout`; True if woken."""
-        with self.watch(scopes) as ev:
-            return await wait_event(ev, timeout)
-
 
 async def wait_event(ev: asyncio.Event, timeout: float) -> bool:
     """True if `ev` is set within `timeout` seconds."""

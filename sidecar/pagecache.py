@@ -65,7 +65,3 @@ class PageCache:
 
     def clear(self) -> None:
         self._pages.clear()
-
-    def hit_ratio(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0

@@ -210,8 +210,3 @@ def collection_shapes(routes: Sequence[Route]) -> dict[str, str]:
         ).hexdigest()
         for r in routes
     }
-
-
-def store_shape(routes: Sequence[Route]) -> str:
-    """The shapes of all these collections, as the store records them (JSON)."""
-    return orjson.dumps(collection_shapes(routes), option=orjson.OPT_SORT_KEYS).decode()

@@ -63,6 +63,11 @@ def prepare_database(config: Config) -> PreflightReport:
     return report
 
 
+def routes_for(config: Config, report: PreflightReport) -> dict[str, Route]:
+    """Each collection's route over its table as the preflight found it."""
+    return {name: Route(coll, report.tables[name]) for name, coll in config.collections.items()}
+
+
 async def _configure(conn: psycopg.AsyncConnection) -> None:
     configure_connection(conn)
 
@@ -87,9 +92,7 @@ class Service:
     @classmethod
     async def start(cls, config: Config) -> Service:
         report = await asyncio.to_thread(prepare_database, config)
-        routes = {
-            name: Route(coll, report.tables[name]) for name, coll in config.collections.items()
-        }
+        routes = routes_for(config, report)
         store = SQLiteStore(Path(config.store.path))
         notifier = Notifier()
         permissions = Permissions(config.auth)
@@ -172,9 +175,7 @@ class Service:
             report = await asyncio.to_thread(preflight, new)
             if not report.ok:
                 raise PreflightError(list(report.problems))
-            routes = {
-                name: Route(coll, report.tables[name]) for name, coll in new.collections.items()
-            }
+            routes = routes_for(new, report)
             now, before = (
                 collection_shapes(list(routes.values())),
                 collection_shapes(list(self.routes.values())),
@@ -251,10 +252,7 @@ class Service:
                 )
                 log.error("capture stopped", error=self.capture.status.error)
                 return
-            routes = {
-                name: Route(coll, report.tables[name])
-                for name, coll in self.config.collections.items()
-            }
+            routes = routes_for(self.config, report)
             await self.capture.stop()
             await self._swap_capture(routes)
             log.warning("re-initialising capture for the new table shape", detail=detail)

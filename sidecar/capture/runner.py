@@ -33,7 +33,7 @@ from sidecar.capture.snapshot import CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream
 from sidecar.config.model import Config
 from sidecar.notify import Notifier
-from sidecar.route import Route, store_shape
+from sidecar.route import Route, collection_shapes
 from sidecar.store.base import ChangeStore
 
 log = structlog.get_logger("sidecar.capture")
@@ -172,7 +172,7 @@ class CaptureRunner:
         self.config = config
         self.store = store
         self.routes = list(routes)
-        self._shape = store_shape(self.routes)
+        self._shapes = collection_shapes(self.routes)
         self._acked_at = 0.0
         self._session_task: asyncio.Task[None] | None = None
         self.notifier = notifier
@@ -463,7 +463,7 @@ class CaptureRunner:
         stored = _shapes(state.shape)
         if stored is None:
             return "the store does not record its collections' shapes (an older format)"
-        current = orjson.loads(self._shape)
+        current = self._shapes
         changed = sorted(c for c, h in stored.items() if current.get(c) != h)
         if changed:
             return (
@@ -485,6 +485,10 @@ class CaptureRunner:
         if slot[0] != "pgoutput" or slot[1] != dbname:
             return f"replication slot {self.config.database.slot!r} belongs to something else"
         return None
+
+    def _shape_json(self) -> str:
+        """The collections' shapes as the store records them."""
+        return orjson.dumps(self._shapes, option=orjson.OPT_SORT_KEYS).decode()
 
     async def _backfill(self, routes: list[Route]) -> None:
         """Copy collections added to the config, leaving the others as they are.
@@ -520,7 +524,7 @@ class CaptureRunner:
                     ingest,
                     self.status.copy,
                 )
-                self.store.set_layout(self._shape, orjson.dumps(backfill).decode())
+                self.store.set_layout(self._shape_json(), orjson.dumps(backfill).decode())
                 self.store.commit()  # the stream's position stays where it was
 
             try:
@@ -562,7 +566,7 @@ class CaptureRunner:
                 slot=self.config.database.slot,
                 system_id=system_id,
                 database=dbname,
-                shape=self._shape,
+                shape=self._shape_json(),
             )
         )
         info = await source.create_slot(export_snapshot=True)
