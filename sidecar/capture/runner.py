@@ -509,26 +509,19 @@ class CaptureRunner:
             info = await temp.create_slot(export_snapshot=True, temporary=True)
             self.status.phase = "copying"
             self.status.copy = CopyProgress()
-            ingest = Ingest(self.store, self.routes, skip_through=0)
             state = self.store.state()
             backfill = {
                 **orjson.loads(state.backfill or "{}"),
                 **dict.fromkeys(names, info.consistent_point),
             }
 
-            def copy_and_commit() -> None:
-                copy_tables(
-                    self.config.database.url,
-                    info.snapshot_name,
-                    routes,
-                    ingest,
-                    self.status.copy,
-                )
+            def commit() -> None:
                 self.store.set_layout(self._shape_json(), orjson.dumps(backfill).decode())
                 self.store.commit()  # the stream's position stays where it was
 
             try:
-                await self._in_writer(copy_and_commit)
+                await self._copy(info.snapshot_name, routes)
+                await self._in_writer(commit)
             except BaseException:
                 await self._in_writer(self.store.rollback)
                 raise
@@ -577,25 +570,32 @@ class CaptureRunner:
         )
         self.status.phase = "copying"
         self.status.copy = CopyProgress()
-        ingest = Ingest(self.store, self.routes, skip_through=0)  # loads on the writer
-
-        def copy_and_commit() -> None:
-            copy_tables(
-                self.config.database.url,
-                info.snapshot_name,
-                self.routes,
-                ingest,
-                self.status.copy,
-            )
-            self.store.commit(info.consistent_point, snapshot_done=True)
-
         try:
-            await self._in_writer(copy_and_commit)
+            self.status.rows_applied += await self._copy(info.snapshot_name, self.routes)
+            await self._in_writer(
+                lambda: self.store.commit(info.consistent_point, snapshot_done=True)
+            )
         except BaseException:
             await self._in_writer(self.store.rollback)
             await self._drop_unused_slot()
             raise
-        self.status.rows_applied += ingest.rows_applied
+
+    async def _copy(self, snapshot_name: str | None, routes: Sequence[Route]) -> int:
+        """Copy the routes' tables into the store's open batch (uncommitted).
+
+        The router thread reads COPY and builds the rows' images while the writer thread
+        inserts the previous batch: two cores, as when streaming."""
+        ingest = Ingest(self.store, self.routes, skip_through=0, writer=self.writer)
+
+        def copy() -> int:
+            try:
+                return copy_tables(
+                    self.config.database.url, snapshot_name, routes, ingest, self.status.copy
+                )
+            finally:
+                ingest.drain()  # nothing of it may reach the writer after a rollback
+
+        return await self._in_router(copy)
 
     async def _drop_unused_slot(self) -> None:
         """After a failed first copy: the new slot serves no store, so it must not pin WAL

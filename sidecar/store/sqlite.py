@@ -165,12 +165,19 @@ SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
     CAST(value ->> 5 AS BLOB), value ->> 6
 FROM json_each(?)
 """
-_LOAD_ROW = """
+# The initial copy's bulk insert: [ident, rev, scope, row, key, scopes, hidden] per row,
+# key null when equal to the identity, scopes null when the row is in exactly `scope`,
+# hidden null when "{}"; versions follow the batch order from ?3.
+_LOAD_ROWS = """
 INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, row, hidden)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT ?2, value ->> 0, ?3 + key, value ->> 1, CAST(coalesce(value ->> 4, value ->> 0) AS BLOB),
+    coalesce(value ->> 5, json_array(value ->> 2)), value ->> 2, CAST(value ->> 3 AS BLOB),
+    coalesce(CAST(value ->> 6 AS BLOB), X'7B7D')
+FROM json_each(?1)
 """
-_LOAD_ENTRY = """
-INSERT INTO entries (scope, version, collection, ident, deleted) VALUES (?, ?, ?, ?, 0)
+_LOAD_ENTRIES = """
+INSERT INTO entries (scope, version, collection, ident, deleted)
+SELECT value ->> 0, value ->> 1, ?2, value ->> 2, 0 FROM json_each(?1)
 """
 # A scope's changes after a version: its one-scope rows merged with its other entries.
 _PULL = """
@@ -541,32 +548,31 @@ class SQLiteStore:
         return text
 
     def load(self, collection: str, images: Sequence[Image]) -> None:
-        """Bulk insert for the initial copy into an empty store (no old images).
+        """Bulk insert for the initial copy of a collection the store does not hold yet.
 
-        `executemany`, not a JSON batch: the copy feeds the store from the thread that
-        reads it, so no other thread competes for the GIL between rows, and binding a
-        row's values costs less than SQLite's parsing them out of JSON.
+        One JSON batch per call, like the capture statements: the copy routes rows on
+        another thread meanwhile, and a single statement runs without the GIL.
         """
         self._begin()
-        version = self._version
+        base = self._version + 1
         rows: list[tuple[object, ...]] = []
-        entries: list[tuple[object, ...]] = []
+        entries: list[tuple[str, int, str]] = []
         scopes_json = self._scopes_json
-        for ident, key, row, rev, scopes, hidden in images:
-            version += 1
+        for n, (ident, key, row, rev, scopes, hidden) in enumerate(images):
             if len(scopes) == 1:
-                single = scopes[0]
+                single, listed = scopes[0], None
             else:
-                single = None
-                for s in scopes:
-                    entries.append((s, version, collection, ident))
+                single, listed = None, scopes_json(scopes)
+                entries.extend((s, base + n, ident) for s in scopes)
+            k = key.decode()
             rows.append(
-                (collection, ident, version, rev, key, scopes_json(scopes), single, row, hidden)
-            )
-        self._w.executemany(_LOAD_ROW, rows)
+                (ident, rev, single, row.decode(), None if k == ident else k, listed,
+                 None if hidden == _EMPTY else hidden.decode())
+            )  # fmt: skip
+        self._w.execute(_LOAD_ROWS, (orjson.dumps(rows), collection, base))
         if entries:
-            self._w.executemany(_LOAD_ENTRY, entries)
-        self._version = version
+            self._w.execute(_LOAD_ENTRIES, (orjson.dumps(entries), collection))
+        self._version += len(rows)
 
     def truncate(self, collection: str) -> set[str]:
         """Every row of the collection becomes a tombstone in each of its scopes."""
