@@ -5,7 +5,8 @@ A batch runs in one PostgreSQL transaction on one connection:
 1. lock the mutation ids (advisory locks), then decide which ids were already applied:
    the recent-push cache, then the store (fed by capture from the WAL messages), after
    waiting (bounded) for capture to reach the current WAL position — so a retry whose
-   first attempt committed but was not yet captured is still recognised;
+   first attempt committed but was not yet captured is still recognised. That wait runs
+   while step 2 locks the rows and plans (no effect until step 3, which skips duplicates);
 2. lock the target rows (`SELECT … FOR UPDATE`), each tagged with whether it satisfies the
    caller's read rule, and compute its current `rev` exactly as the read path does;
 3. per mutation: op allowed? columns writable, values of the right type, `set:` columns
@@ -23,6 +24,7 @@ Non-atomic batches give each mutation a savepoint: a refused one never blocks th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -206,14 +208,28 @@ class Pusher:
         written: list[MutationResult] = []
         try:
             async with conn.transaction():
-                lsn_now = await self._lock_ids(conn, [m.id for m in mutations])
-                duplicates = await self._duplicates([m.id for m in mutations], lsn_now)
+                ids = [m.id for m in mutations]
+                lsn_now = await self._lock_ids(conn, ids)
+                # Whether capture has seen these ids is learnt while the rows are locked
+                # and the mutations planned: planning has no effect, and a duplicate's
+                # plan is dropped before anything is written.
+                finding = asyncio.create_task(self._duplicates(ids, lsn_now))
+                try:
+                    current = await self._lock_rows(conn, principal, mutations)
+                    plans = [
+                        (m, self._plan_safely(principal, m, current.get(m.id))) for m in mutations
+                    ]
+                    duplicates = await finding
+                finally:
+                    if not finding.done():
+                        finding.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await finding
                 results.update(duplicates)
-                todo = [m for m in mutations if m.id not in duplicates]
-                current = await self._lock_rows(conn, principal, todo)
                 writes: list[_Write] = []
-                for m in todo:
-                    plan = self._plan_safely(principal, m, current.get(m.id))
+                for m, plan in plans:
+                    if m.id in duplicates:
+                        continue
                     if isinstance(plan, _Write):
                         writes.append(plan)
                         continue

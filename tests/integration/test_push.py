@@ -137,6 +137,42 @@ async def test_replay_is_a_duplicate_in_session_and_after_restart(sc, pg_dsn):
     assert sql(pg_dsn, "SELECT count(*) FROM todo_items WHERE title = 'once'")[0] == [(1,)]
 
 
+async def test_replayed_update_is_a_duplicate_although_its_base_rev_is_now_stale(sc, pg_dsn):
+    """The duplicate check runs while the batch is planned: a replay's plan (a conflict
+    now, its base_rev being the row's old one) must neither be reported nor abort the
+    atomic batch it arrives in."""
+    add = {"id": "add-1", "collection": "todos", "op": "insert", "data": {"title": "mine too"}}
+    _, added = await sc.push([add])
+    await sc.pull(1, after_lsn=added["lsn"])
+    rows = await current(sc)
+    update = {
+        "id": "again-1",
+        "collection": "todos",
+        "op": "update",
+        "key": rows["mine"]["key"],
+        "data": {"done": True},
+        "base_rev": rows["mine"]["rev"],
+    }
+    _, first = await sc.push([update])
+    assert first["results"][0]["status"] == "applied"
+    for restart in (False, True):
+        if restart:
+            await sc.restart()  # the store decides, not the recent cache
+        fresh = (await current(sc))["mine too"]
+        other = {
+            "id": f"other-{restart}",
+            "collection": "todos",
+            "op": "update",
+            "key": fresh["key"],
+            "data": {"notes": f"n{restart}"},
+            "base_rev": fresh["rev"],
+        }
+        _, body = await sc.push([update, other], atomic=True)
+        assert [r["status"] for r in body["results"]] == ["duplicate", "applied"], body
+        assert body["results"][0]["rev"] == first["results"][0]["rev"]
+    assert sql(pg_dsn, "SELECT notes FROM todo_items WHERE title = 'mine too'")[0] == [("nTrue",)]
+
+
 async def test_committed_but_unanswered_mutation_is_recognised(sc, pg_dsn):
     # what a sidecar killed between COMMIT and its response leaves behind
     sql(
