@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import capture, live, ndjson, snapshot
+from bench import capture, live, ndjson, push, snapshot
 
 
 def main() -> None:
     asyncio.run(snapshot.run(500_000))
     asyncio.run(capture.run(500_000))
+    asyncio.run(push.run(10_000, 100))
     asyncio.run(ndjson.run(500_000))
     asyncio.run(live.run(40, 10_000))
 

@@ -12,6 +12,7 @@ Target: ≥ 1.0× pg_recvlogical and ≥ 100,000 row changes/s.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -63,6 +64,7 @@ async def run(rows: int) -> dict[str, float]:
         assert ok, "capture did not reach the target LSN"
         assert applied >= rows, f"only {applied} rows applied"
 
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         with Timer() as ref:
             subprocess.run(
                 [
@@ -84,6 +86,9 @@ async def run(rows: int) -> dict[str, float]:
                 ],
                 check=True,
             )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ref_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+        print(f"pg_recvlogical CPU {ref_cpu:.2f}s = {ref_cpu / rows * 1e6:.1f} us/row", flush=True)
         return report("capture", rows, ours.seconds, "pg_recvlogical", ref.seconds)
 
 
