@@ -215,7 +215,10 @@ class Pusher:
                 # plan is dropped before anything is written.
                 finding = asyncio.create_task(self._duplicates(ids, lsn_now))
                 try:
-                    current = await self._lock_rows(conn, principal, mutations)
+                    # A mutation this process applied recently is a duplicate: its row
+                    # is not locked for nothing.
+                    fresh = [m for m in mutations if m.id not in self.recent]
+                    current = await self._lock_rows(conn, principal, fresh)
                     plans = [
                         (m, self._plan_safely(principal, m, current.get(m.id))) for m in mutations
                     ]
@@ -223,8 +226,8 @@ class Pusher:
                 finally:
                     if not finding.done():
                         finding.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await finding
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await finding  # its error, if the batch failed first, is dropped
                 results.update(duplicates)
                 writes: list[_Write] = []
                 for m, plan in plans:

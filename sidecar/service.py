@@ -234,6 +234,7 @@ class Service:
             await self.capture.run()
             if self._next_routes is not None:  # a reload added collections
                 routes, self._next_routes = self._next_routes, None
+                await self.capture.stop()  # its threads are done with the store
                 await self._swap_capture(routes)
                 continue
             if self.capture.status.phase != "schema_changed":

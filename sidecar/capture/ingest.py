@@ -2,12 +2,13 @@
 
 Two threads share the work so that Python and SQLite run on both cores at once: the
 calling thread decodes the stream and routes each row change into its image (typed
-values, JSON, rev, scopes); every `_FLUSH_EVERY` changes it hands the batch to the store's
-writer thread (`ChangeStore.apply`, which looks up the rows' stored state and writes the
-net effect) and goes on routing the next one. At most `_IN_FLIGHT` batches wait for the
-writer, which bounds memory for transactions of any size: their rows go into the store's
-open transaction batch by batch. The store commits at transaction boundaries with the
-commit's end LSN, after every batch before it was written.
+values, JSON, rev, scopes); every `_FLUSH_EVERY` changes (or `_FLUSH_BYTES` of them) it
+hands the batch to the store's writer thread (`ChangeStore.apply`, which looks up the
+rows' stored state and writes the net effect) and goes on routing the next one. At most
+`_IN_FLIGHT` batches wait for the writer, which bounds memory for transactions of any
+size: their rows go into the store's open transaction batch by batch. The store commits
+at transaction boundaries with the commit's end LSN, after every batch before it was
+written.
 
 A primary-key change is a delete of the old identity and an upsert of the new one. A
 TOASTed value sent as "unchanged" is filled in by the store from the row's stored image.
@@ -28,14 +29,18 @@ from sidecar.capture import pgoutput as po
 from sidecar.changes import Image
 from sidecar.errors import SidecarError
 from sidecar.route import Route
-from sidecar.store.base import ChangeStore, MutationRecord, RowChange
+from sidecar.store.base import ChangeStore, MutationRecord, PreparedLoad, RowChange
 
 log = structlog.get_logger("sidecar.capture")
 
 T = TypeVar("T")
 
 MESSAGE_PREFIX = "sidecar"
-_FLUSH_EVERY = 5000  # row changes per batch handed to the store
+_FLUSH_EVERY = 5000  # row changes per batch handed to the store, at most
+# Bytes of pgoutput messages per batch, at most: the store writes a batch with JSON
+# statements, and SQLite takes at most 1e9 bytes per parameter (and memory is bounded).
+_FLUSH_BYTES = 32 << 20
+_PENDING_BYTES = 256 << 10  # counted for a change whose TOASTed values come from the store
 _IN_FLIGHT = 2  # batches handed to the writer and not yet written, at most
 
 
@@ -92,6 +97,7 @@ class Ingest:
         self._in_txn = False
         self._skipping = False
         self._changes: list[RowChange] = []
+        self._batch_bytes = 0  # of the messages behind _changes (see _FLUSH_BYTES)
         self._mutations: list[MutationRecord] = []
         self._touched: set[str] = set()
         self._last_commit_lsn: int | None = None
@@ -146,7 +152,8 @@ class Ingest:
             if kind is update or kind is insert or kind is delete:
                 if not self._skipping:
                     on_row(msg)  # type: ignore[arg-type]
-                    if len(changes) >= _FLUSH_EVERY:
+                    self._batch_bytes += len(payload)
+                    if len(changes) >= _FLUSH_EVERY or self._batch_bytes >= _FLUSH_BYTES:
                         self._flush()
                         changes = self._changes
             elif kind is po.Begin:
@@ -196,6 +203,8 @@ class Ingest:
             self._changes.append(RowChange(route.name, route.ident_of(rm.needed(msg.old)), None))
             return
         image = route.change_image(rm.needed(msg.new))
+        if type(image) is not Image:  # the store fills in values of unknown size
+            self._batch_bytes += _PENDING_BYTES
         gone = None
         if type(msg) is po.Update and msg.old is not None:
             old_ident = route.ident_of(rm.needed(msg.old))
@@ -237,6 +246,7 @@ class Ingest:
         if not self._changes:
             return
         changes, self._changes = self._changes, []
+        self._batch_bytes = 0
         self._submit(self.store.apply, changes)
         self.rows_applied += len(changes)
 
@@ -268,9 +278,9 @@ class Ingest:
         """Insert rows read by the initial copy (typed values of route.needed, in order)."""
         image = route.image_of_typed
         images: list[Image] = [image(r) for r in rows]
-        self._submit(self._load, route.name, images)
+        self._submit(self._load, self.store.prepare_load(route.name, images))
         self.rows_applied += len(rows)
 
-    def _load(self, collection: str, images: Sequence[Image]) -> set[str]:
-        self.store.load(collection, images)
+    def _load(self, batch: PreparedLoad) -> set[str]:
+        self.store.load_prepared(batch)
         return set()

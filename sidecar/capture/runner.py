@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ import structlog
 
 from sidecar.capture import pgoutput as po
 from sidecar.capture.ingest import Ingest, SchemaChanged
-from sidecar.capture.snapshot import CopyProgress, copy_tables
+from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream
 from sidecar.config.model import Config
 from sidecar.notify import Notifier
@@ -186,6 +187,7 @@ class CaptureRunner:
         self._want_reply = False
         self._ready = asyncio.Event()
         self._stopping = False
+        self._stopped: asyncio.Future[None] | None = None
         self.idle_reply_interval = IDLE_REPLY_INTERVAL
 
     # -- helpers -------------------------------------------------------------------------
@@ -281,14 +283,23 @@ class CaptureRunner:
             await self._close_source()
 
     async def stop(self) -> None:
+        """Stop capture; on return its threads have finished (the store is free). Every
+        caller waits for the one stop."""
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopped)
+
+    async def _stop(self) -> None:
         self._stopping = True
+        if self.status.phase == "streaming":  # not ready while no runner streams
+            self.status.phase = "starting"
         if self._session_task is not None and not self._session_task.done():
             self._session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._session_task
         await self._close_source()
-        self.router.shutdown(wait=True)
-        self.writer.shutdown(wait=True)
+        await asyncio.to_thread(self.router.shutdown)
+        await asyncio.to_thread(self.writer.shutdown)
 
     async def _close_source(self) -> None:
         if self._source is not None:
@@ -586,16 +597,41 @@ class CaptureRunner:
         The router thread reads COPY and builds the rows' images while the writer thread
         inserts the previous batch: two cores, as when streaming."""
         ingest = Ingest(self.store, self.routes, skip_through=0, writer=self.writer)
+        cancelled = threading.Event()
+
+        def stop_if_cancelled() -> None:
+            if cancelled.is_set():
+                raise CopyCancelled("the initial copy was cancelled")
 
         def copy() -> int:
             try:
                 return copy_tables(
-                    self.config.database.url, snapshot_name, routes, ingest, self.status.copy
+                    self.config.database.url,
+                    snapshot_name,
+                    routes,
+                    ingest,
+                    self.status.copy,
+                    on_batch=stop_if_cancelled,
                 )
-            finally:
-                ingest.drain()  # nothing of it may reach the writer after a rollback
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    ingest.drain()  # nothing of it may reach the writer after a rollback
+                raise
 
-        return await self._in_router(copy)
+        # The copy runs on its own thread: a cancelled task must still wait for it to
+        # stop (at its next batch), or the caller's rollback would run while batches of
+        # the copy are still being written.
+        done = asyncio.ensure_future(self._in_router(copy))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            cancelled.set()
+            while not done.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([done])
+            if not done.cancelled():
+                done.exception()  # CopyCancelled, as asked: retrieved, not raised
+            raise
 
     async def _drop_unused_slot(self) -> None:
         """After a failed first copy: the new slot serves no store, so it must not pin WAL

@@ -28,6 +28,12 @@ from sidecar.values import ADAPTERS, session_options
 log = structlog.get_logger("sidecar.snapshot")
 
 BATCH = 10_000
+
+
+class CopyCancelled(Exception):
+    """Raised by `on_batch` to stop a copy between two batches."""
+
+
 PROGRESS_EVERY = 100_000
 
 

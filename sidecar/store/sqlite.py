@@ -38,6 +38,7 @@ from sidecar.changes import Image
 from sidecar.store.base import (
     MutationRecord,
     PageData,
+    PreparedLoad,
     RowChange,
     RowWrite,
     StoredRow,
@@ -167,7 +168,8 @@ FROM json_each(?)
 """
 # The initial copy's bulk insert: [ident, rev, scope, row, key, scopes, hidden] per row,
 # key null when equal to the identity, scopes null when the row is in exactly `scope`,
-# hidden null when "{}"; versions follow the batch order from ?3.
+# hidden null when "{}"; versions follow the batch order from ?3. Entries (rows in
+# several scopes): [scope, position in the batch, ident].
 _LOAD_ROWS = """
 INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, row, hidden)
 SELECT ?2, value ->> 0, ?3 + key, value ->> 1, CAST(coalesce(value ->> 4, value ->> 0) AS BLOB),
@@ -177,7 +179,7 @@ FROM json_each(?1)
 """
 _LOAD_ENTRIES = """
 INSERT INTO entries (scope, version, collection, ident, deleted)
-SELECT value ->> 0, value ->> 1, ?2, value ->> 2, 0 FROM json_each(?1)
+SELECT value ->> 0, ?3 + (value ->> 1), ?2, value ->> 2, 0 FROM json_each(?1)
 """
 # A scope's changes after a version: its one-scope rows merged with its other entries.
 _PULL = """
@@ -190,8 +192,10 @@ WHERE e.scope = ?1 AND e.version > ?2
 ORDER BY 1 LIMIT ?3
 """
 _LOOKUP_CHUNK = 20_000  # identities per lookup statement
+# Bytes of row JSON per bulk-load statement: SQLite takes at most 1e9 bytes per parameter,
+# and JSON escaping can make a value up to six times longer.
+_LOAD_BYTES = 64 << 20
 _EMPTY = b"{}"
-_SCOPES_CACHE = 100_000  # distinct scope lists whose JSON is kept
 _IN_SCOPE_SKIP = 8  # batches that skip the one-statement attempt after it missed
 
 
@@ -229,6 +233,12 @@ def delete_line(collection_json: bytes, key: bytes, rev: str, version: int) -> b
     )
 
 
+def _load_chunk(
+    rows: list[tuple[object, ...]], entries: list[tuple[str, int, str]]
+) -> tuple[int, bytes, bytes | None]:
+    return len(rows), orjson.dumps(rows), orjson.dumps(entries) if entries else None
+
+
 def _text(blob: bytes | None) -> str | None:
     """A JSON blob as a str, to travel inside a JSON batch."""
     return None if blob is None else blob.decode()
@@ -253,7 +263,6 @@ class SQLiteStore:
         self._in_txn = False
         self._coll_json: dict[str, bytes] = {}
         self._in_scope_skip = 0
-        self._scopes_text: dict[tuple[str, ...], str] = {}
         if self._meta("epoch") is None:
             self._init_meta()
         self._w.executescript(_INDEXES)
@@ -538,41 +547,47 @@ class SQLiteStore:
         ]
         return self.apply(changes)
 
-    def _scopes_json(self, scopes: tuple[str, ...]) -> str:
-        """JSON of a row's scopes; the same few tuples recur row after row."""
-        text = self._scopes_text.get(scopes)
-        if text is None:
-            if len(self._scopes_text) >= _SCOPES_CACHE:
-                self._scopes_text.clear()
-            text = self._scopes_text[scopes] = orjson.dumps(scopes).decode()
-        return text
-
     def load(self, collection: str, images: Sequence[Image]) -> None:
-        """Bulk insert for the initial copy of a collection the store does not hold yet.
+        """Bulk insert for the initial copy of a collection the store does not hold yet."""
+        self.load_prepared(self.prepare_load(collection, images))
 
-        One JSON batch per call, like the capture statements: the copy routes rows on
-        another thread meanwhile, and a single statement runs without the GIL.
-        """
-        self._begin()
-        base = self._version + 1
+    def prepare_load(self, collection: str, images: Sequence[Image]) -> PreparedLoad:
+        """The statements' parameters for `load_prepared`: built on the thread that routes
+        the rows (it reads no store state), so the writer thread only runs SQL. Large rows
+        split the batch into several statements (`_LOAD_BYTES` each)."""
+        chunks: list[tuple[int, bytes, bytes | None]] = []
         rows: list[tuple[object, ...]] = []
         entries: list[tuple[str, int, str]] = []
-        scopes_json = self._scopes_json
-        for n, (ident, key, row, rev, scopes, hidden) in enumerate(images):
+        size = 0
+        for ident, key, row, rev, scopes, hidden in images:
             if len(scopes) == 1:
                 single, listed = scopes[0], None
             else:
-                single, listed = None, scopes_json(scopes)
-                entries.extend((s, base + n, ident) for s in scopes)
+                single, listed = None, orjson.dumps(scopes).decode()
+                entries.extend((s, len(rows), ident) for s in scopes)
             k = key.decode()
             rows.append(
                 (ident, rev, single, row.decode(), None if k == ident else k, listed,
                  None if hidden == _EMPTY else hidden.decode())
             )  # fmt: skip
-        self._w.execute(_LOAD_ROWS, (orjson.dumps(rows), collection, base))
-        if entries:
-            self._w.execute(_LOAD_ENTRIES, (orjson.dumps(entries), collection))
-        self._version += len(rows)
+            size += len(row) + len(hidden) + len(key)
+            if size >= _LOAD_BYTES:
+                chunks.append(_load_chunk(rows, entries))
+                rows, entries, size = [], [], 0
+        if rows:
+            chunks.append(_load_chunk(rows, entries))
+        return PreparedLoad(collection, tuple(chunks))
+
+    def load_prepared(self, batch: PreparedLoad) -> None:
+        """Insert a prepared batch: a JSON-batch statement or two per chunk, which run
+        without the GIL while the next batch is routed."""
+        self._begin()
+        for count, rows, entries in batch.chunks:
+            base = self._version + 1
+            self._w.execute(_LOAD_ROWS, (rows, batch.collection, base))
+            if entries is not None:
+                self._w.execute(_LOAD_ENTRIES, (entries, batch.collection, base))
+            self._version += count
 
     def truncate(self, collection: str) -> set[str]:
         """Every row of the collection becomes a tombstone in each of its scopes."""

@@ -170,6 +170,7 @@ async def test_replayed_update_is_a_duplicate_although_its_base_rev_is_now_stale
         _, body = await sc.push([update, other], atomic=True)
         assert [r["status"] for r in body["results"]] == ["duplicate", "applied"], body
         assert body["results"][0]["rev"] == first["results"][0]["rev"]
+        await sc.pull(1, after_lsn=body["lsn"])  # captured before the next round reads it
     assert sql(pg_dsn, "SELECT notes FROM todo_items WHERE title = 'mine too'")[0] == [("nTrue",)]
 
 

@@ -135,6 +135,41 @@ async def test_toast_unchanged_value_is_kept(pg_dsn, pg_url, sidecar_factory):
     state_of([ch], state)
 
 
+async def test_large_rows_in_batches_cut_by_size(pg_dsn, pg_url, sidecar_factory, monkeypatch):
+    """Batches are cut by size as well as by count (SQLite takes at most 1e9 bytes per
+    statement parameter): with a 4 kB cut, the copy and a transaction of large rows (new,
+    changed with their TOASTed value unchanged, deleted) go through many batches, and
+    the client ends with what the database holds."""
+    monkeypatch.setattr("sidecar.store.sqlite._LOAD_BYTES", 4096)
+    monkeypatch.setattr("sidecar.capture.ingest._FLUSH_BYTES", 4096)
+    monkeypatch.setattr("sidecar.capture.ingest._PENDING_BYTES", 1024)
+    run_sql(pg_dsn, SCHEMA)
+    big = "md5(g::text) || repeat(md5((g * 7)::text), 400)"  # ~13 kB, some TOASTed
+    run_sql(pg_dsn, f"INSERT INTO todo_items (title, owner_id, notes) SELECT 'c' || g, 1, {big} "
+            "FROM generate_series(1, 60) g")  # fmt: skip
+    sc = await sidecar_factory(pg_url, TODOS)
+    state = state_of(await sc.sync(1))
+    run_sql(
+        pg_dsn,
+        "BEGIN",
+        "UPDATE todo_items SET done = true WHERE owner_id = 1",
+        f"INSERT INTO todo_items (title, owner_id, notes) SELECT 'd' || g, 1, {big} "
+        "FROM generate_series(1, 40) g",
+        "DELETE FROM todo_items WHERE title IN ('c1', 'c2', 'a2')",
+        "COMMIT",
+    )
+    await sc.caught_up(pg_dsn)
+    state = state_of(await sc.sync(1), state)
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT id, title, done, owner_id, notes FROM todo_items WHERE owner_id = 1"
+        ).fetchall()
+    names = ("id", "title", "done", "owner_id", "notes")
+    expected = {r[0]: dict(zip(names, r, strict=True)) for r in rows}
+    assert {row["id"]: row for row in state.values()} == expected
+    assert len(expected) == 60 + 40 + 1 - 2
+
+
 async def test_primary_key_change(pg_dsn, pg_url, sidecar_factory):
     run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, TODOS)
