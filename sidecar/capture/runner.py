@@ -31,7 +31,7 @@ import structlog
 from sidecar.capture import pgoutput as po
 from sidecar.capture.ingest import Ingest, SchemaChanged
 from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
-from sidecar.capture.source import ReplicationError, ReplicationStream
+from sidecar.capture.source import ReplicationError, ReplicationStream, SystemInfo
 from sidecar.config.model import Config
 from sidecar.notify import Notifier
 from sidecar.route import Route, collection_shapes
@@ -315,7 +315,7 @@ class CaptureRunner:
         system = await source.identify_system()
         reason = await self._rebuild_reason(system.system_id, system.dbname)
         if reason is not None:
-            await self._rebuild(source, reason, system.system_id, system.dbname)
+            await self._rebuild(source, reason, system)
         else:
             stored = _shapes(self.store.state().shape) or {}
             added = [r for r in self.routes if r.name not in stored]
@@ -544,9 +544,7 @@ class CaptureRunner:
             snapshot_lsn=po.lsn_to_str(info.consistent_point),
         )
 
-    async def _rebuild(
-        self, source: ReplicationStream, reason: str, system_id: str, dbname: str
-    ) -> None:
+    async def _rebuild(self, source: ReplicationStream, reason: str, system: SystemInfo) -> None:
         state = self.store.state()
         if state.snapshot_done:
             log.warning("rebuilding the store; clients will resync (410)", reason=reason)
@@ -565,12 +563,21 @@ class CaptureRunner:
                     "SELECT pg_drop_replication_slot(%s)", (self.config.database.slot,)
                 )
             log.info("dropped replication slot", slot=self.config.database.slot)
+        async with await psycopg.AsyncConnection.connect(
+            self.config.database.url, autocommit=True
+        ) as conn:
+            cur = await conn.execute(
+                "SELECT oid FROM pg_database WHERE datname = %s", (system.dbname,)
+            )
+            row = await cur.fetchone()
+        lineage = f"{system.timeline}:{row[0]}" if row else ""
         await self._in_writer(
             lambda: self.store.reset(
                 slot=self.config.database.slot,
-                system_id=system_id,
-                database=dbname,
+                system_id=system.system_id,
+                database=system.dbname,
                 shape=self._shape_json(),
+                lineage=lineage,
             )
         )
         info = await source.create_slot(export_snapshot=True)

@@ -34,6 +34,9 @@ class StoreState:
     shape: str | None = None  # fingerprint of what the routes put in the store
     acked_lsn: int = 0  # highest position acknowledged to the server (≥ lsn when idle)
     backfill: str | None = None  # JSON {collection: LSN of the snapshot it was copied at}
+    # The database as the store was made from it: "<timeline>:<database OID>" ("": not
+    # recorded). Mutation ids recorded under another lineage may not hold any more.
+    lineage: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +114,9 @@ class PreparedLoad:
 class ChangeStore(Protocol):
     # -- lifecycle -----------------------------------------------------------------------
     def state(self) -> StoreState: ...
-    def reset(self, *, slot: str, system_id: str, database: str, shape: str = "") -> StoreState: ...
+    def reset(
+        self, *, slot: str, system_id: str, database: str, shape: str = "", lineage: str = ""
+    ) -> StoreState: ...
     def close(self) -> None: ...
 
     # -- writer side (one thread) ----------------------------------------------------------

@@ -312,26 +312,44 @@ class SQLiteStore:
             shape=m.get("shape"),
             acked_lsn=int(m.get("acked_lsn", 0)),
             backfill=m.get("backfill"),
+            lineage=m.get("lineage", ""),
         )
 
-    def reset(self, *, slot: str, system_id: str, database: str, shape: str = "") -> StoreState:
-        """Wipe everything and start a new epoch (old cursors become invalid)."""
+    def reset(
+        self, *, slot: str, system_id: str, database: str, shape: str = "", lineage: str = ""
+    ) -> StoreState:
+        """Wipe everything and start a new epoch (old cursors become invalid).
+
+        The applied mutation ids stay when the store goes on with the same database
+        (`lineage`: its incarnation and the server's timeline, see `StoreState`): what
+        they record happened there, so a retry is still a duplicate. Another database, a
+        re-created one, or a new timeline (a failover or a restore, where a recorded
+        transaction may not have survived) forgets them."""
         if self._in_txn:
             self.rollback()
-        self._drop_all()
+        st = self._state
+        same = bool(lineage) and (st.system_id, st.database, st.lineage) == (
+            system_id,
+            database,
+            lineage,
+        )
+        self._drop_all(keep=("mutations",) if same else ())
         self._w.executescript(_SCHEMA)  # without the secondary indexes: a bulk load follows
         self._indexed = False
         self._init_meta()
         self._w.execute("BEGIN IMMEDIATE")
-        self._set_meta(slot=slot, system_id=system_id, database=database, shape=shape)
+        self._set_meta(
+            slot=slot, system_id=system_id, database=database, shape=shape, lineage=lineage
+        )
         self._w.execute("COMMIT")
         self._version = 0
         self._state = self._load_state()
         return self._state
 
-    def _drop_all(self) -> None:
+    def _drop_all(self, keep: Iterable[str] = ()) -> None:
         for table in _TABLES:
-            self._w.execute(f"DROP TABLE IF EXISTS {table}")
+            if table not in keep:
+                self._w.execute(f"DROP TABLE IF EXISTS {table}")
 
     def close(self) -> None:
         if self._in_txn:

@@ -288,6 +288,35 @@ def test_reset_starts_a_new_epoch(make_store):
     assert lines(s, ["a"]) == [] and current(s, 1) is None
 
 
+@pytest.mark.parametrize(
+    ("system_id", "database", "lineage", "kept"),
+    [
+        ("sys", "db", "1:16384", True),  # the same database: a lost slot, a new shape
+        ("sys", "db", "2:16384", False),  # a new timeline: a failover or a restore
+        ("sys", "db", "1:16999", False),  # the database was dropped and created again
+        ("other", "db", "1:16384", False),  # another server
+        ("sys", "db2", "1:16384", False),  # another database
+        ("sys", "db", "", False),  # not known
+    ],
+)
+def test_reset_keeps_mutation_ids_only_for_the_same_database(
+    make_store, system_id, database, lineage, kept
+):
+    s = make_store()
+    s.reset(slot="slot", system_id="sys", database="db", lineage="1:16384")
+    s.record_mutations([MutationRecord("m1", "u1", "d1", 7, b'{"status":"applied"}')])
+    put(s, 1, "x", "a")
+    s.commit(5, snapshot_done=True)
+    st = s.reset(slot="slot", system_id=system_id, database=database, lineage=lineage)
+    assert st.lineage == lineage and st.version == 0 and current(s, 1) is None
+    found = s.mutation("m1")
+    assert (found is not None) == kept
+    if kept:
+        assert found == MutationRecord("m1", "u1", "d1", 7, b'{"status":"applied"}')
+    s.close()
+    assert (make_store().mutation("m1") is not None) == kept  # and so it stays
+
+
 def test_truncate_tombstones_the_collection_only(make_store):
     s = make_store()
     put(s, 1, "x", "a")

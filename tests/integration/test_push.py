@@ -174,6 +174,25 @@ async def test_replayed_update_is_a_duplicate_although_its_base_rev_is_now_stale
     assert sql(pg_dsn, "SELECT notes FROM todo_items WHERE title = 'mine too'")[0] == [("nTrue",)]
 
 
+async def test_replay_after_a_store_rebuild_is_still_a_duplicate(sc, pg_dsn):
+    """A rebuild (here: the slot was dropped) keeps the mutation ids the store recorded
+    from the same database: a retried insert with a server-made key is not applied twice."""
+    m = {"id": "keep-1", "collection": "todos", "op": "insert", "data": {"title": "once more"}}
+    _, first = await sc.push([m])
+    await sc.pull(1, after_lsn=first["lsn"])  # captured: the store has the id
+    await sc.stop()
+    sql(pg_dsn, "SELECT pg_drop_replication_slot('sidecar_test')")
+    await sc.start()
+    assert sc.service.capture.status.rebuilds == 1
+    _, again = await sc.push([m])
+    assert again["results"][0] == {
+        "id": "keep-1",
+        "status": "duplicate",
+        "rev": first["results"][0]["rev"],
+    }
+    assert sql(pg_dsn, "SELECT count(*) FROM todo_items WHERE title = 'once more'")[0] == [(1,)]
+
+
 async def test_committed_but_unanswered_mutation_is_recognised(sc, pg_dsn):
     # what a sidecar killed between COMMIT and its response leaves behind
     sql(
