@@ -192,6 +192,8 @@ WHERE e.scope = ?1 AND e.version > ?2
 ORDER BY 1 LIMIT ?3
 """
 _LOOKUP_CHUNK = 20_000  # identities per lookup statement
+_AUTOCHECKPOINT = 1000  # WAL pages that make a commit checkpoint (SQLite's default)
+_WAL_LIMIT = 64 << 20  # bytes the WAL file is cut back to after a checkpoint
 # Bytes of row JSON per bulk-load statement: SQLite takes at most 1e9 bytes per parameter,
 # and JSON escaping can make a value up to six times longer.
 _LOAD_BYTES = 64 << 20
@@ -255,6 +257,8 @@ class SQLiteStore:
         self._w.execute("PRAGMA synchronous=FULL")
         self._w.execute("PRAGMA cache_size=-65536")
         self._w.execute("PRAGMA temp_store=MEMORY")
+        self._w.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT}")
+        self._w.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
         self._w.executescript(_SCHEMA)
         if self._meta("format") not in (None, FORMAT):
             self._drop_all()
@@ -648,7 +652,12 @@ class SQLiteStore:
         )
         if snapshot_done:
             self._ensure_indexes()
+            # The first copy's transaction is the whole store: it is checkpointed into
+            # the database file by the next commit (after the store is ready), not here.
+            self._w.execute("PRAGMA wal_autocheckpoint=0")
         self._w.execute("COMMIT")
+        if snapshot_done:
+            self._w.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT}")
         self._in_txn = False
         self._state = self._load_state()
 
