@@ -40,7 +40,9 @@ _FLUSH_EVERY = 5000  # row changes per batch handed to the store, at most
 # Bytes of pgoutput messages per batch, at most: the store writes a batch with JSON
 # statements, and SQLite takes at most 1e9 bytes per parameter (and memory is bounded).
 _FLUSH_BYTES = 32 << 20
-_PENDING_BYTES = 256 << 10  # counted for a change whose TOASTed values come from the store
+# Counted for a change whose unchanged TOASTed values the store fills in (their size is
+# not known here): a batch holds at most 512 of them, enough for stored rows of ~1 MB.
+_PENDING_BYTES = 64 << 10
 _IN_FLIGHT = 2  # batches handed to the writer and not yet written, at most
 
 
