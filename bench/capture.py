@@ -1,18 +1,24 @@
 """Capture throughput: a 500,000-row UPDATE, commit → applied in the store.
 
 Reference: `pg_recvlogical` (pgoutput to /dev/null) over the same WAL range, from a slot
-created at the same point. Both start after the UPDATE committed and a CHECKPOINT (so the
-UPDATE's write-back does not land on whichever runs first), so both decode the same WAL
-from the slot; they run one after the other so they do not share the two cores. The CPU
-time our process used is printed too: on two cores, the walsender and the sidecar's
-threads share them, so CPU per row is what bounds the rate.
+created just before the UPDATE. Both start after the UPDATE committed and a CHECKPOINT (so
+the UPDATE's write-back does not land on whichever runs first), so both decode the same
+WAL from their slot; they run one after the other so they do not share the two cores.
+
+The machine's speed drifts (other tenants), so the benchmark runs `--rounds` rounds (a
+new UPDATE each), alternating which side goes first, and reports the medians. The CPU
+time each side used is printed too: on two cores the walsender and the sidecar's threads
+share them, so CPU per row is what bounds the rate.
 Target: ≥ 1.0× pg_recvlogical and ≥ 100,000 row changes/s.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
 import resource
+import statistics
 import subprocess
 import tempfile
 import time
@@ -28,13 +34,57 @@ from bench.harness import (
     make_items,
     postgres,
     report,
-    rows_main,
 )
 from sidecar.changes import str_to_lsn
+from sidecar.config.model import Config
+from sidecar.embedded import EmbeddedPostgres
 from sidecar.service import Service
 
 
-async def run(rows: int) -> dict[str, float]:
+async def _ours(cfg: Config, target: str, rows: int) -> tuple[float, float]:
+    """Seconds from start to the store holding `target`, and the CPU seconds used."""
+    cpu = time.process_time()
+    with Timer() as ours:
+        service = await Service.start(cfg)
+        ok = await service.capture.wait_for_lsn(str_to_lsn(target), 600)
+    cpu = time.process_time() - cpu
+    applied = service.capture.status.rows_applied
+    await service.close()
+    assert ok, "capture did not reach the target LSN"
+    assert applied >= rows, f"only {applied} rows applied"
+    return ours.seconds, cpu
+
+
+def _reference(pg: EmbeddedPostgres, slot: str, target: str) -> tuple[float, float]:
+    """Seconds `pg_recvlogical` takes to stream the slot up to `target`, and its CPU."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with Timer() as ref:
+        subprocess.run(
+            [
+                str(pg.bindir / "pg_recvlogical"),
+                "-d",
+                pg.dsn("bench"),
+                "-S",
+                slot,
+                "--start",
+                "-E",
+                target,
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=bench",
+                "-f",
+                "/dev/null",
+                "--no-loop",
+            ],
+            check=True,
+        )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return ref.seconds, cpu
+
+
+async def run(rows: int, rounds: int = 3) -> dict[str, float]:
     with postgres() as pg, tempfile.TemporaryDirectory() as tmp:
         dsn = pg.dsn("bench")
         make_items(dsn, rows)
@@ -42,58 +92,48 @@ async def run(rows: int) -> dict[str, float]:
         service = await Service.start(cfg)
         await service.capture.wait_ready(600)
         await service.close()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("SELECT pg_create_logical_replication_slot('ref', 'pgoutput')")
-            conn.execute("UPDATE items SET val = val + 1, updated_at = now()")
-            conn.execute("CHECKPOINT")
-        target = current_lsn(pg)
-        os.sync()
-
-        cpu = time.process_time()
-        with Timer() as ours:
-            service = await Service.start(cfg)
-            ok = await service.capture.wait_for_lsn(str_to_lsn(target), 600)
-        cpu = time.process_time() - cpu
-        applied = service.capture.status.rows_applied
-        st = service.capture.status
+        ours_s, ours_cpu, ref_s, ref_cpu = [], [], [], []
+        for n in range(rounds):
+            slot = f"ref{n}"
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+                conn.execute("UPDATE items SET val = val + 1, updated_at = now()")
+                conn.execute("CHECKPOINT")
+            target = current_lsn(pg)
+            os.sync()
+            if n % 2 == 0:
+                seconds, cpu = await _ours(cfg, target, rows)
+                ref_seconds, ref_used = _reference(pg, slot, target)
+            else:
+                ref_seconds, ref_used = _reference(pg, slot, target)
+                seconds, cpu = await _ours(cfg, target, rows)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            ours_s.append(seconds)
+            ours_cpu.append(cpu)
+            ref_s.append(ref_seconds)
+            ref_cpu.append(ref_used)
+            print(
+                f"round {n + 1}: sidecar {seconds:.2f}s (CPU {cpu / rows * 1e6:.1f} us/row), "
+                f"pg_recvlogical {ref_seconds:.2f}s (CPU {ref_used / rows * 1e6:.1f} us/row); "
+                f"ratio {ref_seconds / seconds:.2f}x",
+                flush=True,
+            )
+        median = statistics.median
         print(
-            f"batches {st.batches}; sidecar CPU {cpu:.2f}s = {cpu / rows * 1e6:.1f} us/row",
+            f"CPU per row (median): sidecar {median(ours_cpu) / rows * 1e6:.1f} us, "
+            f"pg_recvlogical {median(ref_cpu) / rows * 1e6:.1f} us",
             flush=True,
         )
-        await service.close()
-        assert ok, "capture did not reach the target LSN"
-        assert applied >= rows, f"only {applied} rows applied"
-
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with Timer() as ref:
-            subprocess.run(
-                [
-                    str(pg.bindir / "pg_recvlogical"),
-                    "-d",
-                    pg.dsn("bench"),
-                    "-S",
-                    "ref",
-                    "--start",
-                    "-E",
-                    target,
-                    "-o",
-                    "proto_version=1",
-                    "-o",
-                    "publication_names=bench",
-                    "-f",
-                    "/dev/null",
-                    "--no-loop",
-                ],
-                check=True,
-            )
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        ref_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-        print(f"pg_recvlogical CPU {ref_cpu:.2f}s = {ref_cpu / rows * 1e6:.1f} us/row", flush=True)
-        return report("capture", rows, ours.seconds, "pg_recvlogical", ref.seconds)
+        return report("capture (median)", rows, median(ours_s), "pg_recvlogical", median(ref_s))
 
 
 def main() -> None:
-    rows_main(run, __doc__, 500_000)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(run(args.rows, args.rounds))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""Every benchmark runs to its end at a tiny size: `make bench` does not rot unnoticed.
+
+No timing is checked (these machines are noisy): each benchmark asserts its own
+correctness (rows copied and applied, pushes applied, long-polls answered) and returns
+or prints its ratio; the test checks it ran and measured something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from bench import capture, live, ndjson, push, snapshot
+
+pytestmark = [pytest.mark.pg, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def logging_kept() -> Iterator[None]:
+    """The benchmarks send the logs to /dev/null; later tests keep theirs."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+async def test_snapshot() -> None:
+    assert (await snapshot.run(2_000))["ratio"] > 0
+
+
+async def test_capture_rounds() -> None:
+    assert (await capture.run(2_000, rounds=2))["ratio"] > 0
+
+
+async def test_push() -> None:
+    assert (await push.run(200, 100))["ratio"] > 0
+
+
+async def test_ndjson() -> None:
+    assert (await ndjson.run(2_000))["ratio"] > 0
+
+
+async def test_live(capsys: pytest.CaptureFixture[str]) -> None:
+    await live.run(3, 50)
+    out = capsys.readouterr().out
+    assert "50/50 long-polls answered" in out, out
