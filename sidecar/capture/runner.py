@@ -550,22 +550,19 @@ class CaptureRunner:
             log.warning("rebuilding the store; clients will resync (410)", reason=reason)
             self.status.rebuilds += 1
         slot = await self._slot_row()
-        if slot is not None:
-            if slot[3]:
-                raise ReplicationError(
-                    f"replication slot {self.config.database.slot!r} is in use by process "
-                    f"{slot[4]}; is another sidecar running with the same slot?"
-                )
-            async with await psycopg.AsyncConnection.connect(
-                self.config.database.url, autocommit=True
-            ) as conn:
-                await conn.execute(
-                    "SELECT pg_drop_replication_slot(%s)", (self.config.database.slot,)
-                )
-            log.info("dropped replication slot", slot=self.config.database.slot)
+        if slot is not None and slot[3]:
+            raise ReplicationError(
+                f"replication slot {self.config.database.slot!r} is in use by process "
+                f"{slot[4]}; is another sidecar running with the same slot?"
+            )
         async with await psycopg.AsyncConnection.connect(
             self.config.database.url, autocommit=True
         ) as conn:
+            if slot is not None:
+                await conn.execute(
+                    "SELECT pg_drop_replication_slot(%s)", (self.config.database.slot,)
+                )
+                log.info("dropped replication slot", slot=self.config.database.slot)
             cur = await conn.execute(
                 "SELECT oid FROM pg_database WHERE datname = %s", (system.dbname,)
             )

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.integration.conftest import Sidecar, auth
+from tests.integration.conftest import Sidecar, auth, run_sql
 
 pytestmark = pytest.mark.pg
 
@@ -146,8 +146,6 @@ DOCUMENT: dict[str, Any] = {
 
 @pytest.fixture
 async def sc(pg_dsn: str, pg_url: str, sidecar_factory: Any) -> Sidecar:
-    from tests.integration.conftest import run_sql
-
     run_sql(pg_dsn, SCHEMA)
     return await sidecar_factory(pg_url, COLLECTIONS)
 
