@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import orjson
@@ -52,9 +52,10 @@ from sidecar.changes import Cursor, Page
 from sidecar.config.expressions import Expression, ExpressionError, parse_expression
 from sidecar.errors import CursorExpired, InvalidRequest, SidecarError
 from sidecar.http.routes import _principal, _service
+from sidecar.pgtypes import float_text, parse_type_name
 from sidecar.pull import PullRequest
 from sidecar.route import Route
-from sidecar.rules import EvaluationError, compile_evaluator
+from sidecar.rules.evaluator import EvaluationError, compile_evaluator
 from sidecar.service import Service
 
 PREFIX = "/electric/"
@@ -267,7 +268,6 @@ def _live_cursor(client: str | None) -> str:
 
 # -- values: the core's JSON → PostgreSQL text -------------------------------------------
 
-_TYPMOD = re.compile(r"\(([^)]*)\)")
 _TIMESTAMP = re.compile(
     r"^(-?[0-9]{4,}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?"
     r"(Z|[+-][0-9]{2}:[0-9]{2}(?::[0-9]{2})?)?$"
@@ -307,11 +307,10 @@ def _time_text(value: Any) -> Any:
     return f"{clock}{_fraction(frac)}{_zone(zone)}"
 
 
-def _float_text(value: Any) -> Any:
+def _float_text(value: Any, kind: Literal["float8", "float4"] = "float8") -> Any:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return _plain_text(value)  # "NaN", "Infinity", "-Infinity" already
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
+    return float_text(float(value), kind)
 
 
 def _json_text(value: Any) -> str:
@@ -376,8 +375,8 @@ class ColumnType:
 
 def column_type(info: ColumnInfo) -> ColumnType:
     known = pg_types.get(info.type_oid)
-    base = _TYPMOD.sub("", info.type_name).replace("[]", "").strip()
-    dims = info.type_name.count("[]")
+    parsed = parse_type_name(info.type_name)
+    base, dims = parsed.base, parsed.dims
     if known is not None:
         base = known.name
         dims = 1 if known.array_oid == info.type_oid and known.oid != info.type_oid else 0
@@ -393,10 +392,7 @@ def column_type(info: ColumnInfo) -> ColumnType:
 
 
 def _typmod_schema(base: str, type_name: str) -> dict[str, int]:
-    m = _TYPMOD.search(type_name)
-    if m is None:
-        return {}
-    numbers = [int(x) for x in m.group(1).split(",") if x.strip().isdigit()]
+    numbers = [int(x) for x in parse_type_name(type_name).typmods if x.isdigit()]
     if base == "varchar" and numbers:
         return {"max_length": numbers[0]}
     if base == "bpchar" and numbers:
@@ -412,7 +408,9 @@ def _typmod_schema(base: str, type_name: str) -> dict[str, int]:
 
 
 def _typed_loader(type_name: str) -> Callable[[str], Any] | None:
-    base = " ".join(_TYPMOD.sub("", type_name).split())
+    parsed = parse_type_name(type_name)
+    if parsed.dims:
+        return None
     return {
         "numeric": Decimal,
         "real": float,
@@ -421,7 +419,7 @@ def _typed_loader(type_name: str) -> Callable[[str], Any] | None:
         "timestamp without time zone": datetime.fromisoformat,
         "timestamp with time zone": datetime.fromisoformat,
         "uuid": UUID,
-    }.get(base)
+    }.get(parsed.base)
 
 
 def _typed_row(row: Mapping[str, Any], loaders: Mapping[str, Callable[[str], Any]]) -> dict:

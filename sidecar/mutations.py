@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from sidecar.catalog import ColumnInfo
 from sidecar.errors import InvalidRequest, PayloadTooLarge, SidecarError, ValidationFailed
+from sidecar.pgtypes import parse_type_name
 
 Op = Literal["insert", "update", "delete"]
 Status = Literal["applied", "duplicate", "conflict", "rejected"]
@@ -171,7 +172,9 @@ _NUMERIC = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$")
 
 @functools.lru_cache(maxsize=512)
 def _base_type(type_name: str) -> str:
-    return re.sub(r"\(.*\)", "", type_name).strip()
+    """The type name without modifiers, `[]` kept: `numeric(10,2)[]` → `numeric[]`."""
+    parsed = parse_type_name(type_name)
+    return parsed.base + "[]" * parsed.dims
 
 
 def check_value(column: ColumnInfo, value: Any) -> None:

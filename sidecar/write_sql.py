@@ -3,19 +3,22 @@
 Statements use `$n` placeholders (run with psycopg's raw cursor) so that rule
 expressions, rendered by pglast with their own `$n` claim parameters, share one numbering.
 Identifiers are quoted by psycopg; type names come from the catalog (`format_type`).
+`bind_claims` renders a rule with its claims as parameters (the write side's rules).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pglast import ast, enums
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sidecar.config.expressions import Expression
+from sidecar.config.expressions import Expression, render_sql
 from sidecar.route import Route
-from sidecar.rules import bind_claims
+from sidecar.rules.nodes import walk
 
 
 def ident(name: str) -> str:
@@ -24,6 +27,45 @@ def ident(name: str) -> str:
 
 def table_name(route: Route) -> str:
     return sql.Identifier(route.table.ref.schema, route.table.ref.name).as_string(None)
+
+
+def bind_claims(
+    expr: Expression, claims: Mapping[str, Any], first_param: int = 1
+) -> tuple[str, tuple[Any, ...]]:
+    """SQL text of `expr` (`$n` placeholders from `first_param`) and the claim values to
+    bind, in order.
+
+    A missing claim is NULL; a scalar claim used only as `= ANY(:claim)` is wrapped in a
+    list, as the evaluator does.
+    """
+    sql_text, names = render_sql(expr, first_param)
+    arrays = _array_only_params(expr)
+    values = []
+    for number, name in enumerate(names, start=1):
+        value = claims.get(name)
+        if number in arrays and value is not None and not isinstance(value, list):
+            value = [value]
+        values.append(value)
+    return sql_text, tuple(values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _array_only_params(expr: Expression) -> frozenset[int]:
+    """Parameter numbers that only ever appear as `= ANY($n)`."""
+    in_any: set[int] = set()
+    elsewhere: set[int] = set()
+    for node in walk(expr.node):
+        if (
+            isinstance(node, ast.A_Expr)
+            and node.kind == enums.A_Expr_Kind.AEXPR_OP_ANY
+            and isinstance(node.rexpr, ast.ParamRef)
+            and node.rexpr.number is not None
+        ):
+            in_any.add(node.rexpr.number)
+    for node in walk(expr.node):
+        if isinstance(node, ast.ParamRef) and node.number is not None and node.number not in in_any:
+            elsewhere.add(node.number)
+    return frozenset(in_any - elsewhere)
 
 
 class Statement:

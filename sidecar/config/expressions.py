@@ -24,10 +24,11 @@ AND/OR/NOT, `IN (list)`, `= ANY(:claim)` and `= ANY(ARRAY[<literals>])`, `IS [NO
 `IS [NOT] TRUE/FALSE/UNKNOWN`, `[NOT] BETWEEN` (not SYMMETRIC), `[NOT] [I]LIKE` with a
 constant pattern (no ESCAPE clause), arithmetic `+ - * /`, string concatenation `||`,
 casts to the types of `ALLOWED_CASTS` (no typmods, no arrays), `coalesce` and the functions
-of `ALLOWED_FUNCTIONS` (optionally qualified `pg_catalog.`). Limits: `MAX_EXPRESSION_LENGTH`
-characters, `MAX_DEPTH` levels of nesting. Beyond PostgreSQL's own checks, a few obviously
-non-boolean shapes are refused early: a constant, arithmetic or function call where a
-boolean is expected, and a boolean operand of arithmetic or of a function.
+of `sidecar.rules.functions.FUNCTIONS` (the table the evaluator computes them from;
+optionally qualified `pg_catalog.`). Limits: `MAX_EXPRESSION_LENGTH` characters,
+`MAX_DEPTH` levels of nesting. Beyond PostgreSQL's own checks, a few obviously non-boolean
+shapes are refused early: a constant, arithmetic or function call where a boolean is
+expected, and a boolean operand of arithmetic or of a function.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError, scan
 from pglast.stream import RawStream
 
+from sidecar.rules.functions import FUNCTIONS
+
 __all__ = [
     "ALLOWED_CASTS",
-    "ALLOWED_FUNCTIONS",
     "MAX_DEPTH",
     "MAX_EXPRESSION_LENGTH",
     "Expression",
@@ -59,19 +61,6 @@ __all__ = [
 
 MAX_EXPRESSION_LENGTH = 10_000
 MAX_DEPTH = 100  # nesting of the expression tree (keeps every later walk far from recursion limits)
-
-#: function name -> (min args, max args)
-ALLOWED_FUNCTIONS: dict[str, tuple[int, int]] = {
-    "lower": (1, 1),
-    "upper": (1, 1),
-    "length": (1, 1),
-    "char_length": (1, 1),
-    "abs": (1, 1),
-    "btrim": (1, 2),  # trim(x), trim(both 'x' from y)
-    "ltrim": (1, 2),  # trim(leading ...)
-    "rtrim": (1, 2),  # trim(trailing ...)
-    "now": (0, 0),
-}
 
 #: type name as the parser spells it (after `pg_catalog.`) -> canonical PostgreSQL name
 ALLOWED_CASTS: dict[str, str] = {
@@ -621,9 +610,9 @@ class _Checker:
     def func_call(self, node: ast.FuncCall) -> _Kind:
         name = _func_name(node)
         label = ".".join(s.sval for s in node.funcname if isinstance(s, ast.String))
-        arity = ALLOWED_FUNCTIONS.get(name or "")
-        if arity is None:
-            allowed = ", ".join(sorted({*ALLOWED_FUNCTIONS, "coalesce", "trim"}))
+        function = FUNCTIONS.get(name or "")
+        if function is None:
+            allowed = ", ".join(sorted({*FUNCTIONS, "coalesce", "trim"}))
             raise self._fail(f"function {label}() is not allowed (allowed: {allowed})", node)
         if (
             node.agg_star
@@ -636,7 +625,7 @@ class _Checker:
         ):
             raise self._fail(f"{label}() may only be called with plain arguments", node)
         args = node.args or ()
-        low, high = arity
+        low, high = function.min_args, function.max_args
         if not low <= len(args) <= high:
             raise self._fail(f"{label}() takes {_count(low, high)} argument(s)", node)
         for arg in args:

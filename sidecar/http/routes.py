@@ -24,7 +24,7 @@ from sidecar.errors import (
 )
 from sidecar.mutations import parse_push
 from sidecar.pull import PullRequest, StreamEvent, render_page
-from sidecar.rules import evaluate
+from sidecar.rules.evaluator import evaluate
 from sidecar.service import Service
 
 SERVICE = web.AppKey("service", Service)

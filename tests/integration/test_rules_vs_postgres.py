@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 from psycopg import RawCursor
 
 from sidecar.config.expressions import parse_expression
-from sidecar.rules import EvaluationError, bind_claims, compile_read_rule, evaluate
-from tests.unit.test_rules import CLAIM_VALUES, PROPERTY_TYPES, ROW_VALUES, read_rules
+from sidecar.rules.evaluator import EvaluationError, evaluate
+from sidecar.rules.scopes import compile_read_rule
+from sidecar.write_sql import bind_claims
+from tests.unit.rules.test_scopes import CLAIM_VALUES, PROPERTY_TYPES, ROW_VALUES, read_rules
 
 pytestmark = pytest.mark.pg
 

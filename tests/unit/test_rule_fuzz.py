@@ -13,13 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pglast import ast, parse_sql
 
-from sidecar.config.expressions import (
-    ALLOWED_FUNCTIONS,
-    ExpressionError,
-    parse_expression,
-    render_sql,
-)
-from sidecar.rules import ReadRule, compile_read_rule
+from sidecar.config.expressions import ExpressionError, parse_expression, render_sql
+from sidecar.rules.functions import FUNCTIONS
+from sidecar.rules.scopes import ReadRule, compile_read_rule
 
 FRAGMENTS = [
     "owner_id",
@@ -123,7 +119,7 @@ def _assert_safe(text: str) -> None:
     for node in _walk(where):
         if isinstance(node, ast.FuncCall):
             name = node.funcname[-1].sval.lower()
-            assert name in ALLOWED_FUNCTIONS, (text, name)
+            assert name in FUNCTIONS, (text, name)
             continue
         assert not isinstance(node, UNSAFE_NODES), (text, type(node).__name__)
         if isinstance(node, ast.ColumnRef):

@@ -1,0 +1,461 @@
+"""Read rules compiled to scopes: visible ⇔ a row's scopes and a request's scopes meet.
+
+`compile_read_rule(expr, column_types)` puts the rule in disjunctive normal form over
+atoms (NOT pushed down, which De Morgan allows in Kleene logic; a boolean combination of
+columns only, or of claims only, stays one atom) and classifies the atoms of each branch:
+partition atoms (`column = <claims>`, `column IN (<claims and literals>)`,
+`column = ANY(:claim)`), row atoms (columns and literals only) and claim atoms (claims and
+literals only). A row's scope in branch `i` is `'i:' + JSON list of the partition values`
+(e.g. `0:["42"]`, canonical per column type) when its row atoms are TRUE and no partition
+value is NULL; a request's scopes are the same strings built from its claim values coerced
+to the columns' types, when its claim atoms are TRUE; a branch without partition atoms
+gives `'i:'`. Visible ⇔ the two sets intersect ⇔ `evaluator.evaluate(...) is True` (with
+the same column types).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pglast import ast, enums
+
+from sidecar.config.expressions import Expression, ExpressionError
+from sidecar.rules.closures import EMPTY, Claims, Fn, Row
+from sidecar.rules.evaluator import Compiler
+from sidecar.rules.nodes import (
+    column_name,
+    function_name,
+    is_constant,
+    is_volatile,
+    items,
+    operator,
+    refs,
+    walk,
+)
+from sidecar.rules.pgcasts import cast_datetime
+from sidecar.rules.pgvalues import (
+    INT_RANGES,
+    NUMBERS,
+    NUMERIC,
+    EvaluationError,
+    Unknown,
+    as_bool,
+    check_range,
+    column_kind,
+    exact,
+    parse_kind,
+)
+
+__all__ = ["MAX_BRANCHES", "ReadRule", "Scopes", "compile_read_rule"]
+
+MAX_BRANCHES = 32
+
+_A = enums.A_Expr_Kind
+_NO_VALUE = object()
+
+
+# -- partition values: canonical per column kind -----------------------------------------
+
+
+def _partition_value(value: Any, kind: str) -> Any:
+    """`value` as a value of a column of `kind`, or `_NO_VALUE` when it equals none.
+
+    Mirrors `pgvalues.compare`: unknown strings take the column type's input syntax, exact
+    numbers and doubles meet through the double's shortest decimal form, dates are midnight.
+    """
+    try:
+        return _to_kind(value, kind)
+    except (EvaluationError, ValueError, ArithmeticError, OverflowError):
+        return _NO_VALUE
+
+
+def _to_kind(value: Any, kind: str) -> Any:
+    vtype = type(value)
+    if vtype is Unknown:
+        return parse_kind(value, kind)
+    if kind == "text":
+        return value if vtype is str else _NO_VALUE
+    if vtype is str:
+        return _NO_VALUE  # typed text never equals a non-text column
+    if kind == "bool":
+        return value if vtype is bool else _NO_VALUE
+    if vtype in NUMBERS:
+        return _number_to_kind(value, kind)
+    if vtype in (date, datetime) and kind in ("date", "timestamp", "timestamptz"):
+        return _time_to_kind(value, kind)
+    if vtype is UUID and kind == "uuid":
+        return value
+    return _NO_VALUE
+
+
+def _number_to_kind(value: Any, kind: str) -> Any:
+    if kind == "float":
+        return value  # exact numbers meet doubles through the double's shortest decimal
+    if kind not in INT_RANGES and kind != "numeric":
+        return _NO_VALUE
+    number = exact(value)
+    if kind == "numeric":
+        return number
+    if not number.is_finite() or number != number.to_integral_value():
+        return _NO_VALUE
+    return check_range(int(number), kind)
+
+
+def _time_to_kind(value: date | datetime, kind: str) -> Any:
+    if kind == "date":
+        if type(value) is date:
+            return value
+        assert isinstance(value, datetime)
+        naive = cast_datetime(value, aware=False)
+        return naive.date() if naive.time() == time() else _NO_VALUE
+    return cast_datetime(value, aware=kind == "timestamptz")
+
+
+def _canonical(value: Any, kind: str) -> str | None:
+    """A string equal for equal values of a column of `kind` (None: matches nothing)."""
+    if value is None:
+        return None
+    vtype = type(value)
+    if vtype is int and kind in INT_RANGES:  # fast path: a row's own integer column
+        return str(value) if -INT_RANGES[kind] <= value < INT_RANGES[kind] else None
+    if vtype is str and kind == "text":  # fast path: a row's own text column
+        return value
+    value = _partition_value(value, kind)
+    if value is _NO_VALUE or value is None:
+        return None
+    if kind == "numeric" or kind == "float" or kind in INT_RANGES:
+        return _number_key(exact(value))
+    if kind == "timestamptz":
+        return str(value.astimezone(UTC).isoformat())
+    if kind in ("date", "timestamp"):
+        return str(value.isoformat())
+    if kind == "bool":
+        return "t" if value else "f"
+    return str(value)
+
+
+def _number_key(value: Decimal) -> str:
+    """Equal for numerically equal values: NaN equals NaN (as in PostgreSQL), -0 is 0."""
+    if value.is_nan():
+        return "NaN"
+    if not value.is_finite():
+        return "-Infinity" if value < 0 else "Infinity"
+    if value == 0:
+        return "0"
+    return format(value.normalize(NUMERIC), "f")
+
+
+@dataclass(frozen=True, slots=True)
+class _Partition:
+    """`column = <claim values>`: the row side reads `column`, the request side `values`."""
+
+    column: str
+    kind: str
+    values: Callable[[Claims], list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Branch:
+    prefix: str
+    row_tests: tuple[Callable[[Row], bool], ...]
+    claim_tests: tuple[Callable[[Claims], bool], ...]
+    partitions: tuple[_Partition, ...]
+
+
+def _encode(values: list[str]) -> str:
+    return orjson.dumps(values).decode()
+
+
+Scopes = tuple[str, ...]
+
+
+def _one_partition(head: str, index: int, kind: str) -> Callable[[Sequence[Any]], Scopes]:
+    """The scopes of a rule `column = <claims>`: one scope, `head` + the JSON list of the
+    value's canonical form (none when the value matches nothing)."""
+    limit = INT_RANGES.get(kind, 0)
+
+    def scopes(values: Sequence[Any]) -> Scopes:
+        value = values[index]
+        if type(value) is int and -limit <= value < limit:  # an integer column's own value
+            return (f'{head}["{value}"]',)  # digits need no JSON escaping: as _encode
+        canonical = _canonical(value, kind)
+        return () if canonical is None else (head + _encode([canonical]),)
+
+    return scopes
+
+
+@dataclass(frozen=True)
+class ReadRule:
+    """A read rule compiled to scopes: visible ⇔ row_scopes ∩ request_scopes ≠ ∅."""
+
+    expression: Expression
+    columns: frozenset[str]
+    branches: tuple[_Branch, ...] = field(default=(), repr=False)
+
+    def row_scopes(self, row: Row) -> tuple[str, ...]:
+        """The scopes of one row (values as psycopg loads them; missing columns are NULL)."""
+        scopes: list[str] = []
+        for branch in self.branches:
+            tests = branch.row_tests
+            if tests and not all(test(row) for test in tests):
+                continue
+            if not branch.partitions:
+                scopes.append(branch.prefix)
+                continue
+            values: list[str] = []
+            for part in branch.partitions:
+                canonical = _canonical(row.get(part.column), part.kind)
+                if canonical is None:
+                    break
+                values.append(canonical)
+            else:
+                scopes.append(branch.prefix + _encode(values))
+        return tuple(scopes)
+
+    def scoper(self, prefix: str, columns: Sequence[str]) -> Callable[[Sequence[Any]], Scopes]:
+        """`row_scopes` of rows given as values in `columns` order, each scope prefixed.
+
+        Capture calls this once per row change, so the usual shape of a rule (one branch
+        whose only atom is `column = <claims>`) gets a closure that reads the value
+        directly, without building a dict per row; other rules go through `row_scopes`.
+        """
+        names = tuple(columns)
+        if len(self.branches) == 1:
+            branch = self.branches[0]
+            if not branch.row_tests and len(branch.partitions) == 1:
+                part = branch.partitions[0]
+                return _one_partition(prefix + branch.prefix, names.index(part.column), part.kind)
+
+        def scopes(values: Sequence[Any]) -> Scopes:
+            return tuple(prefix + s for s in self.row_scopes(dict(zip(names, values, strict=True))))
+
+        return scopes
+
+    def request_scopes(self, claims: Claims) -> tuple[str, ...]:
+        """The scopes a caller with `claims` may read."""
+        scopes: list[str] = []
+        for branch in self.branches:
+            if not all(test(claims) for test in branch.claim_tests):
+                continue
+            choices: list[list[str]] = []
+            for part in branch.partitions:
+                found = {_canonical(v, part.kind) for v in part.values(claims)}
+                found.discard(None)
+                if not found:
+                    break
+                choices.append(sorted(found))  # type: ignore[arg-type]
+            else:
+                scopes.extend(
+                    branch.prefix + _encode(list(c)) if c else branch.prefix
+                    for c in itertools.product(*choices)
+                )
+        return tuple(scopes)
+
+
+# -- normal form --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Literal:
+    node: Any
+    negated: bool
+
+
+_Formula = tuple[str, tuple[Any, ...]] | _Literal | bool
+
+
+def _nnf(node: Any, negate: bool, constant: Callable[[Any], bool | None]) -> _Formula:
+    """Negation normal form over atoms; constant atoms become True/False.
+
+    An atom is a maximal sub-expression that is not an AND/OR/NOT mixing columns with
+    claims: a boolean combination of columns only (or of claims only) stays one atom, so
+    only the mixed part of a rule multiplies branches. A constant that is not TRUE (FALSE
+    or NULL) becomes False: in Kleene logic that never turns a FALSE-or-NULL rule TRUE.
+    """
+    if isinstance(node, ast.BoolExpr) and _mixes_columns_and_claims(node):
+        if node.boolop == enums.BoolExprType.NOT_EXPR:
+            return _nnf(items(node.args)[0], not negate, constant)
+        is_and = (node.boolop == enums.BoolExprType.AND_EXPR) != negate
+        parts = tuple(_nnf(a, negate, constant) for a in items(node.args))
+        return ("and" if is_and else "or", parts)
+    if is_constant(node):
+        value = constant(node)
+        return value is (not negate)
+    return _Literal(node, negate)
+
+
+def _mixes_columns_and_claims(node: Any) -> bool:
+    columns, params = refs(node)
+    return bool(columns) and bool(params)
+
+
+def _dnf(formula: _Formula, expr: Expression) -> list[list[_Literal]]:
+    """Disjunctive normal form (a list of conjunctions); at most MAX_BRANCHES of them."""
+    if formula is True:
+        return [[]]
+    if formula is False:
+        return []
+    if isinstance(formula, _Literal):
+        return [[formula]]
+    op, parts = formula
+    if op == "or":
+        branches = [b for part in parts for b in _dnf(part, expr)]
+    else:
+        branches = [[]]
+        for part in parts:
+            sub = _dnf(part, expr)
+            if len(branches) * len(sub) > MAX_BRANCHES:
+                raise _too_many(expr)
+            branches = [a + b for a in branches for b in sub]
+    if len(branches) > MAX_BRANCHES:
+        raise _too_many(expr)
+    return branches
+
+
+def _too_many(expr: Expression) -> ExpressionError:
+    return expr.error(
+        f"the read rule expands to more than {MAX_BRANCHES} OR-branches; simplify it", expr.node
+    )
+
+
+# -- classifying atoms --------------------------------------------------------------------
+
+
+def _mix_error(expr: Expression, node: Any) -> ExpressionError:
+    return expr.error(
+        "a column may only be compared to a claim with =, IN (...) or = ANY(...) (and not "
+        "under NOT), so that rows can be partitioned into scopes",
+        node,
+    )
+
+
+class _RuleCompiler:
+    def __init__(self, expr: Expression, column_types: Mapping[str, str]) -> None:
+        self.expr = expr
+        self.column_types = column_types
+        self.compiler = Compiler(expr.params, column_types)
+
+    def constant(self, node: Any) -> bool | None:
+        try:
+            return as_bool(self.compiler.compile(node)(EMPTY, EMPTY))
+        except EvaluationError:
+            return None
+
+    def test(self, literal: _Literal) -> Callable[[Mapping[str, Any]], bool]:
+        """TRUE-test of a row atom or a claim atom (an evaluation error is not TRUE)."""
+        fn = self.compiler.compile_bool(literal.node)
+        wanted = not literal.negated
+        as_row = bool(refs(literal.node)[0])
+
+        def test(values: Mapping[str, Any]) -> bool:
+            try:
+                result = fn(values, EMPTY) if as_row else fn(EMPTY, values)
+            except EvaluationError:
+                return False
+            return result is wanted
+
+        return test
+
+    def partition(self, literal: _Literal) -> _Partition | None:
+        """The partition of a `column = claims` atom, or None if it is not one."""
+        node = literal.node
+        if literal.negated or not isinstance(node, ast.A_Expr) or operator(node) != "=":
+            return None
+        if node.kind == _A.AEXPR_OP:
+            for column, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
+                if isinstance(column, ast.ColumnRef) and self._claims_only(other):
+                    return self._make(column, node, (self.compiler.compile(other),), False)
+        elif node.kind == _A.AEXPR_IN and isinstance(node.lexpr, ast.ColumnRef):
+            listed = items(node.rexpr)
+            if any(self._claims_only(e) for e in listed) and all(
+                self._claims_only(e) or is_constant(e) for e in listed
+            ):
+                fns = tuple(self.compiler.compile(e) for e in listed)
+                return self._make(node.lexpr, node, fns, False)
+        elif (
+            node.kind == _A.AEXPR_OP_ANY
+            and isinstance(node.lexpr, ast.ColumnRef)
+            and isinstance(node.rexpr, ast.ParamRef)
+        ):
+            return self._make(node.lexpr, node, (self.compiler.array(node.rexpr),), True)
+        return None
+
+    def _claims_only(self, node: Any) -> bool:
+        columns, params = refs(node)
+        return not columns and bool(params)
+
+    def _make(
+        self, column: ast.ColumnRef, atom: Any, fns: tuple[Fn, ...], array: bool
+    ) -> _Partition:
+        name = column_name(column)
+        kind = column_kind(self.column_types[name])
+        if kind is None:
+            raise self.expr.error(
+                f"column {name} of type {self.column_types[name]} cannot partition scopes "
+                "(compare it to a claim only if it is a number, text, boolean, date, "
+                "timestamp or uuid column)",
+                atom,
+            )
+
+        def values(claims: Claims) -> list[Any]:
+            out: list[Any] = []
+            for fn in fns:
+                try:
+                    value = fn(EMPTY, claims)
+                except EvaluationError:
+                    continue
+                if array:
+                    out.extend(value or ())
+                elif value is not None:
+                    out.append(value)
+            return out
+
+        return _Partition(name, kind, values)
+
+    def branch(self, index: int, literals: list[_Literal]) -> _Branch:
+        row_tests: list[Callable[[Row], bool]] = []
+        claim_tests: list[Callable[[Claims], bool]] = []
+        partitions: list[_Partition] = []
+        for literal in literals:
+            part = self.partition(literal)
+            if part is not None:
+                partitions.append(part)
+                continue
+            columns, params = refs(literal.node)
+            if columns and params:
+                raise _mix_error(self.expr, literal.node)
+            (row_tests if columns else claim_tests).append(self.test(literal))
+        return _Branch(f"{index}:", tuple(row_tests), tuple(claim_tests), tuple(partitions))
+
+
+def _check_columns(expr: Expression, column_types: Mapping[str, str]) -> None:
+    for node in walk(expr.node):
+        if isinstance(node, ast.ColumnRef) and column_name(node) not in column_types:
+            raise expr.error(f"unknown column {column_name(node)}", node)
+        if is_volatile(node):
+            raise expr.error(
+                f"{function_name(node)}() cannot be used in a read rule: scopes are computed "
+                "when rows change",
+                node,
+            )
+
+
+def compile_read_rule(expr: Expression, column_types: Mapping[str, str]) -> ReadRule:
+    """Compile a read rule into scopes (see the module docstring).
+
+    `column_types` maps each column of the table to its type as format_type() prints it.
+    Raises `ExpressionError` (located) for unknown columns, now(), a column compared to a
+    claim other than by =/IN/= ANY, partitions on unsupported types, or too many branches.
+    """
+    _check_columns(expr, column_types)
+    rules = _RuleCompiler(expr, column_types)
+    formula = _nnf(expr.node, False, rules.constant)
+    branches = tuple(rules.branch(i, lits) for i, lits in enumerate(_dnf(formula, expr)))
+    return ReadRule(expression=expr, columns=expr.columns, branches=branches)
