@@ -330,7 +330,7 @@ def _plain_text(value: Any) -> Any:
 
 
 _SCALAR_TEXT: dict[str, Encoder] = {
-    "float4": _float_text,
+    "float4": lambda value: _float_text(value, "float4"),
     "float8": _float_text,
     "json": _json_text,
     "jsonb": _json_text,

@@ -446,6 +446,10 @@ async def test_live_sse_events(sc: Sidecar, pg_dsn: str):
         ("bigint", 9007199254740993, "9007199254740993"),
         ("double precision", 1.0, "1"),
         ("double precision", 1e20, "1e+20"),
+        ("double precision", 1e15, "1e+15"),  # PostgreSQL's float8out, not Python's repr
+        ("real", 123456.0, "123456"),
+        ("real", 1234567.0, "1.234567e+06"),  # float4out: exponent form from 1e6
+        ("real", 0.1, "0.1"),
         ("double precision", "NaN", "NaN"),
         ("boolean", True, "t"),
         ("numeric", "12.50", "12.50"),
@@ -470,6 +474,7 @@ def test_values_are_postgresql_text(type_name: str, value: Any, text: str):
         "integer": "int4",
         "bigint": "int8",
         "double precision": "float8",
+        "real": "float4",
         "boolean": "bool",
         "timestamp with time zone": "timestamptz",
         "timestamp without time zone": "timestamp",
