@@ -51,6 +51,7 @@ EMPTY: Mapping[str, Any] = {}
 
 
 def constant(value: Any) -> Fn:
+    """A closure returning `value` (a constant, or a sub-tree computed at compile time)."""
     return lambda row, claims: value
 
 

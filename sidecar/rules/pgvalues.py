@@ -395,6 +395,7 @@ def column_kind(type_name: str) -> str | None:
 
 
 def parse_kind(text: str, kind: str) -> Any:
+    """`text` read with the input syntax of `kind` (raises where PostgreSQL would)."""
     if kind in INT_RANGES:
         return parse_int(text, kind)
     parsers: dict[str, Callable[[str], Any]] = {
