@@ -32,7 +32,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.auth import Principal
-from sidecar.changes import Cursor, Page, lsn_to_str
+from sidecar.changes import Cursor, Page
 from sidecar.errors import (
     Conflict,
     CursorExpired,
@@ -43,6 +43,7 @@ from sidecar.errors import (
     ValidationFailed,
 )
 from sidecar.http.routes import _json_body, _principal
+from sidecar.lsn import lsn_to_str
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.pull import Puller, PullRequest
 from sidecar.route import Route

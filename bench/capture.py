@@ -35,9 +35,9 @@ from bench.harness import (
     postgres,
     report,
 )
-from sidecar.changes import str_to_lsn
 from sidecar.config.model import Config
 from sidecar.embedded import EmbeddedPostgres
+from sidecar.lsn import str_to_lsn
 from sidecar.service import Service
 
 

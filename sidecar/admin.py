@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from sidecar.capture.slots import read_slot
 from sidecar.config.model import Config
 from sidecar.errors import PreflightError
 from sidecar.preflight import publication_statement, run_preflight
@@ -26,22 +27,6 @@ class Step:
     statement: str
     needed: bool
     why: str
-
-
-def _slot(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
-    cur = conn.execute(
-        "SELECT plugin, database, active, active_pid, wal_status, "
-        "restart_lsn::text, confirmed_flush_lsn::text, "
-        "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes, "
-        "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes "
-        "FROM pg_replication_slots WHERE slot_name = %s",
-        (name,),
-    )
-    row = cur.fetchone()
-    if row is None:
-        return None
-    names = [d.name for d in cur.description or ()]
-    return dict(zip(names, row, strict=True))
 
 
 def _publication_exists(conn: psycopg.Connection, name: str) -> bool:
@@ -63,7 +48,7 @@ def init_steps(config: Config) -> list[Step]:
         slot = sql.SQL("SELECT pg_create_logical_replication_slot({}, 'pgoutput')").format(
             sql.Literal(db.slot)
         )
-        has_slot = _slot(conn, db.slot) is not None
+        has_slot = read_slot(conn, db.slot) is not None
         if report.publication_adds:
             publication = publication_statement(config, list(report.publication_adds), create=False)
         needed = not report.publication_exists or bool(report.publication_adds)
@@ -92,11 +77,11 @@ def drop_steps(config: Config, keep_publication: bool = False) -> list[Step]:
     """What `drop` runs: the slot (so no WAL stays pinned), then the publication."""
     db = config.database
     with psycopg.connect(db.url, autocommit=True) as conn:
-        slot = _slot(conn, db.slot)
-        if slot is not None and slot["active"]:
+        slot = read_slot(conn, db.slot)
+        if slot is not None and slot.active:
             raise PreflightError(
                 [
-                    f"replication slot {db.slot!r} is in use by process {slot['active_pid']}: "
+                    f"replication slot {db.slot!r} is in use by process {slot.active_pid}: "
                     "stop the sidecar first"
                 ]
             )
@@ -109,7 +94,7 @@ def drop_steps(config: Config, keep_publication: bool = False) -> list[Step]:
                 slot is not None,
                 "no such slot"
                 if slot is None
-                else f"releases {slot['retained_bytes'] or 0:,} bytes of retained WAL",
+                else f"releases {slot.retained_bytes or 0:,} bytes of retained WAL",
             ),
         ]
         if not keep_publication:
@@ -180,10 +165,10 @@ def status(config: Config) -> dict[str, Any]:
     """Slot, publication, store and service state, as one JSON-able dict."""
     db = config.database
     with psycopg.connect(db.url, autocommit=True) as conn:
-        slot = _slot(conn, db.slot)
+        slot = read_slot(conn, db.slot)
         publication = _publication_exists(conn, db.publication)
     return {
-        "slot": {"name": db.slot, **slot} if slot else {"name": db.slot, "exists": False},
+        "slot": {"name": db.slot, **slot.as_dict()} if slot else {"name": db.slot, "exists": False},
         "publication": {"name": db.publication, "exists": publication},
         "store": store_summary(Path(config.store.path)),
         "service": service_metrics(config),

@@ -1,4 +1,4 @@
-"""Values that cross module boundaries on the read path: LSNs, cursors, pages."""
+"""Values that cross module boundaries on the read path: cursors, pages, row images."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
 from sidecar.errors import InvalidRequest
 
-__all__ = ["Cursor", "Image", "Page", "lsn_to_str", "rev_of", "str_to_lsn"]
+__all__ = ["Cursor", "Image", "Page", "rev_of"]
 
 _CURSOR = re.compile(r"^([0-9a-f]{8})-([0-9]{1,19})$")
 

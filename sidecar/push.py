@@ -39,7 +39,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from sidecar import failpoints, write_sql
 from sidecar.auth import Principal
-from sidecar.capture.pgoutput import str_to_lsn
 from sidecar.config.model import CollectionConfig
 from sidecar.errors import (
     Conflict,
@@ -49,11 +48,13 @@ from sidecar.errors import (
     Unavailable,
     ValidationFailed,
 )
+from sidecar.lsn import str_to_lsn
 from sidecar.mutations import Mutation, MutationResult, check_value, rejected
 from sidecar.permissions import Permissions
 from sidecar.route import Route
 from sidecar.store.base import ChangeStore
 from sidecar.values import to_json_value
+from sidecar.walmessage import MutationMessage
 
 log = structlog.get_logger("sidecar.push")
 
@@ -312,10 +313,10 @@ class Pusher:
         except psycopg.Error:
             raise _SlowPath() from None
         out: dict[str, MutationResult] = {}
-        records: list[bytes] = []
+        records: list[MutationMessage] = []
         for w, row in zip(writes, rows, strict=True):
             result, record = self._verdict(principal, w, row)
-            if result.status != "applied":
+            if record is None:
                 if atomic:
                     raise _Aborted(result)
                 raise _SlowPath()  # undo just this one: run the batch with savepoints
@@ -359,28 +360,29 @@ class Pusher:
         cur = await _raw(conn, w.build())
         row = await cur.fetchone() if w.returns_row else None
         result, record = self._verdict(principal, w, row)
-        if result.status != "applied":
+        if record is None:
             raise _Refused(result)
         await _raw(conn, write_sql.emit_messages([record]))
         return result
 
     def _verdict(
         self, principal: Principal, w: _Write, row: Sequence[Any] | None
-    ) -> tuple[MutationResult, bytes]:
-        """The outcome of a write from its RETURNING row, and its WAL record."""
+    ) -> tuple[MutationResult, MutationMessage | None]:
+        """The outcome of a write from its RETURNING row, and its WAL record (None: the
+        write was refused)."""
         m, route = w.m, w.route
         if not w.returns_row:  # a delete of a row locked and checked beforehand
             return MutationResult(m.id, "applied"), self._record(principal, route, m, None, w.key)
         if row is None:
             return MutationResult(
                 m.id, "conflict", error=NotFound("the row is gone").to_problem()
-            ), b""
+            ), None
         if not row[0]:
             refusal = Forbidden("the change would put the row outside your read scope")
-            return rejected(m.id, refusal), b""
+            return rejected(m.id, refusal), None
         if not row[1]:
             refusal = ValidationFailed("the collection's check rule refused the row")
-            return rejected(m.id, refusal), b""
+            return rejected(m.id, refusal), None
         image = route.image_of_values(dict(zip(route.needed, row[2:], strict=True)))
         key = orjson.loads(image.key)
         result = MutationResult(m.id, "applied", rev=image.rev, row=orjson.loads(image.row))
@@ -393,22 +395,17 @@ class Pusher:
         m: Mutation,
         rev: str | None,
         key: Mapping[str, Any] | None,
-    ) -> bytes:
+    ) -> MutationMessage:
         """The idempotency/audit record carried by pg_logical_emit_message."""
-        return orjson.dumps(
-            {
-                "id": m.id,
-                "sub": principal.subject,
-                "dev": principal.device,
-                "outcome": {
-                    "status": "applied",
-                    "rev": rev,
-                    "collection": route.name,
-                    "op": m.op,
-                    "key": key,
-                    "client_time": m.client_time,
-                },
-            }
+        return MutationMessage(
+            mutation_id=m.id,
+            subject=principal.subject,
+            device=principal.device,
+            collection=route.name,
+            op=m.op,
+            key=key,
+            rev=rev,
+            client_time=m.client_time,
         )
 
     def _aborted(

@@ -23,11 +23,11 @@ from typing import Any
 import orjson
 import structlog
 
-from sidecar.capture.pgoutput import UNCHANGED
 from sidecar.catalog import TableInfo
 from sidecar.changes import Image, rev_of
 from sidecar.config.model import CollectionConfig
 from sidecar.rules.scopes import ReadRule, compile_read_rule
+from sidecar.unchanged import UNCHANGED
 from sidecar.values import JSON_OPTIONS, dumps, json_fixer, make_transformer
 from sidecar.values import default as values_default
 

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sidecar.auth import Authenticator
 from sidecar.capture.runner import CaptureRunner
+from sidecar.capture.slots import read_slot_async
 from sidecar.config.model import Config
 from sidecar.errors import ConfigError, ConfigProblem, PreflightError
 from sidecar.notify import Notifier
@@ -302,15 +303,10 @@ class Service:
         """Bytes of WAL the slot holds on the server (None if it cannot be read now)."""
         try:
             async with self.pool.connection(timeout=1.0) as conn:
-                cur = await conn.execute(
-                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
-                    "FROM pg_replication_slots WHERE slot_name = %s",
-                    (self.config.database.slot,),
-                )
-                row = await cur.fetchone()
+                slot = await read_slot_async(conn, self.config.database.slot)
         except (psycopg.Error, PoolTimeout):
             return None
-        return int(row[0]) if row and row[0] is not None else None
+        return None if slot is None or slot.retained_bytes is None else int(slot.retained_bytes)
 
     async def close(self) -> None:
         for t in self.tasks:

@@ -19,6 +19,9 @@ from psycopg.types.json import Jsonb
 from sidecar.config.expressions import Expression, render_sql
 from sidecar.route import Route
 from sidecar.rules.nodes import walk
+from sidecar.walmessage import PREFIX, MutationMessage
+
+_PREFIX = sql.Literal(PREFIX).as_string(None)  # 'sidecar'
 
 
 def ident(name: str) -> str:
@@ -182,14 +185,15 @@ def delete(route: Route, key: Mapping[str, Any]) -> Statement:
     return st
 
 
-def emit_messages(payloads: Sequence[bytes]) -> Statement:
-    """One transactional WAL message per payload, prefix `sidecar`, in one statement."""
+def emit_messages(messages: Sequence[MutationMessage]) -> Statement:
+    """One transactional WAL message per mutation, prefix `sidecar`, in one statement."""
     st = Statement()
     # One JSON array parameter: psycopg escapes no element (a text[] costs a regex pass
     # per element), and `json` keeps each payload's text as it was.
-    arr = st.value((b"[" + b",".join(payloads) + b"]").decode(), "text")
+    payloads = b",".join(m.encode() for m in messages)
+    arr = st.value((b"[" + payloads + b"]").decode(), "text")
     st.add(
-        "SELECT count(pg_logical_emit_message(true, 'sidecar', m::text)), "
+        f"SELECT count(pg_logical_emit_message(true, {_PREFIX}, m::text)), "
         f"pg_current_xact_id()::xid::text FROM json_array_elements({arr}::json) AS m"
     )
     return st

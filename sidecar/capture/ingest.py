@@ -22,20 +22,20 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 import structlog
 
 from sidecar.capture import pgoutput as po
 from sidecar.changes import Image
 from sidecar.errors import SidecarError
+from sidecar.lsn import lsn_to_str
 from sidecar.route import Route
 from sidecar.store.base import ChangeStore, MutationRecord, PreparedLoad, RowChange
+from sidecar.walmessage import PREFIX, MalformedMessage, MutationMessage
 
 log = structlog.get_logger("sidecar.capture")
 
 T = TypeVar("T")
 
-MESSAGE_PREFIX = "sidecar"
 _FLUSH_EVERY = 5000  # row changes per batch handed to the store, at most
 # Bytes of pgoutput messages per batch, at most: the store writes a batch with JSON
 # statements, and SQLite takes at most 1e9 bytes per parameter (and memory is bounded).
@@ -221,25 +221,25 @@ class Ingest:
                 rm = self.relations.get(relid)
                 if rm is not None and self._txn_lsn >= self.backfilled.get(rm.route.name, 0):
                     self._touched |= self._on_writer(self.store.truncate, rm.route.name)
-        elif type(msg) is po.LogicalMessage and msg.prefix == MESSAGE_PREFIX:
+        elif type(msg) is po.LogicalMessage and msg.prefix == PREFIX:
             self._on_message(msg)
 
     def _on_message(self, msg: po.LogicalMessage) -> None:
         try:
-            body = orjson.loads(msg.content)
-            # The transaction id travels with the outcome: clients match their writes by it.
-            outcome = {**body.get("outcome", {}), "xid": self._txn_xid}
-            self._mutations.append(
-                MutationRecord(
-                    id=str(body["id"]),
-                    subject=body.get("sub"),
-                    device=body.get("dev"),
-                    lsn=msg.lsn,
-                    outcome=orjson.dumps(outcome),
-                )
+            m = MutationMessage.decode(msg.content)
+        except MalformedMessage:
+            log.warning("ignored malformed sidecar message", lsn=lsn_to_str(msg.lsn))
+            return
+        # The transaction id travels with the outcome: clients match their writes by it.
+        self._mutations.append(
+            MutationRecord(
+                id=m.mutation_id,
+                subject=m.subject,
+                device=m.device,
+                lsn=msg.lsn,
+                outcome=m.outcome_json(self._txn_xid),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.warning("ignored malformed sidecar message", lsn=po.lsn_to_str(msg.lsn))
+        )
 
     # -- writing -------------------------------------------------------------------------
 

@@ -1,20 +1,15 @@
-"""Pure decoder of PostgreSQL's ``pgoutput`` logical replication protocol.
+"""Pure decoder of PostgreSQL's ``pgoutput`` logical decoding messages.
 
-Two layers, both free of I/O (no sockets, no psycopg):
-
-* **Framing** of the streaming replication protocol (the CopyData messages exchanged after
-  ``START_REPLICATION``): :func:`parse_copy_data` splits what the server sends into
-  :class:`XLogData` (a WAL chunk carrying one pgoutput message) and :class:`Keepalive`;
-  :func:`standby_status` builds the ``'r'`` reply that reports how far the client has
-  written, flushed and applied.  See
-  https://www.postgresql.org/docs/15/protocol-replication.html.
-* **pgoutput messages** (protocol versions 1 and 2): :class:`Decoder` turns the payload of
-  each XLogData into one frozen dataclass (:class:`Begin`, :class:`Relation`,
-  :class:`Insert`, …).  See
-  https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.html.
+Free of I/O (no sockets, no psycopg): :class:`Decoder` turns the payload of each XLogData
+(protocol versions 1 and 2) into one frozen dataclass (:class:`Begin`, :class:`Relation`,
+:class:`Insert`, …). See
+https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.html. The
+replication framing around those payloads (XLogData, keepalives, standby status) is
+``capture/framing.py``.
 
 Column values are left as the server sent them: ``None`` for SQL NULL, the singleton
-:data:`UNCHANGED` for an unchanged out-of-line (TOASTed) value, and otherwise ``bytes``.
+:data:`sidecar.unchanged.UNCHANGED` for an unchanged out-of-line (TOASTed) value, and
+otherwise ``bytes``.
 The sidecar asks for the text format (it never passes the ``binary`` option), so those
 bytes are the text representation that psycopg's type loaders understand; a binary value
 (``'b'``) is returned as ``bytes`` as well, and it is up to the caller, who chose the format,
@@ -33,23 +28,23 @@ LSNs and xids are plain ``int``; timestamps are ``int`` microseconds since
 
 from __future__ import annotations
 
-import re
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeAlias
 
+from sidecar.unchanged import UNCHANGED, Unchanged
+
 __all__ = [
+    "BEGIN_TAG",
+    "COMMIT_TAG",
     "PG_EPOCH",
-    "UNCHANGED",
     "Begin",
     "Commit",
     "Decoder",
     "Delete",
     "Insert",
-    "Keepalive",
     "LogicalMessage",
     "Message",
     "Origin",
@@ -65,13 +60,8 @@ __all__ = [
     "TypeMsg",
     "Update",
     "Value",
-    "XLogData",
     "decode",
-    "lsn_to_str",
-    "parse_copy_data",
     "pg_time_to_datetime",
-    "standby_status",
-    "str_to_lsn",
 ]
 
 
@@ -79,33 +69,7 @@ class ProtocolError(Exception):
     """The bytes do not follow the replication protocol (malformed, truncated, unknown)."""
 
 
-class _Unchanged:
-    """Type of :data:`UNCHANGED`: a column whose TOASTed value was not changed.
-
-    pgoutput does not resend an out-of-line value that an UPDATE left alone (tuple
-    column kind ``'u'``); the consumer takes it from its own copy of the row.
-    """
-
-    __slots__ = ()
-    _instance: _Unchanged | None = None
-
-    def __new__(cls) -> _Unchanged:
-        if cls._instance is None:
-            cls._instance = object.__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNCHANGED"
-
-    def __reduce__(self) -> str:
-        # Pickle/copy as a reference to the module global: stays a singleton.
-        return "UNCHANGED"
-
-
-UNCHANGED: Final[_Unchanged] = _Unchanged()
-"""Sentinel value of a column whose unchanged TOASTed value was not sent (kind ``'u'``)."""
-
-Value: TypeAlias = bytes | _Unchanged | None
+Value: TypeAlias = bytes | Unchanged | None
 """One column of a tuple: text-format bytes, :data:`UNCHANGED`, or ``None`` for NULL."""
 
 Row: TypeAlias = tuple[Value, ...]
@@ -114,143 +78,10 @@ Row: TypeAlias = tuple[Value, ...]
 PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 """Origin of PostgreSQL timestamps (``TimestampTz`` is microseconds since this instant)."""
 
-_PG_EPOCH_UNIX_US: Final = 946_684_800_000_000
-_MAX_LSN: Final = 0xFFFF_FFFF_FFFF_FFFF
-
 
 def pg_time_to_datetime(us: int) -> datetime:
     """Convert microseconds since 2000-01-01 UTC (a pgoutput timestamp) to an aware datetime."""
     return PG_EPOCH + timedelta(microseconds=us)
-
-
-# --------------------------------------------------------------------------------------
-# LSN helpers
-# --------------------------------------------------------------------------------------
-
-_LSN_RE: Final = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-
-
-def lsn_to_str(n: int) -> str:
-    """Format an LSN the way PostgreSQL prints ``pg_lsn`` (``"16/B374D848"``)."""
-    if type(n) is not int or not 0 <= n <= _MAX_LSN:
-        raise ValueError(f"an LSN is an int in [0, 2**64): got {n!r}")
-    return f"{n >> 32:X}/{n & 0xFFFFFFFF:X}"
-
-
-def str_to_lsn(s: str) -> int:
-    """Parse a ``pg_lsn`` text (``"16/B374D848"``: 1-8 hex digits, slash, 1-8 hex digits)."""
-    m = _LSN_RE.fullmatch(s) if isinstance(s, str) else None
-    if m is None:
-        raise ValueError(f"malformed LSN {s!r}: expected 'XXXXXXXX/XXXXXXXX' (hex)")
-    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
-
-
-WAL_PAGE: Final = 8192  # XLOG_BLCKSZ of every stock build
-_PAGE_HEADERS: Final = (24, 40)  # SizeOfXLogShortPHD, SizeOfXLogLongPHD (segment start)
-
-
-def covers(done: int, target: int) -> bool:
-    """True when WAL processed up to `done` includes everything before `target`.
-
-    ``pg_current_wal_insert_lsn()`` reports a position that falls on a page boundary as
-    *after* that page's header, while the walsender reports the end of the last record,
-    i.e. the boundary itself. Both mean the same point of the WAL; without this an idle
-    server would leave a waiter stuck until some unrelated WAL is written.
-    """
-    if done >= target:
-        return True
-    offset = target % WAL_PAGE
-    return offset in _PAGE_HEADERS and done == target - offset
-
-
-# --------------------------------------------------------------------------------------
-# Streaming replication framing (CopyData payloads)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class XLogData:
-    """A chunk of WAL sent by the server (``'w'``); with pgoutput, one logical message.
-
-    ``start`` is the WAL position of the data (0 for messages not tied to a record, such
-    as Relation), ``end`` the server's current end of WAL, ``clock`` the server's time of
-    sending, ``payload`` the pgoutput message for :meth:`Decoder.decode`.
-    """
-
-    start: int
-    end: int
-    clock: int
-    payload: memoryview | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Keepalive:
-    """Primary keepalive (``'k'``): the server's end of WAL and clock.
-
-    ``reply`` means the server wants a standby status update now, or it may disconnect
-    the client after ``wal_sender_timeout``.
-    """
-
-    wal_end: int
-    clock: int
-    reply: bool
-
-
-_XLOG_HEAD: Final = struct.Struct(">QQq")  # start, end, clock
-_KEEPALIVE: Final = struct.Struct(">QqB")  # wal_end, clock, reply
-_STANDBY_STATUS: Final = struct.Struct(">cQQQqB")  # 'r', write, flush, apply, clock, reply
-
-
-def parse_copy_data(buf: bytes | bytearray | memoryview) -> XLogData | Keepalive:
-    """Parse one CopyData payload received in COPY_BOTH mode after ``START_REPLICATION``.
-
-    The XLogData payload is a zero-copy ``memoryview`` slice of ``buf``.
-    """
-    n = len(buf)
-    if n == 0:
-        raise ProtocolError("empty CopyData: expected a message type byte at offset 0")
-    tag = buf[0]
-    if tag == 0x77:  # 'w'
-        if n < 25:
-            raise ProtocolError(
-                f"truncated XLogData: expected 24 header bytes (start, end, clock) at offset 1,"
-                f" got {n - 1}"
-            )
-        start, end, clock = _XLOG_HEAD.unpack_from(buf, 1)
-        view = buf if isinstance(buf, memoryview) else memoryview(buf)
-        return XLogData(start, end, clock, view[25:])
-    if tag == 0x6B:  # 'k'
-        if n != 18:
-            raise ProtocolError(
-                f"malformed primary keepalive: expected 17 bytes (wal_end, clock, reply) at"
-                f" offset 1, got {n - 1}"
-            )
-        wal_end, clock, reply = _KEEPALIVE.unpack_from(buf, 1)
-        return Keepalive(wal_end, clock, reply != 0)
-    raise ProtocolError(
-        f"unknown CopyData message type {bytes([tag])!r} at offset 0 (expected b'w' or b'k')"
-    )
-
-
-def standby_status(
-    write: int, flush: int, apply: int, reply: bool = False, now_us: int | None = None
-) -> bytes:
-    """Build a standby status update (``'r'``) to send as CopyData.
-
-    ``write``/``flush``/``apply`` are the LSNs received, durably stored and applied by the
-    client (the slot's ``confirmed_flush_lsn`` follows ``flush``). ``now_us`` is the client's
-    clock in microseconds since 2000-01-01 UTC (default: now); ``reply`` asks the server to
-    answer with a keepalive at once.
-    """
-    if now_us is None:
-        now_us = time.time_ns() // 1000 - _PG_EPOCH_UNIX_US
-    for name, lsn in (("write", write), ("flush", flush), ("apply", apply)):
-        if type(lsn) is not int or not 0 <= lsn <= _MAX_LSN:
-            raise ValueError(f"{name} LSN must be an int in [0, 2**64): got {lsn!r}")
-    try:
-        return _STANDBY_STATUS.pack(b"r", write, flush, apply, now_us, 1 if reply else 0)
-    except struct.error as exc:
-        raise ValueError(f"now_us out of range for a signed 64-bit clock: {now_us!r}") from exc
 
 
 # --------------------------------------------------------------------------------------
@@ -776,9 +607,15 @@ def _parse_stream_abort(buf: bytes, streamed: bool) -> StreamAbort:
     raise _fail("Stream Abort", "8 bytes (xid, subxid) or 24 with abort LSN and time", 1, buf)
 
 
+BEGIN_TAG: Final = ord("B")
+"""First byte of a :class:`Begin` message (the runner tells open transactions by it)."""
+
+COMMIT_TAG: Final = ord("C")
+"""First byte of a :class:`Commit` message."""
+
 _PARSERS: Final[dict[int, _Parser]] = {
-    ord("B"): _parse_begin,
-    ord("C"): _parse_commit,
+    BEGIN_TAG: _parse_begin,
+    COMMIT_TAG: _parse_commit,
     ord("O"): _parse_origin,
     ord("R"): _parse_relation,
     ord("Y"): _parse_type,

@@ -1,8 +1,9 @@
 """Capture runner: slot → (initial copy) → stream → store → acknowledge.
 
-- First start (or a store that cannot continue from the slot): create the slot with an
-  exported snapshot, copy every mapped table under it, commit the store at the slot's
-  consistent point, then stream from there.
+- First start (or a store that cannot continue from the slot, as `bootstrap.py` decides
+  from the store's state and the slot's row): create the slot with an exported snapshot,
+  copy every mapped table under it, commit the store at the slot's consistent point, then
+  stream from there.
 - Restart: stream from the LSN recorded in the store; commits at or before it are skipped
   (delivery is at-least-once after a reconnect).
 - The flush position sent to the server is only ever an LSN the store has committed; while
@@ -21,18 +22,29 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 import psycopg
 import structlog
 
-from sidecar.capture import pgoutput as po
+from sidecar.capture.bootstrap import Target, backfilled, plan
+from sidecar.capture.framing import (
+    KEEPALIVE_TAG,
+    XLOG_DATA_TAG,
+    XLOG_HEADER,
+    Keepalive,
+    XLogData,
+    parse_copy_data,
+)
 from sidecar.capture.ingest import Ingest, SchemaChanged
+from sidecar.capture.pgoutput import BEGIN_TAG, COMMIT_TAG
+from sidecar.capture.slots import SlotState, read_slot_async
 from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream, SystemInfo
+from sidecar.capture.status import CaptureStatus
 from sidecar.config.model import Config
+from sidecar.lsn import covers, lsn_to_str
 from sidecar.notify import Notifier
 from sidecar.route import Route, collection_shapes
 from sidecar.store.base import ChangeStore
@@ -44,63 +56,13 @@ T = TypeVar("T")
 STATUS_INTERVAL = 1.0
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
 IDLE_REPLY_INTERVAL = 10.0  # when idle, ask the server for its position this often
-_W, _K, _B, _C = ord("w"), ord("k"), ord("B"), ord("C")
-_XLOG_HEADER = 25  # tag, start, end, clock
 ACK_PERSIST_INTERVAL = 1.0  # seconds between store writes of an idle acknowledged position
-
-
-@dataclass
-class CaptureStatus:
-    phase: str = (
-        "starting"  # starting | copying | streaming | reconnecting | schema_changed | failed
-    )
-    error: str | None = None
-    copy: CopyProgress = field(default_factory=CopyProgress)
-    received_lsn: int = 0
-    flushed_lsn: int = 0  # everything of ours up to here is in the store
-    acked_lsn: int = 0  # acknowledged to the server (≤ what the store has recorded)
-    server_lsn: int = 0  # last position the server reported
-    rows_applied: int = 0
-    commits_applied: int = 0
-    last_commit_at: float | None = None
-    rebuilds: int = 0
-    batches: int = 0
-    writer_seconds: float = 0.0
-    behind_since: float | None = None  # monotonic time the store fell behind the server
-
-    def note_server(self, lsn: int) -> None:
-        """The server reported WAL up to `lsn`."""
-        if lsn > self.server_lsn:
-            self.server_lsn = lsn
-            if lsn > self.flushed_lsn and self.behind_since is None:
-                self.behind_since = time.monotonic()
-
-    def note_flushed(self, lsn: int) -> None:
-        """The store has everything up to `lsn`."""
-        self.flushed_lsn = lsn
-        if lsn >= self.server_lsn:
-            self.behind_since = None
-
-    def lag_seconds(self) -> float:
-        """How long the store has been behind what the server reported (0 when caught up)."""
-        return 0.0 if self.behind_since is None else time.monotonic() - self.behind_since
 
 
 def _cancelling() -> bool:
     """The current task itself is being cancelled (not just something it awaited)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _shapes(text: str | None) -> dict[str, str] | None:
-    """The per-collection shapes a store records (None: none, or an older format)."""
-    if not text:
-        return None
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _tune_gc() -> None:
@@ -135,8 +97,8 @@ class _Inbox:
         self.payloads.extend(payloads)
         for payload in reversed(payloads):  # the last Begin or Commit tells
             tag = payload[0]
-            if tag in (_B, _C):
-                self.wire_in_txn = tag == _B
+            if tag in (BEGIN_TAG, COMMIT_TAG):
+                self.wire_in_txn = tag == BEGIN_TAG
                 break
         if len(self.payloads) >= self.LIMIT:
             self.room.clear()
@@ -217,7 +179,7 @@ class CaptureRunner:
     async def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
         """True once everything up to `lsn` is in the store (asks the server to report)."""
         deadline = time.monotonic() + timeout
-        while not po.covers(self.status.flushed_lsn, lsn):
+        while not covers(self.status.flushed_lsn, lsn):
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -313,24 +275,21 @@ class CaptureRunner:
         self._source = source
         await source.connect()
         system = await source.identify_system()
-        reason = await self._rebuild_reason(system.system_id, system.dbname)
-        if reason is not None:
-            await self._rebuild(source, reason, system)
-        else:
-            stored = _shapes(self.store.state().shape) or {}
-            added = [r for r in self.routes if r.name not in stored]
-            if added:
-                await self._backfill(added)
+        db = self.config.database
+        target = Target(db.slot, system.system_id, system.dbname, self._shapes)
         state = self.store.state()
-        backfilled = {
-            c: lsn for c, lsn in orjson.loads(state.backfill or "{}").items() if lsn > state.lsn
-        }
+        start = plan(state, await self._slot(), target)
+        if start.rebuild is not None:
+            await self._rebuild(source, start.rebuild, system)
+        elif start.backfill:
+            await self._backfill([r for r in self.routes if r.name in start.backfill])
+        state = self.store.state()
         ingest = Ingest(
             self.store,
             self.routes,
             skip_through=state.lsn,
             writer=self.writer,
-            backfilled=backfilled,
+            backfilled=backfilled(state),
         )
         await source.start(state.lsn)
         self.status.phase, self.status.error = "streaming", None
@@ -338,7 +297,7 @@ class CaptureRunner:
         self.status.acked_lsn = max(self.status.acked_lsn, state.lsn, state.acked_lsn)
         self._lsn_changed.set()
         self._ready.set()
-        log.info("streaming", slot=self.config.database.slot, from_lsn=po.lsn_to_str(state.lsn))
+        log.info("streaming", slot=self.config.database.slot, from_lsn=lsn_to_str(state.lsn))
         feedback = asyncio.create_task(self._feedback(source))
         try:
             await self._stream(source, ingest)
@@ -408,20 +367,21 @@ class CaptureRunner:
                 last_xlog = None
                 for buf in await source.read_batch(20_000):
                     first = buf[0]
-                    if first == _W:  # XLogData: a 24-byte header, then one pgoutput message
-                        if len(buf) < _XLOG_HEADER:
-                            po.parse_copy_data(buf)  # raises the ProtocolError
-                        payloads.append(buf[_XLOG_HEADER:])
+                    if first == XLOG_DATA_TAG:  # a 24-byte header, then one pgoutput message
+                        if len(buf) < XLOG_HEADER:
+                            parse_copy_data(buf)  # raises the ProtocolError
+                        payloads.append(buf[XLOG_HEADER:])
                         last_xlog = buf
-                    elif first == _K:
-                        ka = po.parse_copy_data(buf)
-                        assert isinstance(ka, po.Keepalive)
+                    elif first == KEEPALIVE_TAG:
+                        ka = parse_copy_data(buf)
+                        assert isinstance(ka, Keepalive)
                         inbox.keepalive(ka.wal_end)
                         st.note_server(ka.wal_end)
                         if ka.reply:
                             self._want_reply = True
                 if last_xlog is not None:  # positions only grow: the last one is the highest
-                    xl = po.parse_copy_data(last_xlog)
+                    xl = parse_copy_data(last_xlog)
+                    assert isinstance(xl, XLogData)
                     st.received_lsn = max(st.received_lsn, xl.start)
                     st.note_server(xl.end)
                     inbox.extend(payloads)
@@ -449,53 +409,11 @@ class CaptureRunner:
 
     # -- slot and store agreement --------------------------------------------------------
 
-    async def _slot_row(self) -> tuple[Any, ...] | None:
+    async def _slot(self) -> SlotState | None:
         async with await psycopg.AsyncConnection.connect(
             self.config.database.url, autocommit=True
         ) as conn:
-            cur = await conn.execute(
-                "SELECT plugin, database, wal_status, active, active_pid, "
-                "confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-                (self.config.database.slot,),
-            )
-            return await cur.fetchone()
-
-    async def _rebuild_reason(self, system_id: str, dbname: str) -> str | None:
-        state = self.store.state()
-        slot = await self._slot_row()
-        if not state.snapshot_done:
-            return "the store has no completed initial copy"
-        if (state.slot, state.system_id, state.database) != (
-            self.config.database.slot,
-            system_id,
-            dbname,
-        ):
-            return "the store was made for another database or slot"
-        stored = _shapes(state.shape)
-        if stored is None:
-            return "the store does not record its collections' shapes (an older format)"
-        current = self._shapes
-        changed = sorted(c for c, h in stored.items() if current.get(c) != h)
-        if changed:
-            return (
-                f"collection(s) {', '.join(changed) or '(all)'} changed (table, key, columns, "
-                "types or read rule) or were removed since the store was made"
-            )
-        if slot is None:
-            return f"replication slot {self.config.database.slot!r} is missing"
-        confirmed = po.str_to_lsn(slot[5]) if slot[5] else 0
-        if confirmed > max(state.lsn, state.acked_lsn):
-            return (
-                f"replication slot {self.config.database.slot!r} has confirmed "
-                f"{slot[5]}, past the store's {po.lsn_to_str(max(state.lsn, state.acked_lsn))}: "
-                "the store is older than what it acknowledged (restored from a backup?), "
-                "and the changes in between are gone from the slot"
-            )
-        if slot[2] == "lost":
-            return f"replication slot {self.config.database.slot!r} was invalidated (WAL removed)"
-        if slot[0] != "pgoutput" or slot[1] != dbname:
-            return f"replication slot {self.config.database.slot!r} belongs to something else"
-        return None
+            return await read_slot_async(conn, self.config.database.slot)
 
     def _shape_json(self) -> str:
         """The collections' shapes as the store records them."""
@@ -541,7 +459,7 @@ class CaptureRunner:
         log.info(
             "collections copied",
             collections=names,
-            snapshot_lsn=po.lsn_to_str(info.consistent_point),
+            snapshot_lsn=lsn_to_str(info.consistent_point),
         )
 
     async def _rebuild(self, source: ReplicationStream, reason: str, system: SystemInfo) -> None:
@@ -549,11 +467,11 @@ class CaptureRunner:
         if state.snapshot_done:
             log.warning("rebuilding the store; clients will resync (410)", reason=reason)
             self.status.rebuilds += 1
-        slot = await self._slot_row()
-        if slot is not None and slot[3]:
+        slot = await self._slot()
+        if slot is not None and slot.active:
             raise ReplicationError(
                 f"replication slot {self.config.database.slot!r} is in use by process "
-                f"{slot[4]}; is another sidecar running with the same slot?"
+                f"{slot.active_pid}; is another sidecar running with the same slot?"
             )
         async with await psycopg.AsyncConnection.connect(
             self.config.database.url, autocommit=True
@@ -581,7 +499,7 @@ class CaptureRunner:
         log.info(
             "created replication slot",
             slot=info.name,
-            consistent_point=po.lsn_to_str(info.consistent_point),
+            consistent_point=lsn_to_str(info.consistent_point),
         )
         self.status.phase = "copying"
         self.status.copy = CopyProgress()

@@ -16,8 +16,9 @@ from typing import Protocol
 import psycopg
 from psycopg import sql
 
-from sidecar.capture.pgoutput import lsn_to_str, standby_status, str_to_lsn
+from sidecar.capture.framing import standby_status
 from sidecar.errors import SidecarError
+from sidecar.lsn import lsn_to_str, str_to_lsn
 from sidecar.values import session_options
 
 

@@ -13,7 +13,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.auth import Principal
-from sidecar.capture.pgoutput import lsn_to_str, str_to_lsn
 from sidecar.changes import Cursor
 from sidecar.errors import (
     Forbidden,
@@ -22,6 +21,7 @@ from sidecar.errors import (
     RequestTimeout,
     Unavailable,
 )
+from sidecar.lsn import lsn_to_str, str_to_lsn
 from sidecar.mutations import parse_push
 from sidecar.pull import PullRequest, StreamEvent, render_page
 from sidecar.rules.evaluator import evaluate

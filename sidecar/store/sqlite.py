@@ -44,6 +44,7 @@ from sidecar.store.base import (
     StoredRow,
     StoreState,
 )
+from sidecar.store.lines import ChangeLines
 from sidecar.store.netting import Netting, RowState, Stored
 
 # Bumped when the file layout changes; a store of another format is rebuilt.
@@ -201,40 +202,6 @@ _EMPTY = b"{}"
 _IN_SCOPE_SKIP = 8  # batches that skip the one-statement attempt after it missed
 
 
-def upsert_line(collection_json: bytes, key: bytes, row: bytes, rev: str, version: int) -> bytes:
-    return b"".join(
-        (
-            b'{"collection":',
-            collection_json,
-            b',"op":"upsert","key":',
-            key,
-            b',"row":',
-            row,
-            b',"rev":"',
-            rev.encode(),
-            b'","version":"',
-            str(version).encode(),
-            b'"}',
-        )
-    )
-
-
-def delete_line(collection_json: bytes, key: bytes, rev: str, version: int) -> bytes:
-    return b"".join(
-        (
-            b'{"collection":',
-            collection_json,
-            b',"op":"delete","key":',
-            key,
-            b',"rev":"',
-            rev.encode(),
-            b'","version":"',
-            str(version).encode(),
-            b'"}',
-        )
-    )
-
-
 def _load_chunk(
     rows: list[tuple[object, ...]], entries: list[tuple[str, int, str]]
 ) -> tuple[int, bytes, bytes | None]:
@@ -265,7 +232,7 @@ class SQLiteStore:
             self._w.executescript(_SCHEMA)
         self._local = threading.local()
         self._in_txn = False
-        self._coll_json: dict[str, bytes] = {}
+        self._lines = ChangeLines()
         self._in_scope_skip = 0
         if self._meta("epoch") is None:
             self._init_meta()
@@ -379,12 +346,6 @@ class SQLiteStore:
                 if stmt.strip():
                     self._w.execute(stmt)
             self._indexed = True
-
-    def _cj(self, collection: str) -> bytes:
-        cj = self._coll_json.get(collection)
-        if cj is None:
-            cj = self._coll_json[collection] = orjson.dumps(collection)
-        return cj
 
     # -- row changes -----------------------------------------------------------------------
 
@@ -721,12 +682,6 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
-    def _line(self, version: int, deleted: int, coll: str, key: bytes, rev: str, row: Any) -> bytes:
-        """The change line of one entry (an upsert shows its row's current image)."""
-        if deleted:
-            return delete_line(self._cj(coll), key, rev, version)
-        return upsert_line(self._cj(coll), key, row, rev, version)
-
     def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData:
         """Changes after `after` in any of `scopes`, in version order, at most `limit`."""
         conn = self._reader()
@@ -735,7 +690,7 @@ class SQLiteStore:
             has_more = len(rows) > limit
             rows = rows[:limit]
             last = rows[-1][0] if rows else after
-            return PageData([self._line(*r) for r in rows], last, has_more)
+            return PageData([self._lines.line(*r) for r in rows], last, has_more)
         by_version: dict[int, tuple[Any, ...]] = {}
         conn.execute("BEGIN")  # one snapshot across the scopes
         try:
@@ -750,7 +705,7 @@ class SQLiteStore:
         has_more = len(versions) > limit
         versions = versions[:limit]
         last = versions[-1] if versions else after
-        return PageData([self._line(*by_version[v]) for v in versions], last, has_more)
+        return PageData([self._lines.line(*by_version[v]) for v in versions], last, has_more)
 
     def mutation(self, mutation_id: str) -> MutationRecord | None:
         row = (

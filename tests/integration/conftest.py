@@ -141,7 +141,7 @@ class Sidecar:
         with psycopg.connect(dsn) as conn:
             lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         assert self.service is not None
-        from sidecar.changes import str_to_lsn
+        from sidecar.lsn import str_to_lsn
 
         ok = await self.service.capture.wait_for_lsn(str_to_lsn(str(lsn)), 15)
         assert ok, "capture did not catch up"

@@ -15,7 +15,6 @@ import psycopg
 import pytest
 
 from sidecar.capture.pgoutput import (
-    UNCHANGED,
     Begin,
     Commit,
     Decoder,
@@ -32,8 +31,9 @@ from sidecar.capture.pgoutput import (
     Truncate,
     Update,
     pg_time_to_datetime,
-    str_to_lsn,
 )
+from sidecar.lsn import str_to_lsn
+from sidecar.unchanged import UNCHANGED
 
 pytestmark = pytest.mark.pg
 

@@ -1,6 +1,6 @@
 """Unit tests of the pgoutput decoder on hand-built protocol messages.
 
-Run ``python tests/unit/test_pgoutput.py`` for the micro-benchmark (200k Update messages).
+Run ``python tests/unit/capture/test_pgoutput.py`` for the micro-benchmark (200k Update messages).
 """
 
 from __future__ import annotations
@@ -10,21 +10,19 @@ import copy
 import pickle
 import struct
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar.capture.framing import XLogData, parse_copy_data
 from sidecar.capture.pgoutput import (
-    PG_EPOCH,
-    UNCHANGED,
     Begin,
     Commit,
     Decoder,
     Delete,
     Insert,
-    Keepalive,
     LogicalMessage,
     Message,
     Origin,
@@ -39,15 +37,10 @@ from sidecar.capture.pgoutput import (
     TypeMsg,
     Update,
     Value,
-    XLogData,
-    covers,
     decode,
-    lsn_to_str,
-    parse_copy_data,
     pg_time_to_datetime,
-    standby_status,
-    str_to_lsn,
 )
+from sidecar.unchanged import UNCHANGED
 
 # --------------------------------------------------------------------------------------
 # Message builders (written from the PostgreSQL 15 protocol documentation)
@@ -402,124 +395,12 @@ def test_corrupted_messages_only_raise_protocol_error(
 def test_random_bytes_only_raise_protocol_error(payload: bytes, in_stream: bool) -> None:
     with contextlib.suppress(ProtocolError):
         decode(payload, in_stream)
-    with contextlib.suppress(ProtocolError):
-        parse_copy_data(payload)
-
-
-# --------------------------------------------------------------------------------------
-# Streaming replication framing
-# --------------------------------------------------------------------------------------
-
-
-def test_parse_xlogdata() -> None:
-    inner = insert_msg(ROW)
-    frame = b"w" + struct.pack(">QQq", 0x100, 0x200, 12345) + inner
-    for buf in (frame, bytearray(frame), memoryview(frame)):
-        msg = parse_copy_data(buf)
-        assert isinstance(msg, XLogData)
-        assert (msg.start, msg.end, msg.clock) == (0x100, 0x200, 12345)
-        assert isinstance(msg.payload, memoryview)  # zero-copy
-        assert bytes(msg.payload) == inner
-        assert Decoder().decode(msg.payload) == Insert(RELID, ROW)
-    empty = parse_copy_data(b"w" + bytes(24))
-    assert isinstance(empty, XLogData) and bytes(empty.payload) == b""
-
-
-@pytest.mark.parametrize("reply", [0, 1])
-def test_parse_keepalive(reply: int) -> None:
-    frame = b"k" + struct.pack(">QqB", 0x16B374D848, -5, reply)
-    assert parse_copy_data(frame) == Keepalive(0x16B374D848, -5, bool(reply))
-    assert parse_copy_data(memoryview(frame)) == Keepalive(0x16B374D848, -5, bool(reply))
-
-
-def test_bad_copy_data() -> None:
-    with pytest.raises(ProtocolError, match="empty"):
-        parse_copy_data(b"")
-    with pytest.raises(ProtocolError, match=r"unknown CopyData message type b'x'"):
-        parse_copy_data(b"x" + bytes(30))
-    with pytest.raises(ProtocolError, match=r"XLogData.*24 header bytes.*offset 1, got 10"):
-        parse_copy_data(b"w" + bytes(10))
-    with pytest.raises(ProtocolError, match=r"keepalive.*17 bytes"):
-        parse_copy_data(b"k" + bytes(16))
-    with pytest.raises(ProtocolError, match=r"keepalive.*17 bytes"):
-        parse_copy_data(b"k" + bytes(18))
-
-
-def test_standby_status_layout() -> None:
-    raw = standby_status(0x100, 0x0F0, 0x0E0, reply=True, now_us=987654321)
-    assert len(raw) == 34
-    tag, write, flush, apply, clock, reply = struct.unpack(">cQQQqB", raw)
-    assert (tag, write, flush, apply, clock, reply) == (b"r", 0x100, 0x0F0, 0x0E0, 987654321, 1)
-    assert standby_status(1, 1, 1)[-1] == 0
-
-
-def test_standby_status_default_clock_is_now_since_2000() -> None:
-    raw = standby_status(5, 5, 5)
-    clock = struct.unpack_from(">q", raw, 25)[0]
-    sent = PG_EPOCH + timedelta(microseconds=clock)
-    assert abs((datetime.now(UTC) - sent).total_seconds()) < 5
-
-
-def test_standby_status_rejects_bad_lsn() -> None:
-    with pytest.raises(ValueError, match="flush LSN"):
-        standby_status(1, -1, 1)
-    with pytest.raises(ValueError, match="write LSN"):
-        standby_status(2**64, 1, 1)
-    with pytest.raises(ValueError, match="now_us"):
-        standby_status(1, 1, 1, now_us=2**63)
 
 
 def test_pg_time_to_datetime() -> None:
     assert pg_time_to_datetime(0) == datetime(2000, 1, 1, tzinfo=UTC)
     assert pg_time_to_datetime(86_400_000_001) == datetime(2000, 1, 2, 0, 0, 0, 1, tzinfo=UTC)
     assert pg_time_to_datetime(-1_000_000) == datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)
-
-
-# --------------------------------------------------------------------------------------
-# LSN helpers
-# --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("0/0", 0),
-        ("16/B374D848", 0x16B374D848),
-        ("0/1", 1),
-        ("1/0", 1 << 32),
-        ("FFFFFFFF/FFFFFFFF", 2**64 - 1),
-    ],
-)
-def test_lsn_round_trip(text: str, value: int) -> None:
-    assert str_to_lsn(text) == value
-    assert lsn_to_str(value) == text
-    assert str_to_lsn(text.lower()) == value
-
-
-@given(st.integers(0, 2**64 - 1))
-def test_lsn_round_trip_any(value: int) -> None:
-    assert str_to_lsn(lsn_to_str(value)) == value
-
-
-@pytest.mark.parametrize(
-    "bad",
-    ["", "/", "0/", "/0", "16B374D848", "1/2/3", "G/0", "0x1/0", " 0/0", "0/0 ", "+1/0",
-     "123456789/0", "0/123456789", "１/0", "0/-1"],
-)  # fmt: skip
-def test_str_to_lsn_rejects_malformed(bad: str) -> None:
-    with pytest.raises(ValueError, match="malformed LSN"):
-        str_to_lsn(bad)
-
-
-def test_str_to_lsn_rejects_non_str() -> None:
-    with pytest.raises(ValueError):
-        str_to_lsn(b"0/0")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("bad", [-1, 2**64, 1.0, "0/0", True])
-def test_lsn_to_str_rejects_out_of_range(bad: object) -> None:
-    with pytest.raises(ValueError):
-        lsn_to_str(bad)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------
@@ -533,7 +414,8 @@ def benchmark(n: int = 200_000) -> float:
     frames = [
         b"w" + struct.pack(">QQq", i, i, 0) + update_msg(row) for i in range(1000)
     ]  # realistic input: the memoryview payload of an XLogData frame
-    payloads = [parse_copy_data(f).payload for f in frames] * (n // 1000)
+    xlogs = [parse_copy_data(f) for f in frames]
+    payloads = [x.payload for x in xlogs if isinstance(x, XLogData)] * (n // 1000)
     decoder = Decoder()
     decode_one = decoder.decode
     best = 0.0
@@ -549,20 +431,3 @@ def benchmark(n: int = 200_000) -> float:
 
 if __name__ == "__main__":
     benchmark()
-
-
-@pytest.mark.parametrize(
-    ("done", "target", "ok"),
-    [
-        (100, 100, True),
-        (101, 100, True),
-        (99, 100, False),
-        (8192, 8192 + 24, True),  # page boundary vs. insert position past the short header
-        (16 << 20, (16 << 20) + 40, True),  # segment start: long header
-        (8192 - 8, 8192 + 24, False),  # a record still ends before the boundary
-        (8192, 8192 + 32, False),  # a real record after the header is not covered
-        (8192 * 3, 8192 * 3 + 24, True),
-    ],
-)
-def test_covers_treats_a_page_header_as_no_wal(done: int, target: int, ok: bool) -> None:
-    assert covers(done, target) is ok
