@@ -1,8 +1,9 @@
 """Client-protocol adapters: each module maps one published sync protocol onto the core
 pull and push (`sidecar.pull.Puller`, `sidecar.push.Pusher`), adding its own routes.
 
-Each module exposes `install(app, service)`; `sidecar.http.app.create_app` calls
-`install_all`. Adapters call the core, never the store or the database directly.
+Each module exposes `install(app, service)`; the composition root (`sidecar.serve`) hands
+`install_all` to the app factory as an extension. Adapters call the core, never the store
+or the database directly, and read requests with `sidecar.edge`, never `sidecar.http`.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ from sidecar.auth import Principal
 from sidecar.catalog import ColumnInfo
 from sidecar.changes import Cursor, Page
 from sidecar.config.expressions import Expression, ExpressionError, parse_expression
+from sidecar.edge import principal_of, service_of
 from sidecar.errors import CursorExpired, InvalidRequest, SidecarError
-from sidecar.http.routes import _principal, _service
 from sidecar.pgtypes import float_text, parse_type_name
 from sidecar.pull import PullRequest
 from sidecar.route import Route
@@ -539,8 +539,8 @@ class ShapeRequest:
 
 
 async def _parse(request: web.Request) -> ShapeRequest:
-    service = _service(request)
-    principal = await _principal(request)
+    service = service_of(request)
+    principal = await principal_of(request)
     spec = parse_shape(request, service)
     service.puller.select_routes(principal, [spec.table])  # 403 past scopes or roles
     version = parse_offset(request.query.get("offset"))

@@ -40,16 +40,16 @@ from aiohttp import web
 
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, rev_of
-from sidecar.errors import InvalidRequest, PayloadTooLarge
-from sidecar.http.routes import (
-    _float_param,
-    _int_param,
-    _json,
-    _json_body,
-    _principal,
-    _revalidated,
-    _service,
+from sidecar.edge import (
+    float_param,
+    int_param,
+    json_body,
+    json_response,
+    principal_of,
+    revalidated,
+    service_of,
 )
+from sidecar.errors import InvalidRequest, PayloadTooLarge
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.pull import PullRequest, StreamEvent
 from sidecar.route import Route
@@ -179,14 +179,14 @@ def _checkpoint_param(request: web.Request) -> Cursor | None:
 
 async def pull(request: web.Request) -> web.StreamResponse:
     """RxDB's pull handler: the documents changed after the checkpoint, and the next one."""
-    service = _service(request)
-    principal = await _principal(request)
+    service = service_of(request)
+    principal = await principal_of(request)
     shape = _shape(service, request)
     cursor = _checkpoint_param(request)
-    limit = _int_param(request, "limit", service.config.limits.max_page, 1, MAX_LIMIT)
+    limit = int_param(request, "limit", service.config.limits.max_page, 1, MAX_LIMIT)
     documents, cursor = await _documents(service, principal, shape, cursor, limit)
     body = orjson.dumps({"documents": documents, "checkpoint": checkpoint_of(cursor)})
-    return _revalidated(request, body, "private, no-cache")
+    return revalidated(request, body, "private, no-cache")
 
 
 async def _documents(
@@ -211,13 +211,13 @@ async def pull_stream(request: web.Request) -> web.StreamResponse:
     """RxDB's `pull.stream$` source: a `{documents, checkpoint}` event per page of changes
     after the checkpoint (or `Last-Event-ID`); `"RESYNC"` and the end when the token expires
     or the store was rebuilt."""
-    service = _service(request)
-    principal = await _principal(request)
+    service = service_of(request)
+    principal = await principal_of(request)
     shape = _shape(service, request)
     last_id = request.headers.get("Last-Event-ID")
     cursor = Cursor.parse(last_id) if last_id else _checkpoint_param(request)
-    limit = _int_param(request, "limit", service.config.limits.max_page, 1, MAX_LIMIT)
-    heartbeat = max(_float_param(request, "heartbeat", 15.0, 60.0), 0.1)
+    limit = int_param(request, "limit", service.config.limits.max_page, 1, MAX_LIMIT)
+    heartbeat = max(float_param(request, "heartbeat", 15.0, 60.0), 0.1)
     req = PullRequest(cursor, (shape.route.name,), limit)
     events = service.puller.stream(principal, req, heartbeat=heartbeat)
     first = await anext(events)  # refusals (401, 403, 410, 503) are still problem responses
@@ -271,12 +271,12 @@ class Row:
 async def push(request: web.Request) -> web.Response:
     """RxDB's push handler: write each row through the core; answer the master documents of
     the rows not written as sent."""
-    service = _service(request)
-    principal = await _principal(request)
+    service = service_of(request)
+    principal = await principal_of(request)
     shape = _shape(service, request)
-    body = await _json_body(request, service.config.limits.max_body)
+    body = await json_body(request, service.config.limits.max_body)
     rows = parse_rows(body, shape, service.config.limits.max_push)
-    return _json(await _write(service, principal, shape, rows))
+    return json_response(await _write(service, principal, shape, rows))
 
 
 def parse_rows(body: Any, shape: Shape, max_push: int) -> list[Row]:
@@ -353,11 +353,7 @@ async def _write(
 async def _push(
     service: Service, principal: Principal, mutations: list[Mutation]
 ) -> list[MutationResult]:
-    result = await service.pusher.push(principal, mutations, atomic=False)
-    outcomes = service.metrics.push_outcomes
-    for m, r in zip(mutations, result.results, strict=True):
-        strategy = service.routes[m.collection].config.conflict.kind
-        outcomes.labels(m.collection, strategy, r.status).inc()
+    result = await service.push(principal, mutations, atomic=False)
     return result.results
 
 

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, Page
+from sidecar.edge import COMPRESS_FROM, json_body, principal_of
 from sidecar.errors import (
     Conflict,
     CursorExpired,
@@ -42,7 +43,6 @@ from sidecar.errors import (
     Unavailable,
     ValidationFailed,
 )
-from sidecar.http.routes import _json_body, _principal
 from sidecar.lsn import lsn_to_str
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.pull import Puller, PullRequest
@@ -54,7 +54,6 @@ VERSION_BITS = 37  # versions below 2^37 (137 billion changes per store epoch)
 TAG_BITS = 53 - VERSION_BITS  # the rest of a JavaScript safe integer
 VERSION_MASK = (1 << VERSION_BITS) - 1
 CAPTURE_WAIT = 5.0  # seconds a push waits for its writes to reach the store
-COMPRESS_FROM = 1400  # bytes
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 RESERVED = frozenset({"id", "_status", "_changed"})
 Latest = dict[tuple[str, str], dict[str, Any]]  # (table, id) → the row's latest change
@@ -397,7 +396,7 @@ class WatermelonSync:
         return [r.name for r in routes if r.name in self.tables]
 
     async def pull(self, request: web.Request) -> web.Response:
-        principal = await _principal(request)
+        principal = await principal_of(request)
         timestamp = parse_timestamp(request.query.get("last_pulled_at"))
         migration = wants_migration(request.query.get("migration"))
         names = self.readable(principal)
@@ -413,14 +412,14 @@ class WatermelonSync:
         return _json(body)
 
     async def push(self, request: web.Request) -> web.Response:
-        principal = await _principal(request)
+        principal = await principal_of(request)
         timestamp = parse_timestamp(request.query.get("last_pulled_at"))
         if timestamp is None:
             raise InvalidRequest(
                 "last_pulled_at is required: the timestamp of the pull before this push",
                 parameter="last_pulled_at",
             )
-        body = await _json_body(request, self.service.config.limits.max_body)
+        body = await json_body(request, self.service.config.limits.max_body)
         pushed = parse_changes(body, self.tables)
         if not pushed:
             return _json({"applied": 0, "lsn": None})
@@ -429,7 +428,7 @@ class WatermelonSync:
         latest, _ = await reader.latest(None)
         check_unchanged(pushed, latest, since)
         mutations = [mutation_of(p, self.tables[p.table], latest) for p in pushed]
-        result = await self.service.pusher.push(principal, mutations, atomic=True)
+        result = await self.service.push(principal, mutations, atomic=True)
         refusal = failure(pushed, result.results)
         if refusal is not None:
             raise refusal

@@ -19,7 +19,7 @@ import psycopg
 from aiohttp import web
 
 from bench.harness import SECRET, Timer, config, make_items, postgres, report, rows_main
-from sidecar.http.app import create_app
+from sidecar.serve import build_app
 from sidecar.service import Service
 
 EVERYTHING = """
@@ -61,7 +61,7 @@ async def run(rows: int) -> dict[str, float]:
                 pass
         service = await Service.start(config(pg, Path(tmp) / "store.db", EVERYTHING))
         await service.capture.wait_ready(600)
-        runner = web.AppRunner(create_app(service), access_log=None)
+        runner = web.AppRunner(build_app(service), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

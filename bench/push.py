@@ -22,7 +22,7 @@ import psycopg
 from aiohttp import web
 
 from bench.harness import SECRET, Timer, config, postgres
-from sidecar.http.app import create_app
+from sidecar.serve import build_app
 from sidecar.service import Service
 
 COLLECTIONS = """
@@ -54,7 +54,7 @@ async def run(rows: int, batch: int) -> dict[str, float]:
                     )
         service = await Service.start(config(pg, Path(tmp) / "store.db", COLLECTIONS))
         await service.capture.wait_ready(300)
-        runner = web.AppRunner(create_app(service))
+        runner = web.AppRunner(build_app(service))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

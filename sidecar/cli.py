@@ -9,17 +9,13 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-import structlog
-from aiohttp import web
 
 from sidecar.config.loader import load_config
-from sidecar.config.model import Config
 from sidecar.errors import SidecarError
 from sidecar.observability import configure_logging
 
@@ -30,94 +26,9 @@ def _default_config() -> str:
     return os.environ.get("SIDECAR_CONFIG", "sidecar.yaml")
 
 
-CONFIG_POLL = 2.0  # seconds between checks of the config file's modification time
-
-
-async def watch_config(service: Any, path: str, hup: asyncio.Event) -> None:
-    """Reload the config on SIGHUP (`hup`) or when its file changes; a config that is
-    invalid or needs a restart is refused and the running one stays (logged)."""
-    log = structlog.get_logger("sidecar.reload")
-    last = _mtime(path)
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hup.wait(), CONFIG_POLL)
-        mtime = _mtime(path)
-        if not hup.is_set() and mtime == last:
-            continue
-        hup.clear()
-        last = mtime
-        try:
-            new = await asyncio.to_thread(load_config, path)
-            changed = await service.reload(new)
-        except SidecarError as exc:
-            log.error("config reload refused; the running config stays", problems=exc.detail)
-            continue
-        if "log" in changed:
-            configure_logging(new.log.level, new.log.format)
-
-
-def _mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
-
-
-async def serve(config: Config, *, ready_message: str | None = None, watch: bool = True) -> None:
-    """Run the service and its HTTP server until SIGINT/SIGTERM; SIGHUP or an edit of the
-    config file reloads what can change without a restart (`watch`)."""
-    from sidecar.http.app import create_app
-    from sidecar.service import Service
-
-    service = await Service.start(config)
-    runner = web.AppRunner(create_app(service), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
-    try:
-        await site.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if watch:
-            hup = asyncio.Event()
-            loop.add_signal_handler(signal.SIGHUP, hup.set)
-            service.tasks.append(asyncio.create_task(watch_config(service, config.file, hup)))
-        capture_task = service.tasks[0]
-        if sys.stderr.isatty():
-            from sidecar.progress import show_copy_progress
-
-            service.tasks.append(
-                asyncio.create_task(show_copy_progress(service.capture, sys.stderr))
-            )
-        if ready_message:
-            ready = asyncio.create_task(service.capture.wait_ready())
-            await asyncio.wait({ready, capture_task}, return_when=asyncio.FIRST_COMPLETED)
-            ready.cancel()
-            if not capture_task.done():
-                print(ready_message, flush=True)
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, capture_task}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if capture_task.done() and not stop.is_set():
-            raise SidecarError(f"capture stopped: {_capture_failure(service, capture_task)}")
-    finally:
-        await runner.cleanup()
-        await service.close()
-
-
-def _capture_failure(service: object, task: asyncio.Task[None]) -> str:
-    """Why the capture task ended (it only ends on a failure)."""
-    if task.cancelled():
-        return "cancelled"
-    exc = task.exception()
-    if exc is not None:
-        return f"{type(exc).__name__}: {exc}"
-    status = service.capture.status  # type: ignore[attr-defined]
-    return str(status.error or status.phase)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from sidecar.serve import serve
+
     config = load_config(args.config)
     configure_logging(config.log.level, config.log.format)
     asyncio.run(serve(config))

@@ -1,7 +1,8 @@
 """The running sidecar: preflight, store, routes, capture, pull — wired, started, stopped.
 
-`Service.start(config)` is what `sidecar run` and the tests call; the HTTP layer gets the
-started service and only translates requests onto its parts.
+`Service.start(config)` is what `sidecar run` and the tests call; the HTTP layer and the
+adapters get the started service and only translate requests onto its parts (every push
+goes through `Service.push`, which counts the outcomes).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +18,12 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from sidecar.auth import Authenticator
+from sidecar.auth import Authenticator, Principal
 from sidecar.capture.runner import CaptureRunner
 from sidecar.capture.slots import read_slot_async
 from sidecar.config.model import Config
 from sidecar.errors import ConfigError, ConfigProblem, PreflightError
+from sidecar.mutations import Mutation
 from sidecar.notify import Notifier
 from sidecar.observability import Metrics
 from sidecar.permissions import Permissions
@@ -31,7 +34,7 @@ from sidecar.preflight import (
     run_preflight,
 )
 from sidecar.pull import Puller, schema_version
-from sidecar.push import Pusher
+from sidecar.push import Pusher, PushResult
 from sidecar.ratelimit import RateLimiter
 from sidecar.route import Route, collection_shapes
 from sidecar.store.sqlite import SQLiteStore
@@ -298,6 +301,18 @@ class Service:
         counts = self.store.counts()
         m.store_rows.set(counts["rows"])
         m.store_bytes.set(counts["bytes"])
+
+    async def push(
+        self, principal: Principal, mutations: Sequence[Mutation], atomic: bool
+    ) -> PushResult:
+        """Apply a push through the core and count each mutation's outcome
+        (`sidecar_push_mutations`): `POST /v1/push` and every adapter push through here."""
+        result = await self.pusher.push(principal, mutations, atomic)
+        outcomes = self.metrics.push_outcomes
+        for m, r in zip(mutations, result.results, strict=True):
+            strategy = self.routes[m.collection].config.conflict.kind
+            outcomes.labels(m.collection, strategy, r.status).inc()
+        return result
 
     async def retained_wal(self) -> int | None:
         """Bytes of WAL the slot holds on the server (None if it cannot be read now)."""

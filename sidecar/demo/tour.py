@@ -16,6 +16,7 @@ import psycopg
 from sidecar.config.loader import load_config
 from sidecar.embedded import EmbeddedPostgres
 from sidecar.observability import configure_logging
+from sidecar.serve import serve
 
 DEMO_SECRET = "demo-secret-change-me-0123456789abcdef"
 
@@ -66,8 +67,6 @@ Press Ctrl-C to stop (the demo database is removed; --keep keeps the store).
 
 
 def run_demo(port: int = 8080, keep: bool = False) -> int:
-    from sidecar.cli import serve
-
     work = Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
     pg = EmbeddedPostgres()
     pg.start()

@@ -1,21 +1,29 @@
-"""The aiohttp application factory."""
+"""The aiohttp application factory: middleware, body limit, the sync API's routes, then
+the routes its extensions add (the composition root passes the protocol adapters)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from aiohttp import web
 
+from sidecar.edge import SERVICE
 from sidecar.http import routes
 from sidecar.http.middleware import add_request_id, make_middleware
 from sidecar.service import Service
 
+Extension = Callable[[web.Application, Service], None]
+"""Adds its own routes (and response hooks) to the app, e.g. `adapters.install_all`."""
 
-def create_app(service: Service) -> web.Application:
-    """An aiohttp app serving `service` (started by the caller, closed by the caller)."""
+
+def create_app(service: Service, extensions: Iterable[Extension] = ()) -> web.Application:
+    """An aiohttp app serving `service` (started by the caller, closed by the caller), with
+    each of `extensions` installed after the sync API's own routes, in order."""
     app = web.Application(
         middlewares=[make_middleware(service.metrics)],
         client_max_size=service.config.limits.max_body,
     )
-    app[routes.SERVICE] = service
+    app[SERVICE] = service
     app.on_response_prepare.append(add_request_id)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
@@ -26,7 +34,6 @@ def create_app(service: Service) -> web.Application:
     app.router.add_post("/v1/push", routes.push)
     app.router.add_get("/v1/audit", routes.audit)
     app.router.add_get("/v1/openapi.json", routes.openapi)
-    from adapters import install_all  # client-protocol adapters add their own routes
-
-    install_all(app, service)
+    for install in extensions:
+        install(app, service)
     return app

@@ -23,7 +23,7 @@ from psycopg.postgres import types as pg_types
 
 from adapters.electric import column_type
 from sidecar.catalog import ColumnInfo
-from sidecar.http.app import create_app
+from sidecar.serve import build_app
 from sidecar.service import Service
 from tests.integration.conftest import Sidecar, auth, token
 
@@ -216,7 +216,7 @@ async def serve(sc: Sidecar, port: int) -> None:
     """Serve `sc.service` on `port` with a server whose stop cancels pending long-polls
     at once (the test harness's waits for them, up to 60 s)."""
     assert sc.service is not None
-    server = TestServer(create_app(sc.service), port=port)
+    server = TestServer(build_app(sc.service), port=port)
     await server.start_server(shutdown_timeout=0.2)
     sc.client = TestClient(server)
     await sc.client.start_server()

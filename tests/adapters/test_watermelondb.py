@@ -341,3 +341,22 @@ async def test_http_contract_and_the_race_after_the_check(sc: Sidecar, pg_dsn: s
         ("n1", "t", True),
         ("n3", "changed too", True),
     ]
+
+
+async def test_pushes_are_counted_in_metrics(sc: Sidecar) -> None:
+    """A WatermelonDB push goes through the core's push, which counts each mutation's
+    outcome (`sidecar_push_mutations_total`) as for `POST /v1/push`."""
+    assert sc.client is not None
+    client, path = sc.client, "/watermelondb/sync"
+    resp = await client.get(path, params={"last_pulled_at": "null"}, headers=auth("alice"))
+    timestamp = (await resp.json())["timestamp"]
+    changes = {"notes": {"updated": [{"id": "n2", "title": "call bob today"}]}}
+    resp = await client.post(
+        path, params={"last_pulled_at": timestamp}, json=changes, headers=auth("alice")
+    )
+    assert resp.status == 200 and (await resp.json())["applied"] == 1
+    text = await (await sc.get("/metrics", sub=None)).text()
+    assert (
+        'sidecar_push_mutations_total{collection="notes",status="applied",strategy="reject"} 1.0'
+        in text
+    ), [line for line in text.splitlines() if "push_mutations" in line]

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.config.loader import load_config_text
 from sidecar.config.model import Config
-from sidecar.http.app import create_app
+from sidecar.serve import build_app
 from sidecar.service import Service
 
 SECRET = "test-secret-0123456789-0123456789"
@@ -77,7 +77,7 @@ class Sidecar:
 
     async def start(self) -> Sidecar:
         self.service = await Service.start(self.config)
-        self.client = TestClient(TestServer(create_app(self.service)))
+        self.client = TestClient(TestServer(build_app(self.service)))
         await self.client.start_server()
         await self.service.capture.wait_ready(60)
         return self

@@ -307,7 +307,7 @@ async def test_live_pull_wakes_on_commit(pg_dsn, pg_url, sidecar_factory):
 async def test_not_ready_during_initial_copy(pg_dsn, pg_url, tmp_path):
     from aiohttp.test_utils import TestClient, TestServer
 
-    from sidecar.http.app import create_app
+    from sidecar.serve import build_app
     from sidecar.service import Service
     from tests.integration.conftest import auth, make_config
 
@@ -318,7 +318,7 @@ async def test_not_ready_during_initial_copy(pg_dsn, pg_url, tmp_path):
         "SELECT 't' || g, g % 7 FROM generate_series(1, 60000) g",
     )
     service = await Service.start(make_config(pg_url, tmp_path / "s.db", TODOS))
-    client = TestClient(TestServer(create_app(service)))
+    client = TestClient(TestServer(build_app(service)))
     await client.start_server()
     try:
         resp = await client.get("/readyz")

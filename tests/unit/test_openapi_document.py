@@ -192,7 +192,7 @@ def test_operations_have_ids_and_unique_ones() -> None:
 def test_query_parameters_read_by_handlers_are_documented() -> None:
     source = (HTTP / "routes.py").read_text(encoding="utf-8")
     read = set(re.findall(r'request\.query(?:\.get\(|\[)\s*"(\w+)"', source))
-    read |= set(re.findall(r'_(?:int|bool|float)_param\(\s*request,\s*"(\w+)"', source))
+    read |= set(re.findall(r'_?(?:int|bool|float)_param\(\s*request,\s*"(\w+)"', source))
     assert {"cursor", "limit", "heartbeat", "key"} <= read
     documented = {
         resolve(p)["name"]

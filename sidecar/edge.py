@@ -1,0 +1,136 @@
+"""Request helpers shared by the HTTP handlers (`sidecar.http`) and the protocol adapters
+(`adapters`): the service and the authenticated caller of a request, the bounded JSON
+body, query parameters within bounds, ETag revalidation and JSON answers.
+
+Nothing here decides anything about sync: these only turn requests into values for the
+core and values into answers. The app factory stores the service under `SERVICE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import orjson
+import structlog
+from aiohttp import web
+
+from sidecar.auth import Principal
+from sidecar.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from sidecar.service import Service
+
+SERVICE = web.AppKey("service", Service)
+COMPRESS_FROM = 1400  # bytes: smaller JSON bodies are sent as they are (one packet anyway)
+
+
+def service_of(request: web.Request) -> Service:
+    """The started service the app serves."""
+    return request.app[SERVICE]
+
+
+async def principal_of(request: web.Request) -> Principal:
+    """The authenticated caller, who also spends one token of their rate limit."""
+    service = service_of(request)
+    principal = await service.auth.authenticate(request.headers.get("Authorization"))
+    structlog.contextvars.bind_contextvars(subject=principal.subject)  # on every log line
+    if service.limiter is not None:
+        service.limiter.take(principal.subject, principal.device)
+    return principal
+
+
+async def json_body(request: web.Request, max_body: int, timeout: float = 30.0) -> object:
+    """The request body parsed as JSON: 413 past `max_body` bytes, 408 when it does not
+    arrive within `timeout` seconds, 400 when it is not JSON."""
+    if request.content_length is not None and request.content_length > max_body:
+        raise PayloadTooLarge(f"the body is larger than {max_body} bytes (limits.max_body)")
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {timeout:g}s (limits.client_timeout)"
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"the body is larger than {max_body} bytes (limits.max_body)"
+        ) from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+# -- query parameters -----------------------------------------------------------------------
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """Query parameter `name` as an integer in [lo, hi]; `default` when absent or empty."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer", parameter=name) from None
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo} and {hi}", parameter=name)
+    return value
+
+
+def bool_param(request: web.Request, name: str) -> bool:
+    """Query parameter `name` as a boolean (true/1/yes, false/0/no); false when absent."""
+    raw = request.query.get(name, "false").lower()
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no", ""):
+        return False
+    raise InvalidRequest(f"{name} must be true or false", parameter=name)
+
+
+def float_param(request: web.Request, name: str, default: float, hi: float) -> float:
+    """Query parameter `name` as seconds in [0, hi]; `default` when absent or empty."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number of seconds", parameter=name) from None
+    if not 0 <= value <= hi:
+        raise InvalidRequest(f"{name} must be between 0 and {hi:g}", parameter=name)
+    return value
+
+
+# -- answers --------------------------------------------------------------------------------
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    """`body` as a JSON answer."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def etag_of(body: bytes) -> str:
+    """A strong ETag over the exact bytes of an answer."""
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def etags_in(header: str) -> set[str]:
+    """The entity tags of an `If-None-Match` value, weak ones (`W/"…"`) as their strong
+    form: revalidation compares weakly."""
+    tags = {t.strip() for t in header.split(",") if t.strip()}
+    return {t[2:] if t.startswith("W/") else t for t in tags}
+
+
+def revalidated(
+    request: web.Request, body: bytes, cache_control: str, etag: str | None = None
+) -> web.Response:
+    """A JSON answer that depends on the token: an ETag over the exact bytes, 304 when the
+    client already has them, gzip when accepted and worth it."""
+    etag = etag or etag_of(body)
+    headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Authorization"}
+    if etag in etags_in(request.headers.get("If-None-Match", "")):
+        return web.Response(status=304, headers=headers)
+    resp = web.Response(body=body, content_type="application/json", headers=headers)
+    if len(body) >= COMPRESS_FROM:
+        resp.enable_compression()  # picks gzip/deflate from Accept-Encoding, or nothing
+    return resp
