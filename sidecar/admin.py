@@ -5,10 +5,8 @@ No printing here: each function returns what it did or found; `cli.py` words it.
 
 from __future__ import annotations
 
-import sqlite3
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,6 +16,7 @@ from sidecar.capture.slots import read_slot
 from sidecar.config.model import Config
 from sidecar.errors import PreflightError
 from sidecar.preflight import publication_statement, run_preflight
+from sidecar.store.open import store_summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,34 +109,6 @@ def drop_steps(config: Config, keep_publication: bool = False) -> list[Step]:
         return steps
 
 
-def store_summary(path: Path) -> dict[str, Any] | None:
-    """The store file's state, read-only (None when there is no store yet)."""
-    if not path.exists():
-        return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
-        tombstones = conn.execute("SELECT count(*) FROM entries WHERE deleted = 1").fetchone()[0]
-        mutations = conn.execute("SELECT count(*) FROM mutations").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        return {"error": f"not a sidecar store: {exc}"}
-    finally:
-        conn.close()
-    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
-    return {
-        "path": str(path),
-        "bytes": size,
-        "rows": rows,
-        "tombstones": tombstones,
-        "mutations": mutations,
-        "epoch": meta.get("epoch"),
-        "version": int(meta.get("version", 0)),
-        "lsn": int(meta.get("lsn", 0)),
-        "initial_copy_done": meta.get("snapshot_done") == "1",
-    }
-
-
 def service_metrics(config: Config, timeout: float = 1.0) -> dict[str, float] | None:
     """Selected metrics of a running sidecar on this config's port (None if unreachable)."""
     host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -170,6 +141,6 @@ def status(config: Config) -> dict[str, Any]:
     return {
         "slot": {"name": db.slot, **slot.as_dict()} if slot else {"name": db.slot, "exists": False},
         "publication": {"name": db.publication, "exists": publication},
-        "store": store_summary(Path(config.store.path)),
+        "store": store_summary(config.store),
         "service": service_metrics(config),
     }

@@ -16,7 +16,7 @@ from sidecar.config.expressions import Expression
 from sidecar.errors import Forbidden, InvalidRequest
 from sidecar.lsn import lsn_to_str
 from sidecar.rules.evaluator import evaluate
-from sidecar.store.base import ChangeStore, MutationRecord
+from sidecar.store.base import MutationRecord, StoreReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ def audit_query(
     return AuditQuery(collection, key)
 
 
-async def audit_trail(store: ChangeStore, query: AuditQuery, limit: int) -> dict[str, Any]:
+async def audit_trail(store: StoreReader, query: AuditQuery, limit: int) -> dict[str, Any]:
     """The row's recorded mutations, newest first, at most `limit` (read on a reader
     thread), as the answer of `GET /v1/audit`."""
     records = await asyncio.to_thread(store.audit, query.collection, orjson.dumps(query.key), limit)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from cachetools import LRUCache
 
 from sidecar.changes import Cursor, Page
-from sidecar.store.base import ChangeStore
+from sidecar.store.base import StoreReader
 
 DEFAULT_BYTES = 64 * 1024 * 1024
 
@@ -26,7 +26,7 @@ def _size(page: Page) -> int:
 
 
 class PageCache:
-    def __init__(self, store: ChangeStore, max_bytes: int = DEFAULT_BYTES) -> None:
+    def __init__(self, store: StoreReader, max_bytes: int = DEFAULT_BYTES) -> None:
         self.store = store
         self._pages: LRUCache[_Key, Page] = LRUCache(maxsize=max_bytes, getsizeof=_size)
         self._reading: dict[_Key, asyncio.Future[Page]] = {}

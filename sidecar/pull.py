@@ -25,7 +25,7 @@ from sidecar.notify import Notifier, wait_event
 from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
 from sidecar.route import Route
-from sidecar.store.base import ChangeStore
+from sidecar.store.base import StoreReader
 
 log = structlog.get_logger("sidecar.pull")
 
@@ -90,7 +90,7 @@ def collection_schema(route: Route) -> dict[str, object]:
 class Puller:
     def __init__(
         self,
-        store: ChangeStore,
+        store: StoreReader,
         routes: Mapping[str, Route],
         notifier: Notifier,
         capture: CaptureState,

@@ -53,7 +53,7 @@ def _json_of(columns: tuple[tuple[str, int], ...]) -> Callable[[Sequence[Any]], 
 
 class PendingImage:
     """A row change with values sent as UNCHANGED (TOAST): completed by the store with
-    the row's stored JSON when the change is applied (see `ChangeStore.apply`)."""
+    the row's stored JSON when the change is applied (see `StoreWriter.apply`)."""
 
     __slots__ = ("ident", "route", "text")
 

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
 import structlog
@@ -37,7 +36,8 @@ from sidecar.pull import Puller, schema_version
 from sidecar.push import Pusher, PushResult
 from sidecar.ratelimit import RateLimiter
 from sidecar.route import Route, collection_shapes
-from sidecar.store.sqlite import SQLiteStore
+from sidecar.store.base import ChangeStore
+from sidecar.store.open import open_store
 from sidecar.values import configure_connection, session_options
 
 log = structlog.get_logger("sidecar")
@@ -79,7 +79,7 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 @dataclass
 class Service:
     config: Config
-    store: SQLiteStore
+    store: ChangeStore
     routes: dict[str, Route]
     notifier: Notifier
     capture: CaptureRunner
@@ -97,7 +97,7 @@ class Service:
     async def start(cls, config: Config) -> Service:
         report = await asyncio.to_thread(prepare_database, config)
         routes = routes_for(config, report)
-        store = SQLiteStore(Path(config.store.path))
+        store = open_store(config.store)
         notifier = Notifier()
         permissions = Permissions(config.auth)
         capture = CaptureRunner(config, store, list(routes.values()), notifier)

@@ -3,7 +3,7 @@
 Two threads share the work so that Python and SQLite run on both cores at once: the
 calling thread decodes the stream and routes each row change into its image (typed
 values, JSON, rev, scopes); every `_FLUSH_EVERY` changes (or `_FLUSH_BYTES` of them) it
-hands the batch to the store's writer thread (`ChangeStore.apply`, which looks up the
+hands the batch to the store's writer thread (`StoreWriter.apply`, which looks up the
 rows' stored state and writes the net effect) and goes on routing the next one. At most
 `_IN_FLIGHT` batches wait for the writer, which bounds memory for transactions of any
 size: their rows go into the store's open transaction batch by batch. The store commits
@@ -29,7 +29,7 @@ from sidecar.changes import Image
 from sidecar.errors import SidecarError
 from sidecar.lsn import lsn_to_str
 from sidecar.route import Route
-from sidecar.store.base import ChangeStore, MutationRecord, PreparedLoad, RowChange
+from sidecar.store.base import MutationRecord, PreparedLoad, RowChange, StoreWriter
 from sidecar.walmessage import PREFIX, MalformedMessage, MutationMessage
 
 log = structlog.get_logger("sidecar.capture")
@@ -78,7 +78,7 @@ class Ingest:
 
     def __init__(
         self,
-        store: ChangeStore,
+        store: StoreWriter,
         routes: Iterable[Route],
         skip_through: int,
         writer: Executor | None = None,

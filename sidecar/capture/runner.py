@@ -47,7 +47,7 @@ from sidecar.config.model import Config
 from sidecar.lsn import covers, lsn_to_str
 from sidecar.notify import Notifier
 from sidecar.route import Route, collection_shapes
-from sidecar.store.base import ChangeStore
+from sidecar.store.base import StoreWriter
 
 log = structlog.get_logger("sidecar.capture")
 
@@ -126,7 +126,7 @@ class CaptureRunner:
     def __init__(
         self,
         config: Config,
-        store: ChangeStore,
+        store: StoreWriter,
         routes: Sequence[Route],
         notifier: Notifier,
         *,

@@ -1,4 +1,5 @@
-"""The ChangeStore protocol: what capture writes and pull reads.
+"""The store's interfaces by role: what capture writes (`StoreWriter`), what the read and
+write paths read (`StoreReader`), and a whole store (`ChangeStore`, both).
 
 A store keeps, for every synced row, its latest image (compacted), its scopes and its
 version; a tombstone per scope a row left (kept for the retention period); the last
@@ -9,12 +10,18 @@ committed atomically.
 Writing happens on one thread (the capture writer); reading on any thread. `apply` is
 what capture uses: the store looks up the rows' previous images itself, so that a batch of
 changes costs a few set-based statements rather than a round of lookups per row.
-Every implementation runs the contract suite in `tests/contract/`.
+
+Each consumer is typed with the narrowest role it needs: capture (runner, ingest) a
+`StoreWriter`; pull, the page cache, push's duplicate lookup and the audit trail a
+`StoreReader`; only the service, which owns and closes the store, a `ChangeStore`.
+A second store engine implements `ChangeStore`, is opened by `store/open.py`
+(`open_store`), and runs the contract suite in `tests/contract/` (one entry in
+`tests/support/stores.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -41,7 +48,8 @@ class StoreState:
 
 @dataclass(frozen=True, slots=True)
 class StoredRow:
-    """A row's last image as kept by the store (what capture needs to apply a change)."""
+    """A row's last image as kept by the store. No role reads it: the contract suite
+    compares implementations by it (each store's `get_rows`)."""
 
     ident: str
     version: int
@@ -50,15 +58,6 @@ class StoredRow:
     scopes: tuple[str, ...]
     row: bytes  # JSON of the exposed columns
     hidden: bytes  # JSON of the needed columns that are not exposed
-
-
-@dataclass(frozen=True, slots=True)
-class RowWrite:
-    """One row change to apply: `new` None means the row is gone."""
-
-    collection: str
-    old: StoredRow | None
-    new: Image | None
 
 
 class PendingImage(Protocol):
@@ -77,7 +76,7 @@ class PendingImage(Protocol):
 
 
 class RowChange(NamedTuple):
-    """One row change, in stream order, for `ChangeStore.apply`."""
+    """One row change, in stream order, for `StoreWriter.apply`."""
 
     collection: str
     gone: str | None  # identity that stops existing: a delete, or the old one of a key change
@@ -104,26 +103,54 @@ class MutationRecord:
 
 @dataclass(frozen=True, slots=True)
 class PreparedLoad:
-    """A batch of the initial copy, ready for the store's writer (`ChangeStore.prepare_load`):
+    """A batch of the initial copy, ready for the store's writer (`StoreWriter.prepare_load`):
     what is in it is the store's business."""
 
     collection: str
     chunks: tuple[tuple[int, bytes, bytes | None], ...]  # (rows, their JSON, entries' JSON)
 
 
-class ChangeStore(Protocol):
-    # -- lifecycle -----------------------------------------------------------------------
+class StoreReader(Protocol):
+    """What the read path (pull, page cache), push (duplicate ids), the audit trail and
+    the service's metrics read. Any thread; each read sees committed data only."""
+
+    def state(self) -> StoreState:
+        """The committed state (epoch, version, LSN, …)."""
+        ...
+
+    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData:
+        """Changes after version `after` in any of `scopes`, in version order, at most
+        `limit` (each row once, in its latest state)."""
+        ...
+
+    def mutation(self, mutation_id: str) -> MutationRecord | None:
+        """The recorded outcome of an applied mutation id (None: not applied)."""
+        ...
+
+    def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
+        """The recorded mutations of one row (key: JSON object), newest first."""
+        ...
+
+    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
+        """For row keys (JSON objects as change lines carry them), the transaction id of
+        the last mutation the write path applied to each (keys without one are absent)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """`rows`, `tombstones` and `bytes` of the store, for metrics."""
+        ...
+
+
+class StoreWriter(Protocol):
+    """What capture writes, from its one writer thread: row changes, the initial copy,
+    mutation records, each batch committed with the LSN it reaches. `state` is here too:
+    the writer decides where to go on from what it committed."""
+
     def state(self) -> StoreState: ...
     def reset(
         self, *, slot: str, system_id: str, database: str, shape: str = "", lineage: str = ""
     ) -> StoreState: ...
-    def close(self) -> None: ...
-
-    # -- writer side (one thread) ----------------------------------------------------------
-    def get_rows(self, collection: str, idents: Iterable[str]) -> dict[str, StoredRow]: ...
     def apply(self, changes: Sequence[RowChange]) -> set[str]: ...
-    def write(self, writes: Sequence[RowWrite]) -> set[str]: ...
-    def load(self, collection: str, images: Sequence[Image]) -> None: ...
     def prepare_load(self, collection: str, images: Sequence[Image]) -> PreparedLoad: ...
     def load_prepared(self, batch: PreparedLoad) -> None: ...
     def truncate(self, collection: str) -> set[str]: ...
@@ -134,9 +161,8 @@ class ChangeStore(Protocol):
     def rollback(self) -> None: ...
     def purge_tombstones(self, older_than: float) -> int: ...
 
-    # -- reader side (any thread) ----------------------------------------------------------
-    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData: ...
-    def mutation(self, mutation_id: str) -> MutationRecord | None: ...
-    def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]: ...
-    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]: ...
-    def counts(self) -> dict[str, int]: ...
+
+class ChangeStore(StoreReader, StoreWriter, Protocol):
+    """A full store: both roles, and `close` for its owner (the service)."""
+
+    def close(self) -> None: ...

@@ -108,9 +108,9 @@ class Netting:
         if new is None:
             return
         st = self._state(coll, new.ident)
-        if type(new) is not Image:  # values sent as unchanged: fill them in from the row
+        if not isinstance(new, Image):  # values sent as unchanged: fill them in from the row
             new = new.complete(st.row, st.hidden) if st.exists else new.complete(None, None)
-        self._put(st, new)  # type: ignore[arg-type]
+        self._put(st, new)
 
     def _rewrite(self, coll: str, im: Image) -> bool:
         """The simple case, if it is one: a stored row changed once, staying in its scopes."""

@@ -1,20 +1,11 @@
-"""The embedded default store: one SQLite file in WAL mode.
+"""The embedded default store: one SQLite file in WAL mode (`ChangeStore`).
 
-Tables:
-- `rows`: the latest image of every synced row (compacted), keyed by (collection, ident);
-  a row in exactly one scope (the usual case) names it in `scope`, and is itself that
-  scope's entry for the row: indexed by (scope, version), it is what a pull reads;
-- `entries`: the other entries, per scope: tombstones (a scope the row left: they keep
-  the key and rev the row had) and the upsert entries of rows in several scopes (they
-  hold no copy of the row: a pull reads it from `rows`, an upsert entry's version being
-  always its row's). Keyed by (scope, version); a row's upsert entry is found by
-  (scope, row version), a tombstone, to be replaced when the row comes back, by identity;
-- `marks`: version → wall time, to find the tombstones older than the retention period;
-- `mutations`: applied mutation ids and their first outcome;
-- `meta`: epoch, last applied LSN, version counter, snapshot state, slot identity.
+The layout and the batched statements are in `store/sqlite_sql.py`; the read side
+(`SQLiteReader`: pull, mutation lookups, audit, counts) in `store/sqlite_read.py`; this
+module is the writer: row changes, the initial copy, commits, resets and purges.
 
-So a change of a row that stays in its one scope rewrites one record, and a pull is one
-merged range scan of two indexes.
+A row that stays in its one scope is its scope's entry (`rows.scope`), so its change
+rewrites one record, and a pull is one merged range scan of two indexes.
 
 A write batch and its LSN commit in one SQLite transaction (`synchronous=FULL`, so an
 acknowledged LSN survives a crash of the process or of the machine).
@@ -25,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -37,161 +27,33 @@ import orjson
 from sidecar.changes import Image
 from sidecar.store.base import (
     MutationRecord,
-    PageData,
     PreparedLoad,
     RowChange,
-    RowWrite,
     StoredRow,
     StoreState,
 )
-from sidecar.store.lines import ChangeLines
 from sidecar.store.netting import Netting, RowState, Stored
+from sidecar.store.sqlite_read import SQLiteReader
+from sidecar.store.sqlite_sql import (
+    ENTRIES_DELETE,
+    ENTRIES_INSERT,
+    ENTRIES_MOVE,
+    ENTRIES_RENUMBER,
+    FORMAT,
+    INDEXES,
+    LOAD_ENTRIES,
+    LOAD_ROWS,
+    LOOKUP,
+    ROWS_DELETE,
+    ROWS_INSERT,
+    ROWS_REWRITE,
+    ROWS_REWRITE_IN_SCOPE,
+    ROWS_UPDATE,
+    SCHEMA,
+    TABLES,
+    TOMBSTONES_DELETE,
+)
 
-# Bumped when the file layout changes; a store of another format is rebuilt.
-FORMAT = "3"
-
-# Tables are plain rowid tables so that the initial copy appends; their indexes are built
-# after it (a bulk load runs without them).
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS rows (
-    collection TEXT NOT NULL,
-    ident TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    rev TEXT NOT NULL,
-    key BLOB NOT NULL,
-    scopes TEXT NOT NULL,
-    scope TEXT,
-    row BLOB NOT NULL,
-    hidden BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS entries (
-    scope TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    collection TEXT NOT NULL,
-    ident TEXT NOT NULL,
-    deleted INTEGER NOT NULL,
-    key BLOB,
-    rev TEXT
-);
-CREATE TABLE IF NOT EXISTS marks (version INTEGER PRIMARY KEY, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS mutations (
-    id TEXT PRIMARY KEY,
-    subject TEXT,
-    device TEXT,
-    lsn INTEGER NOT NULL,
-    outcome BLOB NOT NULL,
-    at REAL NOT NULL
-);
-"""
-
-_INDEXES = """
-CREATE UNIQUE INDEX IF NOT EXISTS rows_ident ON rows (collection, ident);
-CREATE INDEX IF NOT EXISTS rows_scope ON rows (scope, version);
-CREATE UNIQUE INDEX IF NOT EXISTS entries_scope ON entries (scope, version);
-CREATE UNIQUE INDEX IF NOT EXISTS entries_tombstone ON entries (collection, ident, scope)
-    WHERE deleted = 1;
-CREATE INDEX IF NOT EXISTS entries_purge ON entries (version) WHERE deleted = 1;
-CREATE INDEX IF NOT EXISTS mutations_row
-    ON mutations (json_extract(outcome, '$.collection'), json_extract(outcome, '$.key'));
-"""
-
-_TABLES = ("rows", "entries", "marks", "mutations", "meta")
-
-# Batched statements take their rows as one JSON array parameter (json_each): a batch is
-# then a single sqlite3_step, which runs without the GIL, instead of one step per row
-# (executemany), each of which must win the GIL back from the threads routing rows.
-# Blobs travel as JSON strings and are cast back. A row update without `row` (null) keeps
-# the stored one: a change of hidden columns only.
-_LOOKUP = """
-SELECT json_group_array(json_array(
-    r.ident, r.rowid, r.version, r.rev, json(r.scopes), CAST(r.key AS TEXT),
-    CAST(r.hidden AS TEXT){row}))
-FROM json_each(?1) v CROSS JOIN rows r ON r.collection = ?2 AND r.ident = v.value
-"""
-_ROWS_DELETE = "DELETE FROM rows WHERE rowid IN (SELECT value FROM json_each(?))"
-_ROWS_UPDATE = """
-UPDATE rows SET version = v.value ->> 1, rev = v.value ->> 2,
-    key = CAST(v.value ->> 3 AS BLOB), scopes = v.value -> 4, scope = v.value ->> 5,
-    row = coalesce(CAST(v.value ->> 6 AS BLOB), row), hidden = CAST(v.value ->> 7 AS BLOB)
-FROM json_each(?) v WHERE rows.rowid = v.value ->> 0
-"""
-_ROWS_INSERT = """
-INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, row, hidden)
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, CAST(value ->> 4 AS BLOB),
-    value -> 5, value ->> 6, CAST(value ->> 7 AS BLOB), CAST(value ->> 8 AS BLOB)
-FROM json_each(?)
-"""
-_ROWS_REWRITE = """
-UPDATE rows SET version = v.value ->> 1, rev = v.value ->> 2,
-    key = CAST(v.value ->> 3 AS BLOB), row = CAST(v.value ->> 4 AS BLOB),
-    hidden = CAST(v.value ->> 5 AS BLOB)
-FROM json_each(?) v WHERE rows.rowid = v.value ->> 0
-"""
-# The usual batch, tried first: rows changed once each, staying in their one scope. The
-# statement finds them itself (no lookup); a row that is not such a change is left alone,
-# which the count of rows changed tells. The collection comes with each row: a join term
-# on a parameter alone would make the planner scan the collection's rows.
-_ROWS_REWRITE_IN_SCOPE = """
-UPDATE rows SET version = ?2 + v.key, rev = v.value ->> 2, row = CAST(v.value ->> 4 AS BLOB),
-    key = coalesce(CAST(v.value ->> 5 AS BLOB), rows.key),
-    hidden = coalesce(CAST(v.value ->> 6 AS BLOB), X'7B7D')
-FROM json_each(?1) v
-WHERE rows.collection = v.value ->> 0 AND rows.ident = v.value ->> 1
-    AND rows.scope = v.value ->> 3 AND rows.rev <> v.value ->> 2
-"""
-_ENTRIES_RENUMBER = """
-UPDATE entries SET version = v.value ->> 2 FROM json_each(?) v
-WHERE entries.scope = v.value ->> 0 AND entries.version = v.value ->> 1
-"""
-_ENTRIES_MOVE = """
-UPDATE entries SET version = v.value ->> 2, deleted = v.value ->> 3,
-    key = CAST(v.value ->> 4 AS BLOB), rev = v.value ->> 5
-FROM json_each(?) v
-WHERE entries.scope = v.value ->> 0 AND entries.version = v.value ->> 1
-"""
-_ENTRIES_DELETE = """
-DELETE FROM entries WHERE rowid IN (
-    SELECT e.rowid FROM json_each(?) v CROSS JOIN entries e
-    ON e.scope = v.value ->> 0 AND e.version = v.value ->> 1)
-"""
-_TOMBSTONES_DELETE = """
-DELETE FROM entries WHERE rowid IN (
-    SELECT e.rowid FROM json_each(?) v CROSS JOIN entries e
-    ON e.collection = v.value ->> 0 AND e.ident = v.value ->> 1 AND e.scope = v.value ->> 2
-        AND e.deleted = 1)
-"""
-_ENTRIES_INSERT = """
-INSERT INTO entries (scope, version, collection, ident, deleted, key, rev)
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
-    CAST(value ->> 5 AS BLOB), value ->> 6
-FROM json_each(?)
-"""
-# The initial copy's bulk insert: [ident, rev, scope, row, key, scopes, hidden] per row,
-# key null when equal to the identity, scopes null when the row is in exactly `scope`,
-# hidden null when "{}"; versions follow the batch order from ?3. Entries (rows in
-# several scopes): [scope, position in the batch, ident].
-_LOAD_ROWS = """
-INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, row, hidden)
-SELECT ?2, value ->> 0, ?3 + key, value ->> 1, CAST(coalesce(value ->> 4, value ->> 0) AS BLOB),
-    coalesce(value ->> 5, json_array(value ->> 2)), value ->> 2, CAST(value ->> 3 AS BLOB),
-    coalesce(CAST(value ->> 6 AS BLOB), X'7B7D')
-FROM json_each(?1)
-"""
-_LOAD_ENTRIES = """
-INSERT INTO entries (scope, version, collection, ident, deleted)
-SELECT value ->> 0, ?3 + (value ->> 1), ?2, value ->> 2, 0 FROM json_each(?1)
-"""
-# A scope's changes after a version: its one-scope rows merged with its other entries.
-_PULL = """
-SELECT version, 0, collection, key, rev, row FROM rows WHERE scope = ?1 AND version > ?2
-UNION ALL
-SELECT e.version, e.deleted, e.collection, coalesce(e.key, r.key), coalesce(e.rev, r.rev), r.row
-FROM entries e LEFT JOIN rows r
-    ON e.deleted = 0 AND r.collection = e.collection AND r.ident = e.ident
-WHERE e.scope = ?1 AND e.version > ?2
-ORDER BY 1 LIMIT ?3
-"""
 _LOOKUP_CHUNK = 20_000  # identities per lookup statement
 _AUTOCHECKPOINT = 1000  # WAL pages that make a commit checkpoint (SQLite's default)
 _WAL_LIMIT = 64 << 20  # bytes the WAL file is cut back to after a checkpoint
@@ -213,11 +75,12 @@ def _text(blob: bytes | None) -> str | None:
     return None if blob is None else blob.decode()
 
 
-class SQLiteStore:
-    """ChangeStore on one SQLite file. Writer methods must be called from one thread."""
+class SQLiteStore(SQLiteReader):
+    """ChangeStore on one SQLite file. Writer methods must be called from one thread;
+    the reader methods (`SQLiteReader`) from any."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        super().__init__(Path(path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._w = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._w.execute("PRAGMA journal_mode=WAL")
@@ -226,17 +89,15 @@ class SQLiteStore:
         self._w.execute("PRAGMA temp_store=MEMORY")
         self._w.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT}")
         self._w.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
-        self._w.executescript(_SCHEMA)
+        self._w.executescript(SCHEMA)
         if self._meta("format") not in (None, FORMAT):
             self._drop_all()
-            self._w.executescript(_SCHEMA)
-        self._local = threading.local()
+            self._w.executescript(SCHEMA)
         self._in_txn = False
-        self._lines = ChangeLines()
         self._in_scope_skip = 0
         if self._meta("epoch") is None:
             self._init_meta()
-        self._w.executescript(_INDEXES)
+        self._w.executescript(INDEXES)
         self._indexed = True
         self._version = int(self._meta("version") or 0)
         self._state = self._load_state()
@@ -305,7 +166,7 @@ class SQLiteStore:
             lineage,
         )
         self._drop_all(keep=("mutations",) if same else ())
-        self._w.executescript(_SCHEMA)  # without the secondary indexes: a bulk load follows
+        self._w.executescript(SCHEMA)  # without the secondary indexes: a bulk load follows
         self._indexed = False
         self._init_meta()
         self._w.execute("BEGIN IMMEDIATE")
@@ -318,7 +179,7 @@ class SQLiteStore:
         return self._state
 
     def _drop_all(self, keep: Iterable[str] = ()) -> None:
-        for table in _TABLES:
+        for table in TABLES:
             if table not in keep:
                 self._w.execute(f"DROP TABLE IF EXISTS {table}")
 
@@ -326,10 +187,7 @@ class SQLiteStore:
         if self._in_txn:
             self.rollback()
         self._w.close()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._close_reader()
 
     # -- writer side ---------------------------------------------------------------------
 
@@ -342,7 +200,7 @@ class SQLiteStore:
         """Create the secondary indexes (inside the open transaction) if a bulk load left
         them out."""
         if not self._indexed:
-            for stmt in _INDEXES.strip().split(";"):
+            for stmt in INDEXES.strip().split(";"):
                 if stmt.strip():
                     self._w.execute(stmt)
             self._indexed = True
@@ -351,7 +209,7 @@ class SQLiteStore:
 
     def _lookup(self, collection: str, idents: Iterable[str], with_row: bool) -> list[list[Any]]:
         """Stored rows by identity: [ident, rowid, version, rev, scopes, key, hidden(, row)]."""
-        sql = _LOOKUP.format(row=", CAST(r.row AS TEXT)" if with_row else "")
+        sql = LOOKUP.format(row=", CAST(r.row AS TEXT)" if with_row else "")
         wanted = list(idents)
         found: list[list[Any]] = []
         for i in range(0, len(wanted), _LOOKUP_CHUNK):
@@ -361,6 +219,8 @@ class SQLiteStore:
         return found
 
     def get_rows(self, collection: str, idents: Iterable[str]) -> dict[str, StoredRow]:
+        """The stored rows by identity (in no role: the contract suite compares stores
+        by it)."""
         out: dict[str, StoredRow] = {}
         for ident, _, version, rev, scopes, key, hidden, row in self._lookup(
             collection, dict.fromkeys(idents), with_row=True
@@ -414,9 +274,9 @@ class SQLiteStore:
         for change in changes:
             netting.replay(change)
         if netting.rewrites:
-            self._w.execute(_ROWS_REWRITE, (orjson.dumps(netting.rewrites),))
+            self._w.execute(ROWS_REWRITE, (orjson.dumps(netting.rewrites),))
         if netting.renumbers:
-            self._w.execute(_ENTRIES_RENUMBER, (orjson.dumps(netting.renumbers),))
+            self._w.execute(ENTRIES_RENUMBER, (orjson.dumps(netting.renumbers),))
         self._write_out(netting.states.values())
         self._version = netting.version
         return netting.touched
@@ -451,7 +311,7 @@ class SQLiteStore:
         if len(idents) < len(batch):
             return None
         self._w.execute("SAVEPOINT in_scope")
-        cur = self._w.execute(_ROWS_REWRITE_IN_SCOPE, (orjson.dumps(batch), self._version + 1))
+        cur = self._w.execute(ROWS_REWRITE_IN_SCOPE, (orjson.dumps(batch), self._version + 1))
         if cur.rowcount != len(batch):
             self._w.execute("ROLLBACK TO in_scope")
             self._w.execute("RELEASE in_scope")
@@ -510,29 +370,16 @@ class SQLiteStore:
                 else:
                     moves.append((scope, st.stored_version, version, deleted, _text(key), rev))
         for sql, batch in (
-            (_ROWS_DELETE, row_deletes),
-            (_ROWS_UPDATE, row_updates),
-            (_ROWS_INSERT, row_inserts),
-            (_ENTRIES_DELETE, deletes),
-            (_ENTRIES_MOVE, moves),
-            (_TOMBSTONES_DELETE, clears),
-            (_ENTRIES_INSERT, inserts),
+            (ROWS_DELETE, row_deletes),
+            (ROWS_UPDATE, row_updates),
+            (ROWS_INSERT, row_inserts),
+            (ENTRIES_DELETE, deletes),
+            (ENTRIES_MOVE, moves),
+            (TOMBSTONES_DELETE, clears),
+            (ENTRIES_INSERT, inserts),
         ):
             if batch:
                 self._w.execute(sql, (orjson.dumps(batch),))
-
-    def write(self, writes: Sequence[RowWrite]) -> set[str]:
-        """Apply row changes given with the caller's view of each row's current image."""
-        changes = [
-            RowChange(w.collection, w.old.ident if w.new is None and w.old else None, w.new)
-            for w in writes
-            if w.old is not None or w.new is not None
-        ]
-        return self.apply(changes)
-
-    def load(self, collection: str, images: Sequence[Image]) -> None:
-        """Bulk insert for the initial copy of a collection the store does not hold yet."""
-        self.load_prepared(self.prepare_load(collection, images))
 
     def prepare_load(self, collection: str, images: Sequence[Image]) -> PreparedLoad:
         """The statements' parameters for `load_prepared`: built on the thread that routes
@@ -567,9 +414,9 @@ class SQLiteStore:
         self._begin()
         for count, rows, entries in batch.chunks:
             base = self._version + 1
-            self._w.execute(_LOAD_ROWS, (rows, batch.collection, base))
+            self._w.execute(LOAD_ROWS, (rows, batch.collection, base))
             if entries is not None:
-                self._w.execute(_LOAD_ENTRIES, (entries, batch.collection, base))
+                self._w.execute(LOAD_ENTRIES, (entries, batch.collection, base))
             self._version += count
 
     def truncate(self, collection: str) -> set[str]:
@@ -666,97 +513,3 @@ class SQLiteStore:
         self._w.execute("COMMIT")
         self._state = self._load_state()
         return cur.rowcount
-
-    # -- reader side ---------------------------------------------------------------------
-
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute("PRAGMA cache_size=-8192")
-            self._local.conn = conn
-        return conn
-
-    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData:
-        """Changes after `after` in any of `scopes`, in version order, at most `limit`."""
-        conn = self._reader()
-        if len(scopes) == 1:
-            rows = conn.execute(_PULL, (scopes[0], after, limit + 1)).fetchall()
-            has_more = len(rows) > limit
-            rows = rows[:limit]
-            last = rows[-1][0] if rows else after
-            return PageData([self._lines.line(*r) for r in rows], last, has_more)
-        by_version: dict[int, tuple[Any, ...]] = {}
-        conn.execute("BEGIN")  # one snapshot across the scopes
-        try:
-            for scope in dict.fromkeys(scopes):
-                for r in conn.execute(_PULL, (scope, after, limit + 1)):
-                    seen = by_version.get(r[0])
-                    if seen is None or (seen[1] == 1 and r[1] == 0):
-                        by_version[r[0]] = r
-        finally:
-            conn.execute("COMMIT")
-        versions = sorted(by_version)
-        has_more = len(versions) > limit
-        versions = versions[:limit]
-        last = versions[-1] if versions else after
-        return PageData([self._lines.line(*by_version[v]) for v in versions], last, has_more)
-
-    def mutation(self, mutation_id: str) -> MutationRecord | None:
-        row = (
-            self._reader()
-            .execute(
-                "SELECT id, subject, device, lsn, outcome FROM mutations WHERE id = ?",
-                (mutation_id,),
-            )
-            .fetchone()
-        )
-        if row is None:
-            return None
-        return MutationRecord(row[0], row[1], row[2], int(row[3]), bytes(row[4]))
-
-    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
-        """For row keys (JSON objects as change lines carry them), the transaction id of
-        the last mutation the write path applied to each (keys without one are absent)."""
-        out: dict[str, int] = {}
-        conn = self._reader()
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ", ".join("?" * len(chunk))
-            rows = conn.execute(
-                "SELECT json_extract(outcome, '$.key'), json_extract(outcome, '$.xid') "
-                "FROM mutations WHERE json_extract(outcome, '$.collection') = ? "
-                f"AND json_extract(outcome, '$.key') IN ({marks}) ORDER BY lsn",
-                (collection, *chunk),
-            ).fetchall()
-            for key, xid in rows:
-                if xid is not None:
-                    out[key] = int(xid)
-        return out
-
-    def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
-        """The recorded mutations of one row (key: JSON object), newest first."""
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT id, subject, device, lsn, outcome FROM mutations "
-                "WHERE json_extract(outcome, '$.collection') = ? "
-                "AND json(json_extract(outcome, '$.key')) = json(?) "
-                "ORDER BY lsn DESC LIMIT ?",
-                (collection, key.decode(), limit),
-            )
-            .fetchall()
-        )
-        return [MutationRecord(r[0], r[1], r[2], int(r[3]), bytes(r[4])) for r in rows]
-
-    def counts(self) -> dict[str, int]:
-        conn = self._reader()
-        rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
-        tombs = conn.execute("SELECT count(*) FROM entries WHERE deleted = 1").fetchone()[0]
-        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
-        return {"rows": int(rows), "tombstones": int(tombs), "bytes": size}

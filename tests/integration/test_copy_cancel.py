@@ -21,6 +21,7 @@ from sidecar.preflight import run_preflight
 from sidecar.service import routes_for
 from sidecar.store.sqlite import SQLiteStore
 from tests.integration.conftest import make_config, run_sql
+from tests.support.stores import load
 
 pytestmark = pytest.mark.pg
 
@@ -61,8 +62,10 @@ async def test_a_cancelled_copy_ends_before_the_rollback(
     await runner.stop()
     assert count == 0 and not store._in_txn
     # the same collection copied again into the store: no leftovers to collide with
-    store.load(
-        "items", [routes[0].image_of_values({"id": i, "owner": 1, "note": "n"}) for i in range(200)]
+    load(
+        store,
+        "items",
+        [routes[0].image_of_values({"id": i, "owner": 1, "note": "n"}) for i in range(200)],
     )
     store.commit(1)
     assert store.state().version == 200

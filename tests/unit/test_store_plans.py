@@ -12,9 +12,9 @@ import sqlite3
 
 import pytest
 
-from sidecar.store import sqlite as store
+from sidecar.store import sqlite_sql as store
 
-_PREFIXES = ("_ROWS_", "_ENTRIES_", "_TOMBSTONES_", "_LOOKUP", "_PULL")
+_PREFIXES = ("ROWS_", "ENTRIES_", "TOMBSTONES_", "LOOKUP", "PULL")
 STATEMENTS = {
     name: sql.format(row="")
     for name, sql in vars(store).items()
@@ -30,13 +30,13 @@ def _parameters(sql: str) -> tuple[None, ...]:
 @pytest.fixture(scope="module")
 def conn() -> sqlite3.Connection:
     c = sqlite3.connect(":memory:")
-    c.executescript(store._SCHEMA)
-    c.executescript(store._INDEXES)
+    c.executescript(store.SCHEMA)
+    c.executescript(store.INDEXES)
     return c
 
 
 def test_the_statements_are_found() -> None:
-    assert {"_LOOKUP", "_PULL", "_ROWS_REWRITE_IN_SCOPE", "_ENTRIES_RENUMBER"} <= set(STATEMENTS)
+    assert {"LOOKUP", "PULL", "ROWS_REWRITE_IN_SCOPE", "ENTRIES_RENUMBER"} <= set(STATEMENTS)
 
 
 def _plan(conn: sqlite3.Connection, sql: str) -> list[str]:
@@ -60,7 +60,7 @@ def test_batches_drive_the_join(conn: sqlite3.Connection, name: str) -> None:
 
 def test_the_guard_sees_a_bad_join_order(conn: sqlite3.Connection) -> None:
     """A join term on a parameter alone makes the planner start from the table."""
-    bad = store._ROWS_REWRITE_IN_SCOPE.replace(
+    bad = store.ROWS_REWRITE_IN_SCOPE.replace(
         "rows.collection = v.value ->> 0", "rows.collection = ?3"
     )
     steps = [s for s in _plan(conn, bad) if s.startswith(("SCAN", "SEARCH"))]

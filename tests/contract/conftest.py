@@ -1,0 +1,74 @@
+"""The store contract's fixtures and row helpers.
+
+`store` is a fresh store of each implementation in `tests/support/stores.py` (every
+contract test runs once per engine); `make_store` opens more of them, or the same one
+again (a reopen).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sidecar.changes import Image, rev_of
+from sidecar.store.base import StoredRow, StoreReader
+from tests.support.stores import STORES, InspectableStore, RowWrite, write
+
+
+@pytest.fixture(params=sorted(STORES))
+def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., InspectableStore]]:
+    opened: list[InspectableStore] = []
+
+    def make(name: str = "") -> InspectableStore:
+        """The test's store (again, if opened before); `name`: another one."""
+        directory = tmp_path / name
+        directory.mkdir(exist_ok=True)
+        s = STORES[request.param](directory)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        with contextlib.suppress(Exception):
+            s.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., InspectableStore]) -> InspectableStore:
+    """A fresh store, once per implementation."""
+    return make_store()
+
+
+def image(id_: int, title: str, *scopes: str) -> Image:
+    row = orjson.dumps({"id": id_, "title": title})
+    return Image(
+        ident=orjson.dumps({"id": id_}).decode(),
+        key=orjson.dumps({"id": id_}),
+        row=row,
+        rev=rev_of(row),
+        scopes=tuple(scopes),
+        hidden=b"{}",
+    )
+
+
+def current(store: InspectableStore, id_: int, coll: str = "c") -> StoredRow | None:
+    ident = orjson.dumps({"id": id_}).decode()
+    return store.get_rows(coll, [ident]).get(ident)
+
+
+def put(store: InspectableStore, id_: int, title: str, *scopes: str, coll: str = "c") -> set[str]:
+    return write(store, [RowWrite(coll, current(store, id_, coll), image(id_, title, *scopes))])
+
+
+def delete(store: InspectableStore, id_: int, coll: str = "c") -> set[str]:
+    return write(store, [RowWrite(coll, current(store, id_, coll), None)])
+
+
+def lines(store: StoreReader, scopes: list[str], after: int = 0, limit: int = 100) -> list[dict]:
+    return [orjson.loads(x) for x in store.pull(scopes, after, limit).lines]

@@ -1,0 +1,135 @@
+"""The store contract, reader side: what the read and write paths read (`StoreReader`):
+pages in version order, several scopes at once, reads from other threads, mutation
+records and the audit trail. Every store implementation runs it (`tests/support/stores.py`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+
+from sidecar.store.base import MutationRecord
+from tests.contract.conftest import lines, put
+
+
+def test_paging_and_has_more(store):
+    for i in range(1, 8):
+        put(store, i, f"r{i}", "a")
+    store.commit(1)
+    page = store.pull(["a"], 0, 3)
+    assert page.has_more and page.last_version == 3 and len(page.lines) == 3
+    page = store.pull(["a"], 3, 3)
+    assert page.has_more and page.last_version == 6
+    page = store.pull(["a"], 6, 3)
+    assert not page.has_more and page.last_version == 7 and len(page.lines) == 1
+    page = store.pull(["a"], 7, 3)
+    assert not page.has_more and page.lines == [] and page.last_version == 7
+
+
+def test_multi_scope_pull_gives_each_row_once(store):
+    put(store, 1, "both", "a", "b")
+    put(store, 2, "only-b", "b")
+    store.commit(1)
+    got = lines(store, ["a", "b"])
+    assert [c["row"]["title"] for c in got] == ["both", "only-b"]
+    # leaving scope a while staying in b: a caller holding both scopes sees an upsert
+    put(store, 1, "both2", "b")
+    store.commit(2)
+    got = lines(store, ["a", "b"], after=2)
+    assert [(c["op"], c["row"]["title"]) for c in got] == [("upsert", "both2")]
+
+
+def test_multi_scope_paging_is_consistent(store):
+    for i in range(1, 21):
+        put(store, i, f"r{i}", "a" if i % 2 else "b", *(["c"] if i % 3 == 0 else []))
+    store.commit(1)
+    seen, after = [], 0
+    while True:
+        page = store.pull(["a", "b", "c"], after, 4)
+        seen += [orjson.loads(x)["key"]["id"] for x in page.lines]
+        after = page.last_version
+        if not page.has_more:
+            break
+    assert seen == list(range(1, 21))
+
+
+def test_reader_on_another_thread_sees_commits_only(store):
+    put(store, 1, "committed", "a")
+    store.commit(1)
+    put(store, 2, "pending", "a")
+    out: list[int] = []
+    t = threading.Thread(target=lambda: out.append(len(store.pull(["a"], 0, 10).lines)))
+    t.start()
+    t.join()
+    assert out == [1]
+    store.commit(2)
+
+
+def test_mutations_are_recorded_once(store):
+    store.record_mutations([MutationRecord("m1", "u1", "d1", 7, b'{"status":"applied"}')])
+    store.commit(7)
+    store.record_mutations([MutationRecord("m1", "u2", "d2", 8, b'{"status":"other"}')])
+    store.commit(8)
+    rec = store.mutation("m1")
+    assert rec is not None and rec.subject == "u1" and rec.outcome == b'{"status":"applied"}'
+    assert store.mutation("nope") is None
+
+
+def _record(id_: str, lsn: int, key: dict, xid: int | None, op: str = "update") -> MutationRecord:
+    outcome = {"status": "applied", "rev": "r", "collection": "c", "op": op, "key": key}
+    if xid is not None:
+        outcome["xid"] = xid
+    return MutationRecord(id_, "u1", "d1", lsn, orjson.dumps(outcome))
+
+
+def test_audit_lists_a_rows_mutations_newest_first(store):
+    store.record_mutations(
+        [
+            _record("m1", 10, {"id": 1}, 100, "insert"),
+            _record("m2", 20, {"id": 2}, 101),
+            _record("m3", 30, {"id": 1}, 102),
+        ]
+    )
+    store.commit(30)
+    assert [r.id for r in store.audit("c", b'{"id": 1}', 10)] == ["m3", "m1"]
+    assert [r.id for r in store.audit("c", b'{"id":1}', 1)] == ["m3"]
+    assert store.audit("other", b'{"id":1}', 10) == []
+    assert store.audit("c", b'{"id":3}', 10) == []
+    (newest,) = store.audit("c", b'{"id":2}', 10)
+    assert newest == _record("m2", 20, {"id": 2}, 101)
+
+
+def test_row_xids_give_each_rows_last_writer(store):
+    store.record_mutations(
+        [
+            _record("m1", 10, {"id": 1}, 100),
+            _record("m2", 20, {"id": 1}, 105),
+            _record("m3", 30, {"id": 2}, None),  # recorded without a transaction id
+        ]
+    )
+    store.commit(30)
+    keys = [orjson.dumps({"id": i}).decode() for i in (1, 2, 3)]
+    assert store.row_xids("c", keys) == {keys[0]: 105}
+    assert store.row_xids("other", keys) == {}
+    assert store.row_xids("c", []) == {}
+
+
+def test_counts_rows_and_tombstones(store):
+    assert store.counts()["rows"] == 0
+    put(store, 1, "x", "a", "b")
+    put(store, 2, "y", "a")
+    store.commit(1)
+    put(store, 1, "x", "a")  # leaves b: a tombstone there
+    store.commit(2)
+    counts = store.counts()
+    assert (counts["rows"], counts["tombstones"]) == (2, 1) and counts["bytes"] > 0
+
+
+def test_state_follows_commits(store):
+    before = store.state()
+    put(store, 1, "x", "a")
+    assert store.state() == before  # nothing committed yet
+    store.commit(77)
+    after = store.state()
+    assert (after.epoch, after.version, after.lsn) == (before.epoch, 1, 77)
