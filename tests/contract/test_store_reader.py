@@ -77,7 +77,13 @@ def test_mutations_are_recorded_once(store):
 
 
 def _record(id_: str, lsn: int, key: dict, xid: int | None, op: str = "update") -> MutationRecord:
-    outcome = {"status": "applied", "rev": "r", "collection": "c", "op": op, "key": key}
+    outcome: dict[str, object] = {
+        "status": "applied",
+        "rev": "r",
+        "collection": "c",
+        "op": op,
+        "key": key,
+    }
     if xid is not None:
         outcome["xid"] = xid
     return MutationRecord(id_, "u1", "d1", lsn, orjson.dumps(outcome))
