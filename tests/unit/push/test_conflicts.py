@@ -3,6 +3,7 @@ loses, for every strategy the config accepts; and the registry has exactly those
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from sidecar.config.model import CONFLICT_KINDS, ConflictStrategy
 from sidecar.mutations import Mutation
 from sidecar.push import conflicts
 from sidecar.push.conflicts import Lost, newer, overwrites, resolve, strategy
+from sidecar.push.pusher import Pusher
 
 SERVER = {"id": 1, "title": "server", "done": True, "at": "2024-01-02T00:00:00Z", "n": 5}
 
@@ -29,6 +31,22 @@ def test_every_configurable_strategy_has_one_function() -> None:
 def test_an_unknown_strategy_is_an_error() -> None:
     with pytest.raises(ValueError, match="no conflict strategy 'newest'"):
         strategy(ConflictStrategy("newest"))  # type: ignore[arg-type]
+
+
+def test_the_pusher_refuses_routes_with_an_unknown_strategy() -> None:
+    """Checked when the pusher is given its routes (at start and on a reload), not at
+    the first stale push."""
+
+    def routes(kind: str) -> dict[str, Any]:
+        conflict = ConflictStrategy(kind)  # type: ignore[arg-type]
+        return {"c": SimpleNamespace(config=SimpleNamespace(conflict=conflict))}
+
+    pusher = Pusher(routes("merge"), None, None, None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no conflict strategy 'newest'"):
+        pusher.routes = routes("newest")
+    assert pusher.routes["c"].config.conflict.kind == "merge"  # the old routes stay
+    with pytest.raises(ValueError, match="no conflict strategy"):
+        Pusher(routes("newest"), None, None, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", ["reject", "server_wins"])
