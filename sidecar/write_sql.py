@@ -16,7 +16,8 @@ from pglast import ast, enums
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sidecar.config.expressions import Expression, render_sql
+from sidecar.config.expression_sql import render_sql
+from sidecar.config.expressions import Expression
 from sidecar.route import Route
 from sidecar.rules.nodes import walk
 from sidecar.walmessage import PREFIX, MutationMessage

@@ -29,7 +29,8 @@ from uuid import UUID
 
 from pglast import ast, enums
 
-from sidecar.config.expressions import Expression, ExpressionError, cast_target
+from sidecar.config.expression_check import cast_target
+from sidecar.config.expressions import Expression, ExpressionError
 from sidecar.rules.closures import (
     EMPTY,
     Claims,
