@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from sidecar.capture import pgoutput as po
+from sidecar.capture import pgoutput_messages as po
+from sidecar.capture.pgoutput import Decoder
 from sidecar.changes import Image
 from sidecar.errors import SidecarError
 from sidecar.lsn import lsn_to_str
@@ -92,7 +93,7 @@ class Ingest:
         self._txn_xid = 0
         self.routes_by_oid = {r.table.oid: r for r in routes}
         self.relations: dict[int, _RelMap] = {}
-        self.decoder = po.Decoder()
+        self.decoder = Decoder()
         self.skip_through = skip_through  # commits ending at or before this are applied
         self._writer = writer
         self._in_flight: deque[Future[set[str]]] = deque()
