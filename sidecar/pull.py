@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -224,7 +224,7 @@ class Puller:
 
     async def stream(
         self, principal: Principal, req: PullRequest, *, heartbeat: float
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Pages as changes land in the caller's scopes, until the token expires.
 
         Holds one live slot for its whole life. The first page is always sent (it tells

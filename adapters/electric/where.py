@@ -94,22 +94,27 @@ def where_matcher(
     return matches
 
 
+_TYPED_LOADERS: dict[str, Callable[[str], Any]] = {
+    "numeric": Decimal,
+    "real": float,
+    "double precision": float,
+    "date": date.fromisoformat,
+    "timestamp without time zone": datetime.fromisoformat,
+    "timestamp with time zone": datetime.fromisoformat,
+    "uuid": UUID,
+}
+
+
 def _typed_loader(type_name: str) -> Callable[[str], Any] | None:
     parsed = parse_type_name(type_name)
     if parsed.dims:
         return None
-    return {
-        "numeric": Decimal,
-        "real": float,
-        "double precision": float,
-        "date": date.fromisoformat,
-        "timestamp without time zone": datetime.fromisoformat,
-        "timestamp with time zone": datetime.fromisoformat,
-        "uuid": UUID,
-    }.get(parsed.base)
+    return _TYPED_LOADERS.get(parsed.base)
 
 
-def _typed_row(row: Mapping[str, Any], loaders: Mapping[str, Callable[[str], Any]]) -> dict:
+def _typed_row(
+    row: Mapping[str, Any], loaders: Mapping[str, Callable[[str], Any]]
+) -> dict[str, Any]:
     """The row as psycopg would load it, for the columns whose JSON form is a string of
     another type (numeric, dates, timestamps, uuid); what does not parse stays text."""
     typed = dict(row)

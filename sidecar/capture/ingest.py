@@ -154,24 +154,24 @@ class Ingest:
             kind = type(msg)
             if kind is update or kind is insert or kind is delete:
                 if not self._skipping:
-                    on_row(msg)  # type: ignore[arg-type]
+                    on_row(msg)  # type: ignore[arg-type]  # `kind is` narrowed it (an alias)
                     self._batch_bytes += len(payload)
                     if len(changes) >= _FLUSH_EVERY or self._batch_bytes >= _FLUSH_BYTES:
                         self._flush()
                         changes = self._changes
-            elif kind is po.Begin:
+            elif type(msg) is po.Begin:
                 self._in_txn = True
-                self._txn_lsn = msg.final_lsn  # type: ignore[union-attr]
-                self._txn_xid = msg.xid  # type: ignore[union-attr]
-                self._skipping = msg.final_lsn < self.skip_through  # type: ignore[union-attr]
-            elif kind is po.Commit:
+                self._txn_lsn = msg.final_lsn
+                self._txn_xid = msg.xid
+                self._skipping = msg.final_lsn < self.skip_through
+            elif type(msg) is po.Commit:
                 self._in_txn = False
                 if not self._skipping:
-                    self._last_commit_lsn = msg.end_lsn  # type: ignore[union-attr]
+                    self._last_commit_lsn = msg.end_lsn
                     commits += 1
                 self._skipping = False
-            elif kind is po.Relation:  # even in a skipped transaction: it is sent once
-                self._on_relation(msg)  # type: ignore[arg-type]
+            elif type(msg) is po.Relation:  # even in a skipped transaction: it is sent once
+                self._on_relation(msg)
             elif not self._skipping:
                 self._on_other(msg)
                 changes = self._changes

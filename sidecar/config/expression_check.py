@@ -142,7 +142,7 @@ class Checker:
         fields = node.fields or ()
         if any(isinstance(f, ast.A_Star) for f in fields):
             raise self._fail("'*' is not allowed: name one column", node, "*")
-        names = [f.sval for f in fields if isinstance(f, ast.String)]
+        names = _strings(fields)
         if len(fields) != 1 or len(names) != 1:
             dotted = ".".join(names)
             raise self._fail(
@@ -154,7 +154,7 @@ class Checker:
         return _Kind.ANY
 
     def param_ref(self, node: ast.ParamRef) -> _Kind:
-        if not 1 <= node.number <= len(self.params):  # pragma: no cover - prechecked
+        if not 1 <= (node.number or 0) <= len(self.params):  # pragma: no cover - prechecked
             raise self._fail("positional parameters are not allowed", node)
         return _Kind.ANY
 
@@ -171,7 +171,7 @@ class Checker:
     # boolean structure
 
     def bool_expr(self, node: ast.BoolExpr) -> _Kind:
-        for arg in node.args:
+        for arg in _items(node.args):
             self.check_boolean(arg)
         return _Kind.BOOL
 
@@ -194,7 +194,7 @@ class Checker:
             return self._operator(node, op)
         if kind == enums.A_Expr_Kind.AEXPR_IN:
             self.check(node.lexpr)
-            for item in node.rexpr:
+            for item in _items(node.rexpr):
                 self.check(item)
             return _Kind.BOOL
         if kind == enums.A_Expr_Kind.AEXPR_OP_ANY and op == "=":
@@ -207,7 +207,7 @@ class Checker:
             return _Kind.BOOL
         if kind in _BETWEEN_KINDS or kind in _DISTINCT_KINDS:
             self.check(node.lexpr)
-            for item in node.rexpr if kind in _BETWEEN_KINDS else (node.rexpr,):
+            for item in _items(node.rexpr) if kind in _BETWEEN_KINDS else (node.rexpr,):
                 self.check(item)
             return _Kind.BOOL
         raise self._fail(f"operator {_a_expr_label(node)} is not allowed", node)
@@ -251,7 +251,7 @@ class Checker:
 
     def func_call(self, node: ast.FuncCall) -> _Kind:
         name = _func_name(node)
-        label = ".".join(s.sval for s in node.funcname if isinstance(s, ast.String))
+        label = ".".join(_strings(node.funcname))
         function = FUNCTIONS.get(name or "")
         if function is None:
             allowed = ", ".join(sorted({*FUNCTIONS, "coalesce", "trim"}))
@@ -276,17 +276,18 @@ class Checker:
         return _Kind.VALUE
 
     def coalesce(self, node: ast.CoalesceExpr) -> _Kind:
-        kinds = {self.check(arg) for arg in node.args}
+        kinds = {self.check(arg) for arg in _items(node.args)}
         return _Kind.BOOL if kinds == {_Kind.BOOL} else _Kind.ANY
 
     def type_cast(self, node: ast.TypeCast) -> _Kind:
-        target = cast_target(node.typeName)
+        type_name = node.typeName
+        target = None if type_name is None else cast_target(type_name)
         if target is None:
-            type_name = node.typeName
-            shown = ".".join(s.sval for s in type_name.names if isinstance(s, ast.String))
+            shown = ".".join(_strings(type_name.names if type_name is not None else None))
             allowed = ", ".join(sorted(ALLOWED_CASTS))
             raise self._fail(
-                f"cast to {shown} is not allowed (allowed types: {allowed})", type_name
+                f"cast to {shown} is not allowed (allowed types: {allowed})",
+                type_name if type_name is not None else node,
             )
         self.check(node.arg)
         return _Kind.BOOL if target == "bool" else _Kind.VALUE
@@ -327,7 +328,7 @@ def _describe(node: Any) -> str:
 
 
 def _operator_name(node: ast.A_Expr) -> str | None:
-    names = [s.sval for s in node.name or () if isinstance(s, ast.String)]
+    names = _strings(node.name)
     return names[0] if len(names) == 1 else None
 
 
@@ -339,8 +340,8 @@ def _a_expr_label(node: ast.A_Expr) -> str:
         enums.A_Expr_Kind.AEXPR_BETWEEN_SYM: "BETWEEN SYMMETRIC",
         enums.A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM: "NOT BETWEEN SYMMETRIC",
     }
-    op = ".".join(s.sval for s in node.name or () if isinstance(s, ast.String))
-    label = labels.get(node.kind)
+    op = ".".join(_strings(node.name))
+    label = labels.get(node.kind) if node.kind is not None else None
     if node.kind == enums.A_Expr_Kind.AEXPR_OP_ANY:
         label = f"{op} ANY"
     return label or op or str(node.kind)
@@ -348,7 +349,7 @@ def _a_expr_label(node: ast.A_Expr) -> str:
 
 def _func_name(node: ast.FuncCall) -> str | None:
     """The bare name of an unqualified or `pg_catalog.`-qualified function."""
-    names = [s.sval for s in node.funcname if isinstance(s, ast.String)]
+    names = _strings(node.funcname)
     if len(names) == 2 and names[0] == "pg_catalog":
         names = names[1:]
     return names[0] if len(names) == 1 else None
@@ -356,7 +357,7 @@ def _func_name(node: ast.FuncCall) -> str | None:
 
 def cast_target(type_name: ast.TypeName) -> str | None:
     """The canonical allowed type of a cast (`int4`, `numeric`, ...), or None if refused."""
-    names = [s.sval for s in type_name.names if isinstance(s, ast.String)]
+    names = _strings(type_name.names)
     if len(names) == 2 and names[0] == "pg_catalog":
         names = names[1:]
     if (
@@ -368,3 +369,16 @@ def cast_target(type_name: ast.TypeName) -> str | None:
     ):
         return None
     return ALLOWED_CASTS.get(names[0])
+
+
+def _items(value: ast.Node | tuple[Any, ...] | None) -> tuple[Any, ...]:
+    """The items of a pglast list field (pglast types every field optional): none for a
+    missing list, and a lone node as itself (so it is checked, never skipped)."""
+    if value is None:
+        return ()
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _strings(value: ast.Node | tuple[Any, ...] | None) -> list[str]:
+    """The `String` values of a pglast name list (`funcname`, `names`, `fields`, `name`)."""
+    return [s.sval for s in _items(value) if isinstance(s, ast.String) and s.sval is not None]

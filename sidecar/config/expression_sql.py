@@ -42,7 +42,7 @@ def _render(expr: Expression, first_param: int) -> str:
 def _shift_params(node: Any, offset: int) -> None:
     if isinstance(node, ast.Node):
         if isinstance(node, ast.ParamRef):
-            node.number += offset
+            node.number = (node.number or 0) + offset
         for name in node:
             _shift_params(getattr(node, name), offset)
     elif isinstance(node, (list, tuple)):

@@ -184,7 +184,7 @@ def _parse_where(text: str, tokens: Sequence[Token], rewritten: str, source_map:
 
 
 def _has_extra_clauses(stmt: ast.SelectStmt) -> bool:
-    for name in ast.SelectStmt.__slots__:
+    for name in stmt:  # a pglast node iterates over its field names
         value = getattr(stmt, name, None)
         if name in _SELECT_ALLOWED or value is None or value is False or value == ():
             continue

@@ -66,7 +66,8 @@ class Locations:
         index = _nth_index(span, error.token, before.count(error.token)) if error.token else None
         if index is not None:
             return first + span[:index].count("\n")
-        offset = before.count("\n") + (1 if node.style in ("|", ">") else 0)
+        block = isinstance(node, yaml.ScalarNode) and node.style in ("|", ">")
+        offset = before.count("\n") + (1 if block else 0)
         return min(first + offset, last)
 
 

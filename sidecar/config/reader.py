@@ -134,7 +134,10 @@ class Reader:
                 self.problems.add(path, str(error))
                 return None
             if node.style is None and tag == _STR_TAG and is_whole(node.value):
-                tag = self._resolver.resolve(yaml.ScalarNode, value, (True, False))
+                # types-PyYAML leaves BaseResolver.resolve unannotated (it returns the tag).
+                tag = self._resolver.resolve(  # type: ignore[no-untyped-call]
+                    yaml.ScalarNode, value, (True, False)
+                )
         if tag == _TIMESTAMP_TAG:
             return value  # dates stay text: nothing in the config is a date
         resolved = yaml.ScalarNode(tag, value, node.start_mark, node.end_mark, node.style)

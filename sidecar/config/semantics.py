@@ -40,7 +40,6 @@ from sidecar.config.model import (
     StoreConfig,
     TableRef,
     WriteConfig,
-    WriteOp,
 )
 from sidecar.config.problems import KeyPath, Problems
 from sidecar.config.units import parse_duration, parse_rate, parse_size
@@ -72,6 +71,14 @@ def _typed(raw: dict[str, Any], key: str, kind: type[T], default: T) -> T:
 def _optional_str(raw: dict[str, Any], key: str) -> str | None:
     value = raw.get(key)
     return value if isinstance(value, str) else None
+
+
+def _leaf(path: KeyPath) -> str:
+    """The key of a mapping value's path (its last part)."""
+    key = path[-1]
+    if not isinstance(key, str):
+        raise TypeError(f"{path!r} does not end in a key")
+    return key
 
 
 def _names(value: Any) -> tuple[str, ...] | None:
@@ -107,7 +114,7 @@ class Builder:
     def duration(
         self, raw: dict[str, Any], path: KeyPath, default: float, *, allow_zero: bool = False
     ) -> float:
-        key = path[-1]
+        key = _leaf(path)
         if key not in raw:
             return default
         try:
@@ -117,25 +124,27 @@ class Builder:
             return default
 
     def size(self, raw: dict[str, Any], path: KeyPath, default: int) -> int:
-        if path[-1] not in raw:
+        key = _leaf(path)
+        if key not in raw:
             return default
         try:
-            return parse_size(raw[path[-1]])
+            return parse_size(raw[key])
         except ValueError as error:
             self.problems.add(path, str(error))
             return default
 
     def rate(self, raw: dict[str, Any], path: KeyPath) -> Rate | None:
-        if raw.get(path[-1]) is None:
+        key = _leaf(path)
+        if raw.get(key) is None:
             return None
         try:
-            return parse_rate(raw[path[-1]])
+            return parse_rate(raw[key])
         except ValueError as error:
             self.problems.add(path, str(error))
             return None
 
     def expression(self, raw: dict[str, Any], path: KeyPath) -> Expression | None:
-        text = raw.get(path[-1])
+        text = raw.get(_leaf(path))
         if not isinstance(text, str) or not text:
             return None  # missing or not a string: the schema said so
         try:
@@ -332,7 +341,7 @@ class Builder:
     def write(self, raw: dict[str, Any], path: KeyPath) -> WriteConfig:
         ops = _names(raw.get("ops")) or ()
         return WriteConfig(
-            ops=tuple(cast(WriteOp, op) for op in ops if op in WRITE_OPS),
+            ops=tuple(op for op in ops if op in WRITE_OPS),
             set=self.set_values(raw.get("set"), (*path, "set")),
             immutable=_names(raw.get("immutable")) or (),
             check=self.expression(raw, (*path, "check")),

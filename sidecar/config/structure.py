@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
@@ -59,9 +59,20 @@ def _explain(error: ValidationError) -> Iterator[Found]:
         yield from explain(error, path)
 
 
+def _schema(error: ValidationError) -> Mapping[str, Any]:
+    """The schema keyword's node (the stubs allow a bool or unset: read those as empty)."""
+    schema = error.schema
+    return schema if isinstance(schema, Mapping) else {}
+
+
+def _items(value: object) -> list[Any]:
+    """An instance or keyword value that is a mapping (its keys) or a list, as a list."""
+    return list(value) if isinstance(value, Mapping | list | tuple) else []
+
+
 def _unknown_keys(error: ValidationError, path: KeyPath) -> Iterator[Found]:
-    allowed = list(error.schema.get("properties", {}))
-    for key in error.instance:
+    allowed = list(_schema(error).get("properties", {}))
+    for key in _items(error.instance):
         if key in allowed:
             continue
         close = difflib.get_close_matches(key, allowed, n=1)
@@ -70,8 +81,9 @@ def _unknown_keys(error: ValidationError, path: KeyPath) -> Iterator[Found]:
 
 
 def _missing_keys(error: ValidationError, path: KeyPath) -> Iterator[Found]:
-    for key in error.validator_value:
-        if key not in error.instance:
+    present = _items(error.instance)
+    for key in _items(error.validator_value):
+        if key not in present:
             hint = _REQUIRED_HINTS.get(key)
             yield (*path, key), "missing (required)" + (f": {hint}" if hint else ""), False
 
@@ -87,7 +99,7 @@ def _wrong_type(error: ValidationError, path: KeyPath) -> Iterator[Found]:
 
 
 def _not_in_enum(error: ValidationError, path: KeyPath) -> Iterator[Found]:
-    choices = ", ".join(str(choice) for choice in error.validator_value)
+    choices = ", ".join(str(choice) for choice in _items(error.validator_value))
     yield path, f"{show(error.instance)} is not one of: {choices}", False
 
 
@@ -96,7 +108,7 @@ def _pattern(error: ValidationError, path: KeyPath) -> Iterator[Found]:
 
 
 def _pattern_message(error: ValidationError) -> str:
-    expected = error.schema.get("patternErrorMessage")
+    expected = _schema(error).get("patternErrorMessage")
     if expected is None:
         return error.message
     return f"{expected}, got {show(error.instance)}"
@@ -111,7 +123,7 @@ def _too_long(error: ValidationError, path: KeyPath) -> Iterator[Found]:
 
 
 def _duplicate_item(error: ValidationError, path: KeyPath) -> Iterator[Found]:
-    items = list(error.instance)
+    items = _items(error.instance)
     for index, item in enumerate(items):
         if item in items[:index]:
             first = items.index(item)
@@ -135,8 +147,8 @@ def _alternatives(error: ValidationError, path: KeyPath) -> Iterator[Found]:
     deeper = [e for e in error.context if len(e.absolute_path) > len(path)]
     if deeper:
         yield from _explain(best_match(deeper))
-    elif "errorMessage" in error.schema:
-        yield path, str(error.schema["errorMessage"]), False
+    elif "errorMessage" in _schema(error):
+        yield path, str(_schema(error)["errorMessage"]), False
     elif error.context:
         yield from _explain(best_match(error.context))
     else:
