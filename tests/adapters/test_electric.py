@@ -25,7 +25,7 @@ from adapters.electric.values import column_type
 from sidecar.catalog import ColumnInfo
 from sidecar.serve import build_app
 from sidecar.service import Service
-from tests.integration.conftest import Sidecar, auth, token
+from tests.fixtures.service import Sidecar, auth, token
 
 pytestmark = pytest.mark.pg
 
