@@ -40,6 +40,7 @@ from aiohttp import web
 
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, rev_of
+from sidecar.collection import Collection
 from sidecar.edge import (
     float_param,
     int_param,
@@ -52,7 +53,6 @@ from sidecar.edge import (
 from sidecar.errors import InvalidRequest, PayloadTooLarge
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.pull import PullRequest, StreamEvent
-from sidecar.route import Route
 from sidecar.service import Service
 from sidecar.values import JSON_OPTIONS
 
@@ -82,7 +82,7 @@ def install(app: web.Application, service: Service) -> None:
 class Shape:
     """How the rows of one collection look as RxDB documents."""
 
-    route: Route
+    route: Collection
     primary: str  # the key column: RxDB's primaryKey
     numeric: bool  # an integer key, carried as a decimal string
 

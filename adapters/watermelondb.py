@@ -33,6 +33,7 @@ from aiohttp import web
 
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, Page
+from sidecar.collection import Collection
 from sidecar.edge import COMPRESS_FROM, json_body, principal_of
 from sidecar.errors import (
     Conflict,
@@ -46,7 +47,6 @@ from sidecar.errors import (
 from sidecar.lsn import lsn_to_str
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.pull import Puller, PullRequest
-from sidecar.route import Route
 from sidecar.service import Service
 
 PATH = "/watermelondb/sync"
@@ -77,7 +77,7 @@ class Table:
     encoded: frozenset[str]  # json/jsonb/array columns: JSON text on the client
 
     @classmethod
-    def of(cls, route: Route) -> Table:
+    def of(cls, route: Collection) -> Table:
         types = {c: _type_name(route, c) for c in route.exposed}
         return cls(
             name=route.name,
@@ -121,7 +121,7 @@ class Table:
         return data
 
 
-def _type_name(route: Route, column: str) -> str:
+def _type_name(route: Collection, column: str) -> str:
     info = route.table.column(column)
     return info.type_name if info is not None else ""
 
@@ -134,7 +134,7 @@ def record_id(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def tables_of(routes: Iterable[Route]) -> dict[str, Table]:
+def tables_of(routes: Iterable[Collection]) -> dict[str, Table]:
     """The collections WatermelonDB can hold: those keyed by exactly one column."""
     return {r.name: Table.of(r) for r in routes if len(r.key) == 1}
 

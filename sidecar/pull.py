@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -20,11 +20,11 @@ import structlog
 
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, Page
+from sidecar.collection import Collection
 from sidecar.errors import CursorExpired, Forbidden, InvalidRequest, Unavailable
 from sidecar.notify import Notifier, wait_event
 from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
-from sidecar.route import Route
 from sidecar.store.base import StoreReader
 
 log = structlog.get_logger("sidecar.pull")
@@ -65,7 +65,7 @@ class StreamEvent:
     detail: str = ""
 
 
-def schema_version(routes: Sequence[Route]) -> str:
+def schema_version(routes: Sequence[Collection]) -> str:
     """A short hash of every collection's exposed shape; changes when a shape changes."""
     shape = [
         (
@@ -78,7 +78,7 @@ def schema_version(routes: Sequence[Route]) -> str:
     return hashlib.blake2b(orjson.dumps(shape), digest_size=6).hexdigest()
 
 
-def collection_schema(route: Route) -> dict[str, object]:
+def collection_schema(route: Collection) -> dict[str, object]:
     cols = {}
     for name in route.exposed:
         info = route.table.column(name)
@@ -91,7 +91,7 @@ class Puller:
     def __init__(
         self,
         store: StoreReader,
-        routes: Mapping[str, Route],
+        routes: Mapping[str, Collection],
         notifier: Notifier,
         capture: CaptureState,
         *,
@@ -119,7 +119,9 @@ class Puller:
 
     # -- scopes --------------------------------------------------------------------------
 
-    def select_routes(self, principal: Principal, collections: Sequence[str] | None) -> list[Route]:
+    def select_routes(
+        self, principal: Principal, collections: Sequence[str] | None
+    ) -> list[Collection]:
         """The requested collections (default: all) the caller's scopes and roles allow."""
         if collections is None:
             return [
@@ -139,14 +141,14 @@ class Puller:
             )
         return routes
 
-    def scopes_for(self, principal: Principal, routes: Sequence[Route]) -> list[str]:
+    def scopes_for(self, principal: Principal, routes: Sequence[Collection]) -> list[str]:
         scopes: list[str] = []
         for route in routes:
             self._note_missing_claims(principal, route)
             scopes.extend(route.request_scopes(principal.claims))
         return list(dict.fromkeys(scopes))
 
-    def _note_missing_claims(self, principal: Principal, route: Route) -> None:
+    def _note_missing_claims(self, principal: Principal, route: Collection) -> None:
         """A claim the read rule needs but the token lacks makes its conditions false;
         say so once per collection and claim, so a misconfigured issuer is noticed."""
         for claim in route.config.read.claims:
@@ -224,7 +226,7 @@ class Puller:
 
     async def stream(
         self, principal: Principal, req: PullRequest, *, heartbeat: float
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Pages as changes land in the caller's scopes, until the token expires.
 
         Holds one live slot for its whole life. The first page is always sent (it tells

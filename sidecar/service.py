@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sidecar.auth import Authenticator, Principal
 from sidecar.capture.runner import CaptureRunner
 from sidecar.capture.slots import read_slot_async
+from sidecar.collection import Collection, collection_shapes
 from sidecar.config.model import Config
 from sidecar.errors import ConfigError, ConfigProblem, PreflightError
 from sidecar.mutations import Mutation
@@ -35,7 +36,6 @@ from sidecar.preflight import (
 from sidecar.pull import Puller, schema_version
 from sidecar.push import Pusher, PushResult
 from sidecar.ratelimit import RateLimiter
-from sidecar.route import Route, collection_shapes
 from sidecar.store.base import ChangeStore
 from sidecar.store.open import open_store
 from sidecar.values import configure_connection, session_options
@@ -67,9 +67,11 @@ def prepare_database(config: Config) -> PreflightReport:
     return report
 
 
-def routes_for(config: Config, report: PreflightReport) -> dict[str, Route]:
+def routes_for(config: Config, report: PreflightReport) -> dict[str, Collection]:
     """Each collection's route over its table as the preflight found it."""
-    return {name: Route(coll, report.tables[name]) for name, coll in config.collections.items()}
+    return {
+        name: Collection(coll, report.tables[name]) for name, coll in config.collections.items()
+    }
 
 
 async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -80,7 +82,7 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 class Service:
     config: Config
     store: ChangeStore
-    routes: dict[str, Route]
+    routes: dict[str, Collection]
     notifier: Notifier
     capture: CaptureRunner
     puller: Puller
@@ -91,7 +93,7 @@ class Service:
     limiter: RateLimiter | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
-    _next_routes: dict[str, Route] | None = None  # set by a reload that adds collections
+    _next_routes: dict[str, Collection] | None = None  # set by a reload that adds collections
 
     @classmethod
     async def start(cls, config: Config) -> Service:
@@ -262,7 +264,7 @@ class Service:
             await self._swap_capture(routes)
             log.warning("re-initialising capture for the new table shape", detail=detail)
 
-    async def _swap_capture(self, routes: dict[str, Route]) -> None:
+    async def _swap_capture(self, routes: dict[str, Collection]) -> None:
         """A new capture runner for `routes` (the old one is stopped), wired everywhere."""
         self.store.rollback()  # whatever the old runner left half-written
         self.capture = CaptureRunner(self.config, self.store, list(routes.values()), self.notifier)

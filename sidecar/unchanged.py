@@ -2,7 +2,7 @@
 
 pgoutput does not resend an out-of-line (TOASTed) value that an UPDATE left alone (tuple
 column kind ``'u'``); the decoder (``capture/pgoutput.py``) puts :data:`UNCHANGED` in its
-place and the route (``route.py``) fills it in from the stored row. Both import it from
+place and the route (``collection.py``) fills it in from the stored row. Both import it from
 here, so nothing below capture imports capture. This module imports nothing.
 """
 

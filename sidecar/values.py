@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import abc as pg_abc
 from psycopg.adapt import AdaptersMap, Loader, Transformer
 from psycopg.postgres import types as pg_types
 from psycopg.pq import Format
@@ -48,7 +49,7 @@ def session_options() -> str:
     return " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in SESSION_SETTINGS.items())
 
 
-def _lenient(base: type[Loader]) -> type[Loader]:
+def _lenient(base: type[pg_abc.Loader]) -> type[Loader]:
     """A loader that returns the text when psycopg cannot represent the value."""
 
     class Lenient(Loader):
@@ -71,7 +72,7 @@ class _TextLoader(Loader):
         return bytes(data).decode("utf-8")
 
 
-def _iso_timetz(base: type[Loader]) -> type[Loader]:
+def _iso_timetz(base: type[pg_abc.Loader]) -> type[Loader]:
     """`timetz` as ISO 8601 text (`"10:30:00+02:00"`): JSON has no zoned time of day."""
 
     class IsoTimeTz(Loader):
@@ -94,7 +95,9 @@ def _build_adapters() -> AdaptersMap:
         if base is not None:
             amap.register_loader(oid, _lenient(base))
     timetz = pg_types["timetz"].oid
-    amap.register_loader(timetz, _iso_timetz(amap.get_loader(timetz, Format.TEXT)))
+    timetz_base = amap.get_loader(timetz, Format.TEXT)
+    if timetz_base is not None:
+        amap.register_loader(timetz, _iso_timetz(timetz_base))
     amap.register_loader(pg_types["interval"].oid, _TextLoader)
     return amap
 
@@ -115,7 +118,7 @@ _FLOAT_OIDS = {pg_types["float4"].oid, pg_types["float8"].oid}
 _FLOAT_ARRAY_OIDS = {pg_types["float4"].array_oid, pg_types["float8"].array_oid}
 
 
-def make_transformer(type_oids: Sequence[int]) -> Transformer:
+def make_transformer(type_oids: Sequence[int]) -> pg_abc.Transformer:
     """A psycopg Transformer loading text values of these column types, in order."""
     tx = Transformer(ADAPTERS)
     tx.set_loader_types(list(type_oids), Format.TEXT)

@@ -16,8 +16,9 @@ from pglast import ast, enums
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sidecar.config.expressions import Expression, render_sql
-from sidecar.route import Route
+from sidecar.collection import Collection
+from sidecar.config.expression_sql import render_sql
+from sidecar.config.expressions import Expression
 from sidecar.rules.nodes import walk
 from sidecar.walmessage import PREFIX, MutationMessage
 
@@ -28,7 +29,7 @@ def ident(name: str) -> str:
     return sql.Identifier(name).as_string(None)
 
 
-def table_name(route: Route) -> str:
+def table_name(route: Collection) -> str:
     return sql.Identifier(route.table.ref.schema, route.table.ref.name).as_string(None)
 
 
@@ -103,18 +104,18 @@ class Statement:
         return "".join(self.parts)
 
 
-def column_type(route: Route, column: str) -> str:
+def column_type(route: Collection, column: str) -> str:
     info = route.table.column(column)
     assert info is not None, column
     return info.type_name
 
 
-def _select_list(route: Route) -> str:
+def _select_list(route: Collection) -> str:
     return ", ".join(ident(c) for c in route.needed)
 
 
 def lock_rows(
-    route: Route, keys: Sequence[Mapping[str, Any]], claims: Mapping[str, Any]
+    route: Collection, keys: Sequence[Mapping[str, Any]], claims: Mapping[str, Any]
 ) -> Statement:
     """SELECT … FOR UPDATE of the rows with these keys, tagged with their position in
     `keys`, and whether each satisfies the read rule for the caller."""
@@ -139,13 +140,13 @@ def lock_rows(
     return st
 
 
-def _returning(st: Statement, route: Route, claims: Mapping[str, Any]) -> str:
+def _returning(st: Statement, route: Collection, claims: Mapping[str, Any]) -> str:
     read = st.rule(route.config.read, claims)
     check = st.rule(route.config.write.check, claims)
     return f" RETURNING {read} AS sidecar_read, {check} AS sidecar_check, {_select_list(route)}"
 
 
-def insert(route: Route, data: Mapping[str, Any], claims: Mapping[str, Any]) -> Statement:
+def insert(route: Collection, data: Mapping[str, Any], claims: Mapping[str, Any]) -> Statement:
     st = Statement()
     cols = list(data)
     if cols:
@@ -160,14 +161,14 @@ def insert(route: Route, data: Mapping[str, Any], claims: Mapping[str, Any]) -> 
     return st
 
 
-def _where_key(st: Statement, route: Route, key: Mapping[str, Any]) -> str:
+def _where_key(st: Statement, route: Collection, key: Mapping[str, Any]) -> str:
     return " AND ".join(
         f"{ident(c)} = {st.value(key[c], column_type(route, c))}" for c in route.key
     )
 
 
 def update(
-    route: Route, key: Mapping[str, Any], data: Mapping[str, Any], claims: Mapping[str, Any]
+    route: Collection, key: Mapping[str, Any], data: Mapping[str, Any], claims: Mapping[str, Any]
 ) -> Statement:
     st = Statement()
     sets = ", ".join(f"{ident(c)} = {st.value(v, column_type(route, c))}" for c, v in data.items())
@@ -179,7 +180,7 @@ def update(
     return st
 
 
-def delete(route: Route, key: Mapping[str, Any]) -> Statement:
+def delete(route: Collection, key: Mapping[str, Any]) -> Statement:
     st = Statement()
     st.add(f"DELETE FROM {table_name(route)} WHERE {_where_key(st, route, key)}")
     return st
@@ -200,7 +201,7 @@ def emit_messages(messages: Sequence[MutationMessage]) -> Statement:
 
 
 def update_many(
-    route: Route,
+    route: Collection,
     items: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
     columns: Sequence[str],
     claims: Mapping[str, Any],

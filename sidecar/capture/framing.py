@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from sidecar.capture.pgoutput import PG_EPOCH, ProtocolError
+from sidecar.capture.pgoutput_messages import PG_EPOCH, ProtocolError
 from sidecar.lsn import MAX_LSN
 
 __all__ = [

@@ -24,11 +24,12 @@ from typing import Any, TypeVar
 
 import structlog
 
-from sidecar.capture import pgoutput as po
+from sidecar.capture import pgoutput_messages as po
+from sidecar.capture.pgoutput import Decoder
 from sidecar.changes import Image
+from sidecar.collection import Collection
 from sidecar.errors import SidecarError
 from sidecar.lsn import lsn_to_str
-from sidecar.route import Route
 from sidecar.store.base import MutationRecord, PreparedLoad, RowChange, StoreWriter
 from sidecar.walmessage import PREFIX, MalformedMessage, MutationMessage
 
@@ -52,7 +53,7 @@ class SchemaChanged(SidecarError):
 
 @dataclass(slots=True)
 class _RelMap:
-    route: Route
+    route: Collection
     positions: tuple[int, ...]  # index in the relation tuple of each of route.needed
     whole: bool  # route.needed is every column of the relation, in its order
 
@@ -79,7 +80,7 @@ class Ingest:
     def __init__(
         self,
         store: StoreWriter,
-        routes: Iterable[Route],
+        routes: Iterable[Collection],
         skip_through: int,
         writer: Executor | None = None,
         backfilled: Mapping[str, int] | None = None,
@@ -92,7 +93,7 @@ class Ingest:
         self._txn_xid = 0
         self.routes_by_oid = {r.table.oid: r for r in routes}
         self.relations: dict[int, _RelMap] = {}
-        self.decoder = po.Decoder()
+        self.decoder = Decoder()
         self.skip_through = skip_through  # commits ending at or before this are applied
         self._writer = writer
         self._in_flight: deque[Future[set[str]]] = deque()
@@ -153,24 +154,24 @@ class Ingest:
             kind = type(msg)
             if kind is update or kind is insert or kind is delete:
                 if not self._skipping:
-                    on_row(msg)  # type: ignore[arg-type]
+                    on_row(msg)  # type: ignore[arg-type]  # `kind is` narrowed it (an alias)
                     self._batch_bytes += len(payload)
                     if len(changes) >= _FLUSH_EVERY or self._batch_bytes >= _FLUSH_BYTES:
                         self._flush()
                         changes = self._changes
-            elif kind is po.Begin:
+            elif type(msg) is po.Begin:
                 self._in_txn = True
-                self._txn_lsn = msg.final_lsn  # type: ignore[union-attr]
-                self._txn_xid = msg.xid  # type: ignore[union-attr]
-                self._skipping = msg.final_lsn < self.skip_through  # type: ignore[union-attr]
-            elif kind is po.Commit:
+                self._txn_lsn = msg.final_lsn
+                self._txn_xid = msg.xid
+                self._skipping = msg.final_lsn < self.skip_through
+            elif type(msg) is po.Commit:
                 self._in_txn = False
                 if not self._skipping:
-                    self._last_commit_lsn = msg.end_lsn  # type: ignore[union-attr]
+                    self._last_commit_lsn = msg.end_lsn
                     commits += 1
                 self._skipping = False
-            elif kind is po.Relation:  # even in a skipped transaction: it is sent once
-                self._on_relation(msg)  # type: ignore[arg-type]
+            elif type(msg) is po.Relation:  # even in a skipped transaction: it is sent once
+                self._on_relation(msg)
             elif not self._skipping:
                 self._on_other(msg)
                 changes = self._changes
@@ -276,7 +277,7 @@ class Ingest:
 
     # -- initial copy --------------------------------------------------------------------
 
-    def snapshot_rows(self, route: Route, rows: Sequence[Sequence[Any]]) -> None:
+    def snapshot_rows(self, route: Collection, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows read by the initial copy (typed values of route.needed, in order)."""
         image = route.image_of_typed
         images: list[Image] = [image(r) for r in rows]

@@ -43,10 +43,10 @@ from sidecar.capture.slots import SlotState, read_slot_async
 from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream, SystemInfo
 from sidecar.capture.status import CaptureStatus
+from sidecar.collection import Collection, collection_shapes
 from sidecar.config.model import Config
 from sidecar.lsn import covers, lsn_to_str
 from sidecar.notify import Notifier
-from sidecar.route import Route, collection_shapes
 from sidecar.store.base import StoreWriter
 
 log = structlog.get_logger("sidecar.capture")
@@ -127,7 +127,7 @@ class CaptureRunner:
         self,
         config: Config,
         store: StoreWriter,
-        routes: Sequence[Route],
+        routes: Sequence[Collection],
         notifier: Notifier,
         *,
         on_commit: Callable[[set[str]], None] | None = None,
@@ -419,7 +419,7 @@ class CaptureRunner:
         """The collections' shapes as the store records them."""
         return orjson.dumps(self._shapes, option=orjson.OPT_SORT_KEYS).decode()
 
-    async def _backfill(self, routes: list[Route]) -> None:
+    async def _backfill(self, routes: list[Collection]) -> None:
         """Copy collections added to the config, leaving the others as they are.
 
         A temporary slot exports a snapshot at its consistent point C: the copy holds every
@@ -513,7 +513,7 @@ class CaptureRunner:
             await self._drop_unused_slot()
             raise
 
-    async def _copy(self, snapshot_name: str | None, routes: Sequence[Route]) -> int:
+    async def _copy(self, snapshot_name: str | None, routes: Sequence[Collection]) -> int:
         """Copy the routes' tables into the store's open batch (uncommitted).
 
         The router thread reads COPY and builds the rows' images while the writer thread

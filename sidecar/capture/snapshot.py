@@ -22,7 +22,7 @@ import structlog
 from psycopg import sql
 
 from sidecar.capture.ingest import Ingest
-from sidecar.route import Route
+from sidecar.collection import Collection
 from sidecar.values import ADAPTERS, session_options
 
 log = structlog.get_logger("sidecar.snapshot")
@@ -55,7 +55,7 @@ class CopyProgress:
         }
 
 
-def _estimate(conn: psycopg.Connection, routes: Sequence[Route]) -> int:
+def _estimate(conn: psycopg.Connection, routes: Sequence[Collection]) -> int:
     total = 0
     for r in routes:
         row = conn.execute(
@@ -69,7 +69,7 @@ def _estimate(conn: psycopg.Connection, routes: Sequence[Route]) -> int:
 def copy_tables(
     dsn: str,
     snapshot_name: str | None,
-    routes: Sequence[Route],
+    routes: Sequence[Collection],
     ingest: Ingest,
     progress: CopyProgress,
     on_batch: Callable[[], None] | None = None,

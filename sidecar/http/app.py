@@ -20,7 +20,7 @@ def create_app(service: Service, extensions: Iterable[Extension] = ()) -> web.Ap
     """An aiohttp app serving `service` (started by the caller, closed by the caller), with
     each of `extensions` installed after the sync API's own routes, in order."""
     app = web.Application(
-        middlewares=[make_middleware(service.metrics)],
+        middlewares=[make_middleware(service.metrics, service.config.limits.max_body)],
         client_max_size=service.config.limits.max_body,
     )
     app[SERVICE] = service

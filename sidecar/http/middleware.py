@@ -39,7 +39,11 @@ def _endpoint(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
-def make_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+def make_middleware(
+    metrics: Metrics, max_body: int
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The app's one middleware; `max_body` is the app's `client_max_size`, named in 413s."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
@@ -59,10 +63,9 @@ def make_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRespo
                 err = MethodNotAllowed(f"method {request.method} not allowed; use {allowed}")
                 response = problem_response(err, request)
                 response.headers["Allow"] = allowed
-            except web.HTTPRequestEntityTooLarge as exc:
-                response = problem_response(
-                    PayloadTooLarge(f"the body is larger than {exc.max_size} bytes"), request
-                )
+            except web.HTTPRequestEntityTooLarge:
+                too_large = f"the body is larger than {max_body} bytes (limits.max_body)"
+                response = problem_response(PayloadTooLarge(too_large), request)
             except SidecarError as exc:
                 response = problem_response(exc, request)
             except web.HTTPException:

@@ -24,11 +24,11 @@ import orjson
 
 from sidecar import write_sql
 from sidecar.auth import Principal
+from sidecar.collection import Collection
 from sidecar.errors import Conflict, Forbidden, NotFound, SidecarError, ValidationFailed
 from sidecar.mutations import Mutation, MutationResult, check_value, rejected
 from sidecar.permissions import Permissions
 from sidecar.push import conflicts
-from sidecar.route import Route
 from sidecar.values import to_json_value
 from sidecar.walmessage import MutationMessage
 
@@ -49,7 +49,7 @@ class Write:
     run on its own: the fast path sends same-shape updates as one statement instead)."""
 
     m: Mutation
-    route: Route
+    route: Collection
     build: Callable[[], write_sql.Statement]
     returns_row: bool  # insert/update RETURN the read/check verdicts and the new row
     key: Mapping[str, Any] | None = None  # deletes: the key (JSON); updates: typed key
@@ -60,7 +60,7 @@ Plan = MutationResult | Write
 
 
 def plan_safely(
-    route: Route,
+    route: Collection,
     permissions: Permissions | None,
     principal: Principal,
     m: Mutation,
@@ -74,7 +74,7 @@ def plan_safely(
 
 
 def plan(
-    route: Route,
+    route: Collection,
     permissions: Permissions | None,
     principal: Principal,
     m: Mutation,
@@ -113,7 +113,9 @@ def plan(
     return _update_write(principal, route, m, current, data)
 
 
-def _plan_insert(principal: Principal, route: Route, m: Mutation, current: Current | None) -> Plan:
+def _plan_insert(
+    principal: Principal, route: Collection, m: Mutation, current: Current | None
+) -> Plan:
     if current is None:
         data = checked_data(route, m, principal, inserting=True)
         return Write(m, route, lambda: write_sql.insert(route, data, principal.claims), True)
@@ -127,7 +129,7 @@ def _plan_insert(principal: Principal, route: Route, m: Mutation, current: Curre
 
 def _update_write(
     principal: Principal,
-    route: Route,
+    route: Collection,
     m: Mutation,
     current: Current,
     data: Mapping[str, Any],
@@ -144,7 +146,7 @@ def _update_write(
     )
 
 
-def check_key(route: Route, m: Mutation) -> None:
+def check_key(route: Collection, m: Mutation) -> None:
     """ValidationFailed unless the key has exactly the key columns (an insert may leave
     out generated ones) with values of their types."""
     extra = [c for c in m.key if c not in route.key]
@@ -157,7 +159,7 @@ def check_key(route: Route, m: Mutation) -> None:
         check_value(route.table.column(c), v)  # type: ignore[arg-type]
 
 
-def key_ok(route: Route, m: Mutation) -> bool:
+def key_ok(route: Collection, m: Mutation) -> bool:
     """Whether the key passes `check_key` (a bad one's row is not locked: `plan` refuses it)."""
     try:
         check_key(route, m)
@@ -167,7 +169,7 @@ def key_ok(route: Route, m: Mutation) -> bool:
 
 
 def checked_data(
-    route: Route, m: Mutation, principal: Principal, *, inserting: bool
+    route: Collection, m: Mutation, principal: Principal, *, inserting: bool
 ) -> dict[str, Any]:
     """Client data checked against the collection, with `set:` columns assigned."""
     wc = route.config.write
@@ -204,7 +206,7 @@ def conflict(m: Mutation, current: Current, detail: str) -> MutationResult:
     )
 
 
-def key_of(route: Route, current: Current) -> dict[str, Any]:
+def key_of(route: Collection, current: Current) -> dict[str, Any]:
     """The row's client key as JSON values."""
     return {c: to_json_value(current.values[c]) for c in route.key}
 
@@ -245,7 +247,7 @@ def verdict(
 
 def record(
     principal: Principal,
-    route: Route,
+    route: Collection,
     m: Mutation,
     rev: str | None,
     key: Mapping[str, Any] | None,

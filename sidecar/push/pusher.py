@@ -37,6 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from sidecar import failpoints, write_sql
 from sidecar.auth import Principal
+from sidecar.collection import Collection
 from sidecar.errors import Conflict, Forbidden, SidecarError, Unavailable, ValidationFailed
 from sidecar.lsn import str_to_lsn
 from sidecar.mutations import Mutation, MutationResult, rejected
@@ -52,7 +53,6 @@ from sidecar.push.plan import (
     verdict,
     with_body_pointers,
 )
-from sidecar.route import Route
 from sidecar.store.base import StoreReader
 from sidecar.walmessage import MutationMessage
 
@@ -114,7 +114,7 @@ class Pusher:
 
     def __init__(
         self,
-        routes: Mapping[str, Route],
+        routes: Mapping[str, Collection],
         store: StoreReader,
         capture: CaptureProgress,
         pool: AsyncConnectionPool,
@@ -131,11 +131,11 @@ class Pusher:
         self.recent: TTLCache[str, MutationResult] = TTLCache(maxsize=100_000, ttl=900)
 
     @property
-    def routes(self) -> dict[str, Route]:
+    def routes(self) -> dict[str, Collection]:
         return self._routes
 
     @routes.setter
-    def routes(self, routes: Mapping[str, Route]) -> None:
+    def routes(self, routes: Mapping[str, Collection]) -> None:
         """The collections pushed to; each one's conflict strategy must have a function
         (`conflicts.strategy`: ValueError now, not at the first stale push)."""
         for route in routes.values():

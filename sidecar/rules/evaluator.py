@@ -29,7 +29,8 @@ from uuid import UUID
 
 from pglast import ast, enums
 
-from sidecar.config.expressions import Expression, ExpressionError, cast_target
+from sidecar.config.expression_check import cast_target
+from sidecar.config.expressions import Expression, ExpressionError
 from sidecar.rules.closures import (
     EMPTY,
     Claims,
@@ -130,7 +131,7 @@ class Compiler:
         handler = getattr(self, "_" + type(node).__name__, None)
         if handler is None:  # pragma: no cover - parse_expression refused it already
             raise ExpressionError(f"{type(node).__name__} cannot be evaluated")
-        return handler(node)  # type: ignore[no-any-return]
+        return handler(node)
 
     # -- leaves
 
@@ -456,4 +457,4 @@ def evaluate(
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.clear()
         fn = _CACHE[key] = compile_evaluator(expr, column_types)
-    return fn(row, claims)  # type: ignore[no-any-return]
+    return fn(row, claims)

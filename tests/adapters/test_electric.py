@@ -21,11 +21,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from psycopg.postgres import types as pg_types
 
-from adapters.electric import column_type
+from adapters.electric.values import column_type
 from sidecar.catalog import ColumnInfo
 from sidecar.serve import build_app
 from sidecar.service import Service
-from tests.integration.conftest import Sidecar, auth, token
+from tests.fixtures.service import Sidecar, auth, token
 
 pytestmark = pytest.mark.pg
 

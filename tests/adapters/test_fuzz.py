@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.integration.conftest import Sidecar, auth, run_sql
+from tests.fixtures.service import Sidecar, auth, run_sql
 
 pytestmark = pytest.mark.pg
 

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.conftest import Sidecar, auth, token, wait_until
+from tests.fixtures.service import Sidecar, auth, token, wait_until
 
 pytestmark = pytest.mark.pg
 

@@ -19,7 +19,7 @@ import pytest
 
 from adapters.watermelondb import TAG_BITS, VERSION_BITS, epoch_tag, to_cursor, to_timestamp
 from sidecar.changes import Cursor
-from tests.integration.conftest import Sidecar, auth, token
+from tests.fixtures.service import Sidecar, auth, token
 
 pytestmark = pytest.mark.pg
 

@@ -9,7 +9,7 @@ import threading
 import psycopg
 import pytest
 
-from tests.integration.conftest import Sidecar, make_config, run_sql, state_of
+from tests.fixtures.service import Sidecar, make_config, run_sql, state_of
 
 pytestmark = pytest.mark.pg
 

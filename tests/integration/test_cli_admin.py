@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from sidecar.cli import main
-from tests.integration.conftest import SECRET
+from tests.fixtures.service import SECRET
 
 pytestmark = pytest.mark.pg
 

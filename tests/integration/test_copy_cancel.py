@@ -20,7 +20,7 @@ from sidecar.notify import Notifier
 from sidecar.preflight import run_preflight
 from sidecar.service import routes_for
 from sidecar.store.sqlite import SQLiteStore
-from tests.integration.conftest import make_config, run_sql
+from tests.fixtures.service import make_config, run_sql
 from tests.support.stores import load
 
 pytestmark = pytest.mark.pg

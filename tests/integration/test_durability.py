@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from sidecar.embedded import free_port
-from tests.integration.conftest import SECRET, auth, run_sql, state_of
+from tests.fixtures.service import SECRET, auth, run_sql, state_of
 
 pytestmark = pytest.mark.pg
 
@@ -87,7 +87,7 @@ async def test_missing_slot_rebuilds_store_and_expires_cursors(pg_dsn, pg_url, s
 async def test_a_changed_collection_rebuilds_the_store(pg_dsn, pg_url, tmp_path):
     """Columns, keys and read rules decide what the store holds: a store made under other
     ones is rebuilt (new epoch, 410) instead of serving stale rows and scopes."""
-    from tests.integration.conftest import Sidecar, make_config
+    from tests.fixtures.service import Sidecar, make_config
 
     run_sql(
         pg_dsn,
@@ -128,7 +128,7 @@ async def test_a_store_restored_from_an_older_backup_is_rebuilt(pg_dsn, pg_url, 
     between are gone from the slot, so the store must be rebuilt, not resumed."""
     import shutil
 
-    from tests.integration.conftest import Sidecar, make_config
+    from tests.fixtures.service import Sidecar, make_config
 
     run_sql(
         pg_dsn,
@@ -168,7 +168,7 @@ async def test_a_store_restored_from_an_older_backup_is_rebuilt(pg_dsn, pg_url, 
 async def test_an_idle_acknowledged_position_is_not_mistaken_for_a_restore(
     pg_dsn, pg_url, tmp_path
 ):
-    from tests.integration.conftest import Sidecar, make_config
+    from tests.fixtures.service import Sidecar, make_config
 
     run_sql(
         pg_dsn,
@@ -471,7 +471,7 @@ async def test_a_failed_first_copy_leaves_no_slot_pinning_wal(
     serves no store, so it is dropped instead of holding WAL until the next start."""
     from sidecar.capture import runner
     from sidecar.service import Service
-    from tests.integration.conftest import make_config
+    from tests.fixtures.service import make_config
 
     run_sql(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)")
 

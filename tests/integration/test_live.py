@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.conftest import auth, run_sql, token
+from tests.fixtures.service import auth, run_sql, token
 
 pytestmark = pytest.mark.pg
 

@@ -45,7 +45,7 @@ from schemathesis.generation.feedback import FeedbackSources
 from schemathesis.generation.overrides import Override
 from schemathesis.specs.openapi import checks
 
-from tests.integration.conftest import Sidecar, auth, token
+from tests.fixtures.service import Sidecar, auth, token
 
 pytestmark = pytest.mark.pg
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.integration.conftest import run_sql, state_of
+from tests.fixtures.service import run_sql, state_of
 
 pytestmark = pytest.mark.pg
 

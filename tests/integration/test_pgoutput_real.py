@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from sidecar.capture.pgoutput import (
+from sidecar.capture.pgoutput import Decoder
+from sidecar.capture.pgoutput_messages import (
     Begin,
     Commit,
-    Decoder,
     Delete,
     Insert,
     LogicalMessage,

@@ -11,7 +11,7 @@ import pytest
 
 from sidecar.errors import PreflightError
 from sidecar.service import Service, preflight
-from tests.integration.conftest import SECRET, make_config, run_sql
+from tests.fixtures.service import SECRET, make_config, run_sql
 
 pytestmark = pytest.mark.pg
 

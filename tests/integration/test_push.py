@@ -328,7 +328,7 @@ async def test_set_immutable_check_and_sql_in_values(sc, pg_dsn):
 
 async def test_bad_input_changes_nothing(sc, pg_dsn):
     assert sc.client is not None
-    from tests.integration.conftest import auth
+    from tests.fixtures.service import auth
 
     before = sql(pg_dsn, "SELECT count(*), max(xmin::text::bigint) FROM todo_items")[0]
     cases = [
@@ -628,7 +628,7 @@ async def test_op_not_allowed(sc):
 async def test_audit_trail_for_admins(pg_dsn, pg_url, sidecar_factory):
     import json
 
-    from tests.integration.conftest import auth
+    from tests.fixtures.service import auth
 
     sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, todos(), admin=":role = 'admin'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.integration.conftest import run_sql, state_of
+from tests.fixtures.service import run_sql, state_of
 
 pytestmark = pytest.mark.pg
 
@@ -309,7 +309,7 @@ async def test_not_ready_during_initial_copy(pg_dsn, pg_url, tmp_path):
 
     from sidecar.serve import build_app
     from sidecar.service import Service
-    from tests.integration.conftest import auth, make_config
+    from tests.fixtures.service import auth, make_config
 
     run_sql(
         pg_dsn,

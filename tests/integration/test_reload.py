@@ -17,7 +17,7 @@ from sidecar.config.loader import load_config_text
 from sidecar.config.model import Config
 from sidecar.embedded import free_port
 from sidecar.errors import ConfigError
-from tests.integration.conftest import SECRET, Sidecar
+from tests.fixtures.service import SECRET, Sidecar
 from tests.integration.test_durability import SidecarProcess
 
 pytestmark = pytest.mark.pg

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import run_sql
+from tests.fixtures.service import run_sql
 
 pytestmark = pytest.mark.pg
 

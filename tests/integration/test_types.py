@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from sidecar.values import configure_connection, to_json_value
-from tests.integration.conftest import state_of
+from tests.fixtures.service import state_of
 
 pytestmark = pytest.mark.pg
 

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     from sidecar.catalog import ColumnInfo, TableInfo
     from sidecar.config.loader import load_config_text
     from sidecar.config.model import TableRef
-    from sidecar.route import Route
+    from sidecar.collection import Collection
 
     cfg = load_config_text('''
     database: {url: "postgresql://h/d"}
@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
         ColumnInfo("at", t["timestamptz"].oid, "timestamp with time zone", False),
     )
     table = TableInfo(TableRef("public", "items"), 1, cols, ("id",), "d", ("id",), ())
-    route = Route(cfg.collections["items"], table)
+    route = Collection(cfg.collections["items"], table)
     now = datetime.datetime.now(datetime.UTC)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kept = [route.image_of_typed([i, i % 100, f"note {i}", now]) for i in range(100_000)]

@@ -19,7 +19,12 @@ from sidecar.capture.framing import (
     parse_copy_data,
     standby_status,
 )
-from sidecar.capture.pgoutput import PG_EPOCH, Decoder, Insert, ProtocolError
+from sidecar.capture.pgoutput import Decoder
+from sidecar.capture.pgoutput_messages import (
+    PG_EPOCH,
+    Insert,
+    ProtocolError,
+)
 from tests.unit.capture.test_pgoutput import RELID, ROW, insert_msg
 
 

@@ -17,10 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.capture.framing import XLogData, parse_copy_data
-from sidecar.capture.pgoutput import (
+from sidecar.capture.pgoutput import Decoder, decode
+from sidecar.capture.pgoutput_messages import (
     Begin,
     Commit,
-    Decoder,
     Delete,
     Insert,
     LogicalMessage,
@@ -37,7 +37,6 @@ from sidecar.capture.pgoutput import (
     TypeMsg,
     Update,
     Value,
-    decode,
     pg_time_to_datetime,
 )
 from sidecar.unchanged import UNCHANGED

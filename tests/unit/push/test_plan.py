@@ -13,6 +13,7 @@ from psycopg.postgres import types as pgt
 
 from sidecar.auth import Principal
 from sidecar.catalog import ColumnInfo, TableInfo
+from sidecar.collection import Collection
 from sidecar.config.loader import load_config_text
 from sidecar.config.model import TableRef
 from sidecar.errors import Forbidden, ValidationFailed
@@ -30,7 +31,6 @@ from sidecar.push.plan import (
     verdict,
     with_body_pointers,
 )
-from sidecar.route import Route
 
 CONFIG = """
 database: {{url: "postgresql://h/d"}}
@@ -66,9 +66,9 @@ TABLE = TableInfo(
 ME = Principal("u1", "d1", {"sub": "u1"})
 
 
-def route(conflict: str = "reject", ops: str = "insert, update, delete") -> Route:
+def route(conflict: str = "reject", ops: str = "insert, update, delete") -> Collection:
     config = load_config_text(CONFIG.format(conflict=conflict, ops=ops), env={})
-    return Route(config.collections["todos"], TABLE)
+    return Collection(config.collections["todos"], TABLE)
 
 
 def permissions() -> Permissions:
@@ -94,11 +94,11 @@ def mutation(op: str = "update", **fields: Any) -> Mutation:
     return Mutation("m1", "todos", op, **fields)  # type: ignore[arg-type]
 
 
-def decide(m: Mutation, current: Current | None, r: Route | None = None) -> Any:
+def decide(m: Mutation, current: Current | None, r: Collection | None = None) -> Any:
     return plan(r or route(), None, ME, m, current)
 
 
-def refusal(m: Mutation, current: Current | None, r: Route | None = None) -> MutationResult:
+def refusal(m: Mutation, current: Current | None, r: Collection | None = None) -> MutationResult:
     result = plan_safely(r or route(), permissions(), ME, m, current)
     assert isinstance(result, MutationResult) and result.status == "rejected"
     return result

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pglast import ast, parse_sql
 
-from sidecar.config.expressions import ExpressionError, parse_expression, render_sql
+from sidecar.config.expression_sql import render_sql
+from sidecar.config.expressions import ExpressionError, parse_expression
 from sidecar.rules.functions import FUNCTIONS
 from sidecar.rules.scopes import ReadRule, compile_read_rule
 

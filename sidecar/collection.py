@@ -1,7 +1,7 @@
-"""Route: one collection's mapping from a table's text values to what the store keeps.
+"""Collection: one collection's mapping from a table's text values to what the store keeps.
 
 For each row it computes, from the text values of the columns the collection needs
-(`Route.needed`: the exposed columns first, then key, identity and rule columns):
+(`Collection.needed`: the exposed columns first, then key, identity and rule columns):
 - `ident`: the row's identity in the store (the replica identity columns, which is what
   a DELETE's old key carries), so deletes never need the full old row;
 - `key` and `row`: JSON objects of the client key and of the exposed columns;
@@ -57,7 +57,7 @@ class PendingImage:
 
     __slots__ = ("ident", "route", "text")
 
-    def __init__(self, route: Route, text: Sequence[Any], ident: str) -> None:
+    def __init__(self, route: Collection, text: Sequence[Any], ident: str) -> None:
         self.route, self.text, self.ident = route, text, ident
 
     def complete(self, row: bytes | None, hidden: bytes | None) -> Image:
@@ -68,7 +68,7 @@ class PendingImage:
         return self.route.image(self.text, row, hidden)
 
 
-class Route:
+class Collection:
     """The compiled mapping of one collection onto one table."""
 
     def __init__(self, config: CollectionConfig, table: TableInfo) -> None:
@@ -197,7 +197,7 @@ class Route:
         return tuple(self._prefix + s for s in self.read.request_scopes(claims))
 
 
-def collection_shapes(routes: Sequence[Route]) -> dict[str, str]:
+def collection_shapes(routes: Sequence[Collection]) -> dict[str, str]:
     """Per collection, a fingerprint of everything that decides what the store holds for
     it: table, key, columns and their types, read rule. A collection stored with another
     shape must be copied again (its rows, images and scopes would be stale)."""

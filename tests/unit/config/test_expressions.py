@@ -7,12 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast import parse_sql
 
-from sidecar.config.expressions import (
-    Expression,
-    ExpressionError,
-    parse_expression,
-    render_sql,
-)
+from sidecar.config.expression_sql import render_sql
+from sidecar.config.expressions import Expression, ExpressionError, parse_expression
 
 # -- accepted -----------------------------------------------------------------------------
 

@@ -1,0 +1,375 @@
+"""Phase 3 of loading a config: what the schema cannot say, building the frozen model.
+
+`Builder` reads the structurally checked data section by section (database, store,
+server, auth and its JWT, limits, log, then each collection) into `sidecar.config.model`,
+adding the problems only it can find: durations, sizes and rates (`units`), rule
+expressions parsed and located inside their scalar (`expressions`), an admin rule without
+columns, JWT algorithms that fit the key, key and conflict columns among `columns`, claim
+references in `write.set`, identifier lengths, and `store.path` resolved against the
+config file's directory. A value the schema already refused is replaced by its default,
+silently (the problem is reported once, by the schema).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
+
+from sidecar.config.expressions import Expression, ExpressionError, parse_expression
+from sidecar.config.model import (
+    CONFLICT_KINDS,
+    WRITE_OPS,
+    AuthConfig,
+    ClaimsConfig,
+    CollectionConfig,
+    Config,
+    ConflictKind,
+    ConflictStrategy,
+    DatabaseConfig,
+    JwtConfig,
+    LimitsConfig,
+    LogConfig,
+    LogFormat,
+    LogLevel,
+    Rate,
+    ServerConfig,
+    SetValue,
+    StoreConfig,
+    TableRef,
+    WriteConfig,
+)
+from sidecar.config.problems import KeyPath, Problems
+from sidecar.config.units import parse_duration, parse_rate, parse_size
+
+__all__ = ["Builder"]
+
+T = TypeVar("T")
+_CLAIM_REF = re.compile(r":[A-Za-z_][A-Za-z0-9_]*")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("auto", "json", "console")
+_MAX_IDENTIFIER = 63
+
+
+def _section(raw: Any, key: str) -> dict[str, Any]:
+    value = raw.get(key) if isinstance(raw, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _typed(raw: dict[str, Any], key: str, kind: type[T], default: T) -> T:
+    """`raw[key]` when present and of `kind` (the schema reported anything else)."""
+    value = raw.get(key, default)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) and kind is not bool:
+        return default
+    return value if isinstance(value, kind) else default
+
+
+def _optional_str(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _leaf(path: KeyPath) -> str:
+    """The key of a mapping value's path (its last part)."""
+    key = path[-1]
+    if not isinstance(key, str):
+        raise TypeError(f"{path!r} does not end in a key")
+    return key
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return None
+
+
+class Builder:
+    """Builds the model from validated data, adding the problems the schema cannot find."""
+
+    def __init__(self, file: str, base_dir: str | None, problems: Problems) -> None:
+        self.file = file
+        self.base_dir = base_dir
+        self.problems = problems
+
+    def config(self, data: Any) -> Config:
+        collections = _section(data, "collections")
+        built = {name: self.collection(name, body) for name, body in collections.items()}
+        return Config(
+            file=self.file,
+            database=self.database(_section(data, "database")),
+            store=self.store(_section(data, "store")),
+            server=self.server(_section(data, "server")),
+            auth=self.auth(_section(data, "auth")),
+            limits=self.limits(_section(data, "limits")),
+            log=self.log(_section(data, "log")),
+            collections=MappingProxyType({k: c for k, c in built.items() if c is not None}),
+        )
+
+    # -- converted values
+
+    def duration(
+        self, raw: dict[str, Any], path: KeyPath, default: float, *, allow_zero: bool = False
+    ) -> float:
+        key = _leaf(path)
+        if key not in raw:
+            return default
+        try:
+            return parse_duration(raw[key], allow_zero=allow_zero)
+        except ValueError as error:
+            self.problems.add(path, str(error))
+            return default
+
+    def size(self, raw: dict[str, Any], path: KeyPath, default: int) -> int:
+        key = _leaf(path)
+        if key not in raw:
+            return default
+        try:
+            return parse_size(raw[key])
+        except ValueError as error:
+            self.problems.add(path, str(error))
+            return default
+
+    def rate(self, raw: dict[str, Any], path: KeyPath) -> Rate | None:
+        key = _leaf(path)
+        if raw.get(key) is None:
+            return None
+        try:
+            return parse_rate(raw[key])
+        except ValueError as error:
+            self.problems.add(path, str(error))
+            return None
+
+    def expression(self, raw: dict[str, Any], path: KeyPath) -> Expression | None:
+        text = raw.get(_leaf(path))
+        if not isinstance(text, str) or not text:
+            return None  # missing or not a string: the schema said so
+        try:
+            return parse_expression(text)
+        except RecursionError:
+            self.problems.add(path, "invalid expression: nested too deeply")
+            return None
+        except ExpressionError as error:
+            near = f" (near {error.token!r})" if error.token else ""
+            line = self.problems.where.line_in_scalar(path, text, error)
+            self.problems.add(path, f"invalid expression: {error.message}{near}", line=line)
+            return None
+
+    # -- sections
+
+    def database(self, raw: dict[str, Any]) -> DatabaseConfig:
+        defaults = DatabaseConfig(url="")
+        url = _typed(raw, "url", str, "")
+        if "url" in raw and isinstance(raw["url"], str) and not url.strip():
+            self.problems.add(("database", "url"), "must not be empty")
+        return DatabaseConfig(
+            url=url,
+            publication=_typed(raw, "publication", str, defaults.publication),
+            slot=_typed(raw, "slot", str, defaults.slot),
+            create_publication=_typed(raw, "create_publication", bool, defaults.create_publication),
+            pool_size=_typed(raw, "pool_size", int, defaults.pool_size),
+        )
+
+    def store(self, raw: dict[str, Any]) -> StoreConfig:
+        defaults = StoreConfig()
+        path = _typed(raw, "path", str, defaults.path)
+        retention = self.duration(
+            raw, ("store", "tombstone_retention"), defaults.tombstone_retention
+        )
+        if path == ":memory:":
+            self.problems.add(
+                ("store", "path"),
+                "must be a file: the store is read from several threads and must survive "
+                "restarts (e.g. ./data/sidecar.db)",
+            )
+        return StoreConfig(path=self.store_path(path), tombstone_retention=retention)
+
+    def store_path(self, path: str) -> str:
+        if path == ":memory:":
+            return path
+        path = os.path.expanduser(path)
+        if self.base_dir is None or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(self.base_dir, path))
+
+    def server(self, raw: dict[str, Any]) -> ServerConfig:
+        defaults = ServerConfig()
+        return ServerConfig(
+            host=_typed(raw, "host", str, defaults.host),
+            port=_typed(raw, "port", int, defaults.port),
+            ready_max_lag=(
+                self.duration(raw, ("server", "ready_max_lag"), 0.0)
+                if raw.get("ready_max_lag") is not None
+                else None
+            ),
+        )
+
+    def auth(self, raw: dict[str, Any]) -> AuthConfig:
+        claims = _section(raw, "claims")
+        defaults = ClaimsConfig()
+        return AuthConfig(
+            jwt=self.jwt(_section(raw, "jwt")),
+            claims=ClaimsConfig(
+                user=_typed(claims, "user", str, defaults.user),
+                device=_typed(claims, "device", str, defaults.device),
+                scope=_typed(claims, "scope", str, defaults.scope),
+                roles=_typed(claims, "roles", str, defaults.roles),
+            ),
+            admin=self.admin(raw),
+        )
+
+    def admin(self, raw: dict[str, Any]) -> Expression | None:
+        rule = self.expression(raw, ("auth", "admin"))
+        if rule is not None and rule.columns:
+            columns = ", ".join(sorted(rule.columns))
+            self.problems.add(
+                ("auth", "admin"), f"may only use :claims, not columns (found {columns})"
+            )
+        return rule
+
+    def jwt(self, raw: dict[str, Any]) -> JwtConfig:
+        defaults = JwtConfig()
+        secret = _optional_str(raw, "secret")
+        jwks = _optional_str(raw, "jwks")
+        fallback = ("RS256", "ES256") if jwks and not secret else defaults.algorithms
+        algorithms = _names(raw.get("algorithms")) or fallback
+        self.check_algorithms(algorithms, secret, jwks)
+        return JwtConfig(
+            secret=secret,
+            jwks=jwks,
+            issuer=_optional_str(raw, "issuer"),
+            audience=_optional_str(raw, "audience"),
+            algorithms=algorithms,
+            leeway=self.duration(raw, ("auth", "jwt", "leeway"), defaults.leeway, allow_zero=True),
+            max_age=(
+                self.duration(raw, ("auth", "jwt", "max_age"), 0.0)
+                if raw.get("max_age") is not None
+                else None
+            ),
+        )
+
+    def check_algorithms(
+        self, algorithms: tuple[str, ...], secret: str | None, jwks: str | None
+    ) -> None:
+        if bool(secret) == bool(jwks):
+            return  # the schema reported "exactly one of"
+        path: KeyPath = ("auth", "jwt", "algorithms")
+        for index, name in enumerate(algorithms):
+            if secret and not name.startswith("HS"):
+                message = "a secret verifies HMAC tokens only: use HS256, HS384 or HS512"
+                self.problems.add((*path, index), f"{name}: {message}")
+            if jwks and name.startswith("HS"):
+                message = "HMAC algorithms cannot be used with jwks (public keys)"
+                self.problems.add((*path, index), f"{name}: {message}")
+
+    def limits(self, raw: dict[str, Any]) -> LimitsConfig:
+        defaults = LimitsConfig()
+        return LimitsConfig(
+            max_page=_typed(raw, "max_page", int, defaults.max_page),
+            max_push=_typed(raw, "max_push", int, defaults.max_push),
+            max_body=self.size(raw, ("limits", "max_body"), defaults.max_body),
+            rate=self.rate(raw, ("limits", "rate")),
+            pull_wait=self.duration(raw, ("limits", "pull_wait"), defaults.pull_wait),
+            live_per_subject=_typed(raw, "live_per_subject", int, defaults.live_per_subject),
+            live_total=_typed(raw, "live_total", int, defaults.live_total),
+            page_cache=self.size(raw, ("limits", "page_cache"), defaults.page_cache),
+            client_timeout=self.duration(
+                raw, ("limits", "client_timeout"), defaults.client_timeout
+            ),
+        )
+
+    def log(self, raw: dict[str, Any]) -> LogConfig:
+        defaults = LogConfig()
+        level = raw.get("level", defaults.level)
+        form = raw.get("format", defaults.format)
+        return LogConfig(
+            level=cast(LogLevel, level) if level in _LOG_LEVELS else defaults.level,
+            format=cast(LogFormat, form) if form in _LOG_FORMATS else defaults.format,
+        )
+
+    # -- collections
+
+    def collection(self, name: str, raw: Any) -> CollectionConfig | None:
+        raw = raw if isinstance(raw, dict) else {}
+        path: KeyPath = ("collections", name)
+        table = self.table(raw.get("table"), (*path, "table"))
+        key, columns = _names(raw.get("key")), _names(raw.get("columns"))
+        self.check_among(key, columns, (*path, "key"), "key column")
+        read = self.expression(raw, (*path, "read"))
+        write = self.write(_section(raw, "write"), (*path, "write"))
+        conflict = self.conflict(raw.get("conflict", "reject"), columns, (*path, "conflict"))
+        if table is None or read is None:
+            return None
+        return CollectionConfig(
+            name=name,
+            table=table,
+            key=key,
+            columns=columns,
+            read=read,
+            write=write,
+            conflict=conflict,
+            line=self.problems.where.line(path, at_key=True),
+            roles=_names(raw.get("roles")),
+        )
+
+    def table(self, value: Any, path: KeyPath) -> TableRef | None:
+        if not isinstance(value, str):
+            return None
+        schema, _, name = value.rpartition(".")
+        for part in (schema, name):
+            if len(part) > _MAX_IDENTIFIER:
+                self.problems.add(path, f"{part!r} is longer than {_MAX_IDENTIFIER} characters")
+        return TableRef(schema or "public", name)
+
+    def check_among(
+        self,
+        names: tuple[str, ...] | None,
+        columns: tuple[str, ...] | None,
+        path: KeyPath,
+        what: str,
+    ) -> None:
+        if names is None or columns is None:
+            return
+        for index, name in enumerate(names):
+            if name not in columns:
+                listed = ", ".join(columns)
+                self.problems.add((*path, index), f"{what} {name!r} is not among columns: {listed}")
+
+    def write(self, raw: dict[str, Any], path: KeyPath) -> WriteConfig:
+        ops = _names(raw.get("ops")) or ()
+        return WriteConfig(
+            ops=tuple(op for op in ops if op in WRITE_OPS),
+            set=self.set_values(raw.get("set"), (*path, "set")),
+            immutable=_names(raw.get("immutable")) or (),
+            check=self.expression(raw, (*path, "check")),
+        )
+
+    def set_values(self, raw: Any, path: KeyPath) -> Mapping[str, SetValue]:
+        if not isinstance(raw, dict):
+            return MappingProxyType({})
+        for column, value in raw.items():
+            if isinstance(value, str) and value.startswith(":") and not _CLAIM_REF.fullmatch(value):
+                self.problems.add(
+                    (*path, column),
+                    f"{value!r}: a claim is written ':' and its name, e.g. ':sub'"
+                    " (values starting with ':' always name a claim)",
+                )
+        return MappingProxyType(dict(raw))
+
+    def conflict(
+        self, value: Any, columns: tuple[str, ...] | None, path: KeyPath
+    ) -> ConflictStrategy:
+        if isinstance(value, str) and value in CONFLICT_KINDS and value != "latest_wins":
+            return ConflictStrategy(cast(ConflictKind, value))
+        column = value.get("latest_wins") if isinstance(value, dict) else None
+        if not isinstance(column, str):
+            return ConflictStrategy()  # the schema reported it
+        if columns is not None and column not in columns:
+            listed = ", ".join(columns)
+            self.problems.add(
+                (*path, "latest_wins"), f"column {column!r} is not among columns: {listed}"
+            )
+        return ConflictStrategy("latest_wins", column)
