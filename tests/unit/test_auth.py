@@ -25,7 +25,7 @@ NOW = int(time.time())
 
 
 def claims(**extra: object) -> dict:
-    return {"sub": "42", "device_id": "d1", "iat": NOW, "exp": NOW + 600, **extra}
+    return {"sub": "42", "device_id": "d1", "iat": NOW, "exp": NOW + 86_400, **extra}
 
 
 def hmac_auth(**jwt_kw: object) -> Authenticator:
@@ -48,7 +48,7 @@ BAD_HMAC = {
     "expired": jwt.encode(claims(exp=NOW - 3600), SECRET, "HS256"),
     "not yet valid": jwt.encode(claims(nbf=NOW + 3600), SECRET, "HS256"),
     "no exp": jwt.encode({"sub": "42"}, SECRET, "HS256"),
-    "no sub": jwt.encode({"exp": NOW + 60}, SECRET, "HS256"),
+    "no sub": jwt.encode({"exp": NOW + 86_400}, SECRET, "HS256"),
     "object sub": jwt.encode(claims(sub={"a": 1}), SECRET, "HS256"),
     "alg none": b64(b'{"alg":"none","typ":"JWT"}') + "." + b64(json.dumps(claims()).encode()) + ".",
 }

@@ -5,6 +5,7 @@ substitutes."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 
 import pytest
 from hypothesis import given
@@ -13,8 +14,25 @@ from hypothesis import strategies as st
 from sidecar.config.schema import load_schema
 from sidecar.config.substitution import environment, is_whole, substitute
 
-ENV_A = {"A": "1", "B": "2", "B1": "3"}
-ENV_B = {"A": "x", "B": "y", "B1": "z"}
+class _EveryName(Mapping[str, str]):
+    """An environment in which every variable is set (to `value`): whether a text is
+    substituted must not depend on which names the test happens to define."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __getitem__(self, name: str) -> str:
+        return self.value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+ENV_A = _EveryName("1")
+ENV_B = _EveryName("2")
 
 
 def _pattern(name: str) -> re.Pattern[str]:
