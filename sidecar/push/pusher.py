@@ -62,7 +62,16 @@ from sidecar.walmessage import MutationMessage
 log = structlog.get_logger("sidecar.push")
 
 CAPTURE_WAIT = 5.0  # seconds a push waits for capture before deciding on duplicates
+POOL_WAIT = 10.0  # seconds a push waits for a database connection before a 503
 RETRIES = 3
+# What PostgreSQL says when a rule cannot be evaluated with the caller's claims (a claim
+# of another type than the column it is compared with: `text = boolean`).
+_CLAIM_TYPE_ERRORS = (
+    pge.UndefinedFunction,
+    pge.DatatypeMismatch,
+    pge.AmbiguousFunction,
+    pge.IndeterminateDatatype,
+)
 
 
 class CaptureProgress(Protocol):
@@ -107,9 +116,36 @@ def _db_error(exc: psycopg.Error) -> SidecarError:
         return Conflict(f"unique constraint {constraint} refused the change: {primary}", **extra)
     if isinstance(exc, pge.InsufficientPrivilege):
         return Forbidden(f"the database refused the sidecar's role: {primary}", **extra)
+    if isinstance(exc, _CLAIM_TYPE_ERRORS):
+        return _claims_refused(primary)
     if isinstance(exc, pge.IntegrityConstraintViolation | pge.DataError):
         return ValidationFailed(f"the database refused the values: {primary}", **extra)
     return ValidationFailed(f"the database refused the change: {primary}", **extra)
+
+
+def _claims_refused(reason: str, collection: str | None = None) -> Forbidden:
+    where = f" of collection {collection!r}" if collection else ""
+    return Forbidden(
+        f"a rule{where} cannot be evaluated with your token's claims ({reason}): a claim a "
+        "rule compares with a column must be a value of the column's kind",
+        **({"collection": collection} if collection else {}),
+    )
+
+
+def unbindable_claims(route: Collection, claims: Mapping[str, Any]) -> list[str]:
+    """The claims the collection's rules and `set:` use whose values are no SQL value
+    (a JSON object, or a list holding objects or lists): they cannot be bound."""
+    wc = route.config.write
+    used = set(route.config.read.claims)
+    used |= set(wc.check.claims if wc.check is not None else ())
+    used |= {v[1:] for v in wc.set.values() if isinstance(v, str) and v.startswith(":")}
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, list):
+            return any(isinstance(v, dict | list) for v in value)
+        return isinstance(value, dict)
+
+    return sorted(c for c in used if bad(claims.get(c)))
 
 
 class Pusher:
@@ -132,9 +168,7 @@ class Pusher:
         self.pool = pool
         self.user_claim = user_claim
         # (subject, mutation id) → the result this process gave when it applied it
-        self.recent: TTLCache[tuple[str, str], MutationResult] = TTLCache(
-            maxsize=100_000, ttl=900
-        )
+        self.recent: TTLCache[tuple[str, str], MutationResult] = TTLCache(maxsize=100_000, ttl=900)
 
     @property
     def routes(self) -> dict[str, Collection]:
@@ -153,13 +187,24 @@ class Pusher:
     async def push(
         self, principal: Principal, mutations: Sequence[Mutation], atomic: bool
     ) -> PushResult:
+        for name in dict.fromkeys(m.collection for m in mutations):
+            bad = unbindable_claims(self.routes[name], principal.claims)
+            if bad:
+                raise _claims_refused(f"{', '.join(bad)}: not a string, number or boolean", name)
         for attempt in range(RETRIES):
             try:
-                async with self.pool.connection() as conn:
+                async with self.pool.connection(timeout=POOL_WAIT) as conn:
                     result = await self._push_once(conn, principal, mutations, atomic)
                 return PushResult(with_body_pointers(result.results), result.lsn, result.txid)
             except (pge.SerializationFailure, pge.DeadlockDetected):
                 await asyncio.sleep(0.01 * (attempt + 1))
+            except psycopg.OperationalError as exc:  # no connection, lost, shut down, …
+                log.warning("push: database unavailable", error=str(exc).strip()[:200])
+                raise Unavailable(
+                    "the database is unavailable; retry the same mutations (one applied "
+                    "before the connection was lost is then answered `duplicate`)",
+                    retry_after=5,
+                ) from None
         raise Unavailable("the batch kept colliding with concurrent writes; retry", retry_after=1)
 
     async def _push_once(
@@ -428,7 +473,10 @@ class Pusher:
             if not ms:
                 continue
             st = write_sql.lock_rows(route, [m.key for m in ms], principal.claims)
-            rows = await (await _raw(conn, st)).fetchall()
+            try:
+                rows = await (await _raw(conn, st)).fetchall()
+            except _CLAIM_TYPE_ERRORS as exc:
+                raise _claims_refused(exc.diag.message_primary or str(exc), coll) from None
             for row in rows:
                 m = ms[row[0]]
                 values = dict(zip(route.needed, row[2:], strict=True))

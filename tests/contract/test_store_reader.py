@@ -77,13 +77,14 @@ def test_mutations_are_recorded_once_per_subject(store):
 
 
 def test_the_same_id_from_two_subjects_is_two_mutations(store):
-    store.record_mutations([MutationRecord("m1", "u2", "d2", 7, b'{"status":"applied"}')])
+    theirs = MutationRecord("m1", "u2", "d2", 7, b'{"status":"applied"}')
+    store.record_mutations([theirs])
     store.commit(7)
     assert store.mutation("u1", "m1") is None  # nothing of u2's mutation is found by u1
     store.record_mutations([MutationRecord("m1", "u1", "d1", 8, b'{"rev":"mine"}')])
     store.commit(8)
     assert store.mutation("u1", "m1") == MutationRecord("m1", "u1", "d1", 8, b'{"rev":"mine"}')
-    assert store.mutation("u2", "m1") == MutationRecord("m1", "u2", "d2", 7, b'{"status":"applied"}')
+    assert store.mutation("u2", "m1") == theirs
 
 
 def _record(
