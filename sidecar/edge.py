@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import math
+import re
 
 import orjson
 import structlog
@@ -55,9 +58,31 @@ async def json_body(request: web.Request, max_body: int, timeout: float = 30.0) 
             f"the body is larger than {max_body} bytes (limits.max_body)"
         ) from None
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        body = orjson.loads(raw)  # what JSON is: UTF-8, no lone surrogates, no NaN, depth
+        return _exact_json(raw) if _LONG_NUMBER.search(raw) else body
+    except (orjson.JSONDecodeError, ValueError) as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("the body is not valid JSON: nested too deep") from None
+
+
+# 19 digits in a row: maybe an integer beyond 64 bits, which orjson reads as a float
+# (losing digits). Such bodies, valid JSON for orjson, are read again by the standard
+# library, which keeps integers exact.
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
+def _exact_json(raw: bytes) -> object:
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"number {text[:40]} is out of range")
+        return value
+
+    def constant(text: str) -> object:
+        raise ValueError(f"{text} is not JSON")
+
+    return json.loads(raw, parse_float=finite, parse_constant=constant)
 
 
 # -- query parameters -----------------------------------------------------------------------

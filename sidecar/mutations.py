@@ -177,29 +177,34 @@ def _base_type(type_name: str) -> str:
     return parsed.base + "[]" * parsed.dims
 
 
-def check_value(column: ColumnInfo, value: Any) -> None:
-    """ValidationFailed unless `value` (JSON) can be a value of the column's type."""
+def check_value(column: ColumnInfo, value: Any, pointer: str | None = None) -> None:
+    """ValidationFailed unless `value` (JSON) can be a value of the column's type;
+    `pointer`: where the value is in the mutation (e.g. `data/title`)."""
+    where = {"column": column.name} | ({"pointer": pointer} if pointer else {})
     if value is None:
         if not column.nullable:
-            raise ValidationFailed(f"column {column.name} cannot be null", column=column.name)
+            raise ValidationFailed(f"column {column.name} cannot be null", **where)
         return
     t = _base_type(column.type_name)
     problem = _type_problem(t, value) or _nul_problem(value)
     if problem:
-        raise ValidationFailed(
-            f"column {column.name} ({column.type_name}): {problem}", column=column.name
-        )
+        raise ValidationFailed(f"column {column.name} ({column.type_name}): {problem}", **where)
 
 
 def _nul_problem(value: Any) -> str | None:
-    """PostgreSQL text cannot hold NUL (U+0000), in any type's text form."""
-    if isinstance(value, str):
-        return "text cannot contain NUL (\\u0000)" if "\x00" in value else None
-    if isinstance(value, list):
-        return next((p for v in value if (p := _nul_problem(v))), None)
-    if isinstance(value, dict):
-        items = [*value.keys(), *value.values()]
-        return next((p for v in items if (p := _nul_problem(v))), None)
+    """PostgreSQL text cannot hold NUL (U+0000), in any type's text form. Iterative: a
+    value may be nested as deep as the body parser allows."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return "text cannot contain NUL (\\u0000)"
+        elif isinstance(v, list):
+            todo.extend(v)
+        elif isinstance(v, dict):
+            todo.extend(v.keys())
+            todo.extend(v.values())
     return None
 
 

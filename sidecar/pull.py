@@ -261,12 +261,13 @@ class Puller:
                     if not await wait_event(changed, left):
                         yield StreamEvent("heartbeat")
 
-    async def txids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
-        """Key JSON → id of the transaction that last wrote the row through push (for
-        clients that match optimistic writes by transaction id)."""
+    async def txids(self, collection: str, keys: Sequence[str], subject: str) -> dict[str, int]:
+        """Key JSON → id of the transaction in which `subject` last wrote the row through
+        push (for clients that match their optimistic writes by transaction id; another
+        subject's pushes are not shown)."""
         if not keys:
             return {}
-        return await asyncio.to_thread(self.store.row_xids, collection, keys)
+        return await asyncio.to_thread(self.store.row_xids, collection, keys, subject)
 
     @contextlib.contextmanager
     def _live_slot(self, subject: str) -> Iterator[None]:

@@ -4,6 +4,8 @@ Push emits one per applied mutation, in the same transaction as the mutation's w
 (``pg_logical_emit_message(true, 'sidecar', …)``, see ``write_sql.emit_messages``);
 capture decodes it (``capture/ingest.py``) into the store's record of the mutation: the
 idempotency record (a replayed id is a ``duplicate``), the audit trail and the echo tag.
+A mutation id is unique per subject only: ``sub`` travels with ``id`` and the store
+records the pair.
 
 The content is a JSON object, exactly as every sidecar version has written it::
 

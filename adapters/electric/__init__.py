@@ -24,8 +24,9 @@ Mapping onto the core (`Puller.pull`, cursors `<epoch>-<version>`):
 - **values** are PostgreSQL's text form, typed by `electric-schema` for the client's
   parser: numbers as decimal text, booleans `t`/`f`, json as JSON text, arrays as array
   literals, timestamps as PostgreSQL prints them; NULL stays `null`.
-- **txids**: a row last written through push carries that push's transaction id
-  (`headers.txids`, for the client's `awaitTxId`); other changes carry none.
+- **txids**: a row the caller last wrote through push carries that push's transaction id
+  (`headers.txids`, for the client's `awaitTxId`); other changes carry none (another
+  subject's pushes are never shown).
 
 Modules: `shape` (what a request asks for), `where` (the client's filter), `protocol`
 (handles, offsets, the live cursor), `values` (PostgreSQL text and `electric-schema`),

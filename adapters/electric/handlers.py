@@ -136,7 +136,8 @@ async def _parsed(req: ShapeRequest, page: Page) -> tuple[list[Any], dict[str, i
     the client's `awaitTxId`)."""
     changes = [orjson.loads(line) for line in page.lines]
     keys = [key_json(change["key"]) for change in changes]
-    return changes, await req.service.puller.txids(req.spec.table, keys)
+    subject = req.principal.subject
+    return changes, await req.service.puller.txids(req.spec.table, keys, subject)
 
 
 async def _chunk(req: ShapeRequest, handle: Handle, page: Page, initial: bool) -> web.Response:

@@ -5,7 +5,15 @@ verdict of a write from the row its statement RETURNed.
 to run; the checks, in order: op allowed, caller allowed to write the collection, key
 shape and values, then per op: the row's presence and readability, the columns and
 their values (`set:` columns from claims), immutable columns, and `base_rev` against the
-collection's conflict strategy (`conflicts.py`). `verdict` reads a write's RETURNING
+collection's conflict strategy (`conflicts.py`). Every write of an existing row — an
+update, and an insert that `client_wins` turns into one — passes the same checks
+(`_update_data`): key columns in `data` equal the key, `immutable` and `set:` columns
+equal the stored values (else `validation_failed`, never silently dropped).
+
+A row outside the caller's read scope is answered as a row that does not exist (update:
+`not_found` conflict; delete: applied, nothing to do), so no answer tells whether a key
+exists outside the caller's view; an insert on such a key is refused as the table's
+unique key would refuse it (`conflict`, without the row). `verdict` reads a write's RETURNING
 row: the read rule and `check:` rule as PostgreSQL evaluated them on the new row, and
 the row itself. `aborted` gives an atomic batch's results when one mutation failed;
 `with_body_pointers` points errors into the request body.
@@ -89,22 +97,18 @@ def plan(
     check_key(route, m)
     if m.op == "insert":
         return _plan_insert(principal, route, m, current)
-    if current is None:
+    if current is None or not current.readable:
+        # Not in the caller's view, whether it exists elsewhere or not: the same answer.
         if m.op == "delete":  # already gone: the client's intent holds, nothing to do
             return MutationResult(m.id, "applied")
         missing = NotFound(f"no row with key {dict(m.key)} in {m.collection!r}")
         return MutationResult(m.id, "conflict", error=missing.to_problem())
-    if not current.readable:
-        raise Forbidden("that row is outside your read scope")
     if m.op == "delete":
         if current.rev != m.base_rev and not conflicts.overwrites(route.config.conflict):
             return conflict(m, current, "the row changed since base_rev")
         key = {c: current.values[c] for c in route.key}
         return Write(m, route, lambda: write_sql.delete(route, key), False, key_of(route, current))
-    data = checked_data(route, m, principal, inserting=False)
-    for c in route.config.write.immutable:
-        if c in data and data[c] != current.row.get(c):
-            raise ValidationFailed(f"column {c} is immutable", column=c)
+    data = _update_data(route, m, principal, current)
     if current.rev != m.base_rev:
         resolved = conflicts.resolve(route.config.conflict, m, current.row, data)
         if isinstance(resolved, conflicts.Lost):
@@ -119,12 +123,46 @@ def _plan_insert(
     if current is None:
         data = checked_data(route, m, principal, inserting=True)
         return Write(m, route, lambda: write_sql.insert(route, data, principal.claims), True)
-    if not current.readable:
-        raise Forbidden("a row with that key exists outside your read scope")
+    if not current.readable:  # as the unique key would refuse it: nothing of the row
+        raise Conflict("a row with that key already exists", pointer="key")
     if not conflicts.overwrites(route.config.conflict):
         return conflict(m, current, "a row with that key already exists")
-    data = checked_data(route, m, principal, inserting=False)
+    # client_wins: an update of that row, with every check an update has
+    data = _update_data(route, m, principal, current)
     return _update_write(principal, route, m, current, data)
+
+
+def _update_data(
+    route: Collection, m: Mutation, principal: Principal, current: Current
+) -> dict[str, Any]:
+    """The checked data of a write to the existing row `current`. `immutable` and `set:`
+    columns (assigned on insert, kept by the server afterwards) may be sent with their
+    stored value only; another value is refused, never dropped."""
+    wc = route.config.write
+    for c in (*wc.immutable, *wc.set):
+        if c in m.data and not same_json(m.data[c], current.row.get(c)):
+            why = "immutable" if c in wc.immutable else "set by the server (write.set)"
+            raise ValidationFailed(
+                f"column {c} is {why}: it cannot be changed", column=c, pointer=f"data/{c}"
+            )
+    data = checked_data(route, m, principal, inserting=False)
+    for c in wc.set:
+        if c not in wc.immutable:
+            data.pop(c, None)  # its stored value: nothing to write
+    return data
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality: numbers by value (1 == 1.0), booleans equal only to booleans."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
 
 
 def _update_write(
@@ -180,18 +218,18 @@ def checked_data(
             columns=unknown,
         )
     data = dict(m.data)
-    if inserting:
-        for c, v in m.key.items():
-            if c in data and data[c] != v:
-                raise ValidationFailed(f"key column {c} differs between key and data")
+    for c, v in m.key.items():  # the key names the row: data may repeat it, not change it
+        if c in data and not same_json(data[c], v):
+            raise ValidationFailed(
+                f"key column {c} differs between key and data", column=c, pointer=f"data/{c}"
+            )
+        if inserting:
             data[c] = v
     for c in data:
-        check_value(route.table.column(c), data[c])  # type: ignore[arg-type]
-    for c, v in wc.set.items():
-        if inserting:  # server-assigned on insert; a client value is overridden
+        check_value(route.table.column(c), data[c], pointer=f"data/{c}")  # type: ignore[arg-type]
+    if inserting:  # server-assigned on insert; a client value is overridden
+        for c, v in wc.set.items():
             data[c] = claim_value(v, principal.claims)
-        else:  # and kept by the server afterwards: a client value is ignored
-            data.pop(c, None)
     return data
 
 
@@ -239,7 +277,12 @@ def verdict(
     if not row[1]:
         refused = ValidationFailed("the collection's check rule refused the row")
         return rejected(m.id, refused), None
-    image = route.image_of_values(dict(zip(route.needed, row[2:], strict=True)))
+    try:
+        image = route.image_of_values(dict(zip(route.needed, row[2:], strict=True)))
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # PostgreSQL took a value the sidecar cannot send to clients: undone, not a 500
+        unsendable = ValidationFailed(f"the written row cannot be sent to clients: {exc}")
+        return rejected(m.id, unsendable), None
     key = orjson.loads(image.key)
     result = MutationResult(m.id, "applied", rev=image.rev, row=orjson.loads(image.row))
     return result, record(principal, route, m, image.rev, key)

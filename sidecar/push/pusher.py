@@ -1,6 +1,9 @@
 """The push transaction: a batch of mutations applied in one PostgreSQL transaction.
 
-1. lock the mutation ids (advisory locks), then decide which ids were already applied:
+1. lock the mutation ids (advisory locks), then decide which ids were already applied.
+   An id is the client's and unique only per subject: locks, the recent-push cache and
+   the store's records are all keyed by (subject, id), so the same id from another
+   subject is another mutation and nothing of theirs is ever answered. The ids applied:
    the recent-push cache, then the store (fed by capture from the WAL messages), after
    waiting (bounded) for capture to reach the current WAL position — so a retry whose
    first attempt committed but was not yet captured is still recognised. That wait runs
@@ -59,7 +62,16 @@ from sidecar.walmessage import MutationMessage
 log = structlog.get_logger("sidecar.push")
 
 CAPTURE_WAIT = 5.0  # seconds a push waits for capture before deciding on duplicates
+POOL_WAIT = 10.0  # seconds a push waits for a database connection before a 503
 RETRIES = 3
+# What PostgreSQL says when a rule cannot be evaluated with the caller's claims (a claim
+# of another type than the column it is compared with: `text = boolean`).
+_CLAIM_TYPE_ERRORS = (
+    pge.UndefinedFunction,
+    pge.DatatypeMismatch,
+    pge.AmbiguousFunction,
+    pge.IndeterminateDatatype,
+)
 
 
 class CaptureProgress(Protocol):
@@ -104,9 +116,36 @@ def _db_error(exc: psycopg.Error) -> SidecarError:
         return Conflict(f"unique constraint {constraint} refused the change: {primary}", **extra)
     if isinstance(exc, pge.InsufficientPrivilege):
         return Forbidden(f"the database refused the sidecar's role: {primary}", **extra)
+    if isinstance(exc, _CLAIM_TYPE_ERRORS):
+        return _claims_refused(primary)
     if isinstance(exc, pge.IntegrityConstraintViolation | pge.DataError):
         return ValidationFailed(f"the database refused the values: {primary}", **extra)
     return ValidationFailed(f"the database refused the change: {primary}", **extra)
+
+
+def _claims_refused(reason: str, collection: str | None = None) -> Forbidden:
+    where = f" of collection {collection!r}" if collection else ""
+    return Forbidden(
+        f"a rule{where} cannot be evaluated with your token's claims ({reason}): a claim a "
+        "rule compares with a column must be a value of the column's kind",
+        **({"collection": collection} if collection else {}),
+    )
+
+
+def unbindable_claims(route: Collection, claims: Mapping[str, Any]) -> list[str]:
+    """The claims the collection's rules and `set:` use whose values are no SQL value
+    (a JSON object, or a list holding objects or lists): they cannot be bound."""
+    wc = route.config.write
+    used = set(route.config.read.claims)
+    used |= set(wc.check.claims if wc.check is not None else ())
+    used |= {v[1:] for v in wc.set.values() if isinstance(v, str) and v.startswith(":")}
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, list):
+            return any(isinstance(v, dict | list) for v in value)
+        return isinstance(value, dict)
+
+    return sorted(c for c in used if bad(claims.get(c)))
 
 
 class Pusher:
@@ -128,7 +167,8 @@ class Pusher:
         self.capture = capture
         self.pool = pool
         self.user_claim = user_claim
-        self.recent: TTLCache[str, MutationResult] = TTLCache(maxsize=100_000, ttl=900)
+        # (subject, mutation id) → the result this process gave when it applied it
+        self.recent: TTLCache[tuple[str, str], MutationResult] = TTLCache(maxsize=100_000, ttl=900)
 
     @property
     def routes(self) -> dict[str, Collection]:
@@ -147,13 +187,24 @@ class Pusher:
     async def push(
         self, principal: Principal, mutations: Sequence[Mutation], atomic: bool
     ) -> PushResult:
+        for name in dict.fromkeys(m.collection for m in mutations):
+            bad = unbindable_claims(self.routes[name], principal.claims)
+            if bad:
+                raise _claims_refused(f"{', '.join(bad)}: not a string, number or boolean", name)
         for attempt in range(RETRIES):
             try:
-                async with self.pool.connection() as conn:
+                async with self.pool.connection(timeout=POOL_WAIT) as conn:
                     result = await self._push_once(conn, principal, mutations, atomic)
                 return PushResult(with_body_pointers(result.results), result.lsn, result.txid)
             except (pge.SerializationFailure, pge.DeadlockDetected):
                 await asyncio.sleep(0.01 * (attempt + 1))
+            except psycopg.OperationalError as exc:  # no connection, lost, shut down, …
+                log.warning("push: database unavailable", error=str(exc).strip()[:200])
+                raise Unavailable(
+                    "the database is unavailable; retry the same mutations (one applied "
+                    "before the connection was lost is then answered `duplicate`)",
+                    retry_after=5,
+                ) from None
         raise Unavailable("the batch kept colliding with concurrent writes; retry", retry_after=1)
 
     async def _push_once(
@@ -185,15 +236,16 @@ class Pusher:
         try:
             async with conn.transaction():
                 ids = [m.id for m in mutations]
-                lsn_now = await self._lock_ids(conn, ids)
+                subject = principal.subject
+                lsn_now = await self._lock_ids(conn, subject, ids)
                 # Whether capture has seen these ids is learnt while the rows are locked
                 # and the mutations planned: planning has no effect, and a duplicate's
                 # plan is dropped before anything is written.
-                finding = asyncio.create_task(self._duplicates(ids, lsn_now))
+                finding = asyncio.create_task(self._duplicates(subject, ids, lsn_now))
                 try:
                     # A mutation this process applied recently is a duplicate: its row
                     # is not locked for nothing.
-                    fresh = [m for m in mutations if m.id not in self.recent]
+                    fresh = [m for m in mutations if (subject, m.id) not in self.recent]
                     current = await self._lock_rows(conn, principal, fresh)
                     plans = [(m, self._plan(principal, m, current.get(m.id))) for m in mutations]
                     duplicates = await finding
@@ -236,7 +288,7 @@ class Pusher:
             row = await cur.fetchone()
             lsn = str_to_lsn(row[0]) if row else None
             for r in written:
-                self.recent[r.id] = r
+                self.recent[(principal.subject, r.id)] = r
         for m in mutations:
             self._log(principal, m, results[m.id])
         return PushResult([results[m.id] for m in mutations], lsn, txid)
@@ -357,26 +409,32 @@ class Pusher:
 
     # -- idempotency ---------------------------------------------------------------------
 
-    async def _lock_ids(self, conn: psycopg.AsyncConnection, ids: list[str]) -> int:
-        """Lock the mutation ids (one batch at a time per id, across processes); returns
-        the WAL insert position read once the locks are held (one round trip)."""
+    async def _lock_ids(self, conn: psycopg.AsyncConnection, subject: str, ids: list[str]) -> int:
+        """Lock the subject's mutation ids (one batch at a time per (subject, id), across
+        processes); returns the WAL insert position read once the locks are held (one
+        round trip). The subject is length-prefixed: no (subject, id) pair reads as
+        another."""
         cur = await conn.execute(
             "WITH locked AS (SELECT count(pg_advisory_xact_lock(k)) AS n FROM (SELECT DISTINCT "
-            "hashtextextended('sidecar:' || i, 0) AS k FROM unnest(%s::text[]) AS i "
-            "ORDER BY 1) AS ids) SELECT n, pg_current_wal_insert_lsn()::text FROM locked",
-            (sorted(ids),),
+            "hashtextextended('sidecar:' || length(%s) || ':' || %s || ':' || i, 0) AS k "
+            "FROM unnest(%s::text[]) AS i ORDER BY 1) AS ids) "
+            "SELECT n, pg_current_wal_insert_lsn()::text FROM locked",
+            (subject, subject, sorted(ids)),
         )
         row = await cur.fetchone()
         assert row is not None
         return str_to_lsn(row[1])
 
-    async def _duplicates(self, ids: list[str], lsn_now: int) -> dict[str, MutationResult]:
-        """The ids already applied (`duplicate`), once capture has reached `lsn_now`, read
-        after their locks were taken: any earlier attempt committed before it."""
+    async def _duplicates(
+        self, subject: str, ids: list[str], lsn_now: int
+    ) -> dict[str, MutationResult]:
+        """The subject's ids already applied (`duplicate`), once capture has reached
+        `lsn_now`, read after their locks were taken: any earlier attempt committed
+        before it. Another subject's mutation of the same id is not a duplicate."""
         found: dict[str, MutationResult] = {}
         unknown = []
         for i in ids:
-            hit = self.recent.get(i)
+            hit = self.recent.get((subject, i))
             if hit is not None:
                 found[i] = MutationResult(i, "duplicate", rev=hit.rev)
             else:
@@ -389,7 +447,9 @@ class Pusher:
                 "were already applied — retry",
                 retry_after=2,
             )
-        records = await asyncio.to_thread(lambda: {i: self.store.mutation(i) for i in unknown})
+        records = await asyncio.to_thread(
+            lambda: {i: self.store.mutation(subject, i) for i in unknown}
+        )
         for i, rec in records.items():
             if rec is not None:
                 outcome = orjson.loads(rec.outcome)
@@ -413,7 +473,10 @@ class Pusher:
             if not ms:
                 continue
             st = write_sql.lock_rows(route, [m.key for m in ms], principal.claims)
-            rows = await (await _raw(conn, st)).fetchall()
+            try:
+                rows = await (await _raw(conn, st)).fetchall()
+            except _CLAIM_TYPE_ERRORS as exc:
+                raise _claims_refused(exc.diag.message_primary or str(exc), coll) from None
             for row in rows:
                 m = ms[row[0]]
                 values = dict(zip(route.needed, row[2:], strict=True))

@@ -92,7 +92,8 @@ class PageData:
 
 @dataclass(frozen=True, slots=True)
 class MutationRecord:
-    """A mutation the write path applied, as its WAL message reported it."""
+    """A mutation the write path applied, as its WAL message reported it. Recorded once
+    per (subject, id): a store keeps a record without subject under ""."""
 
     id: str
     subject: str | None
@@ -123,17 +124,19 @@ class StoreReader(Protocol):
         `limit` (each row once, in its latest state)."""
         ...
 
-    def mutation(self, mutation_id: str) -> MutationRecord | None:
-        """The recorded outcome of an applied mutation id (None: not applied)."""
+    def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:
+        """The recorded outcome of `subject`'s applied mutation id (None: not applied by
+        that subject; mutation ids are unique per subject only)."""
         ...
 
     def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
         """The recorded mutations of one row (key: JSON object), newest first."""
         ...
 
-    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
+    def row_xids(self, collection: str, keys: Sequence[str], subject: str) -> dict[str, int]:
         """For row keys (JSON objects as change lines carry them), the transaction id of
-        the last mutation the write path applied to each (keys without one are absent)."""
+        the last mutation `subject` applied to each through the write path (keys without
+        one are absent): nothing of another subject's mutations."""
         ...
 
     def counts(self) -> dict[str, int]:

@@ -44,6 +44,7 @@ from sidecar.store.sqlite_sql import (
     LOAD_ENTRIES,
     LOAD_ROWS,
     LOOKUP,
+    MIGRATIONS,
     ROWS_DELETE,
     ROWS_INSERT,
     ROWS_REWRITE,
@@ -90,7 +91,10 @@ class SQLiteStore(SQLiteReader):
         self._w.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT}")
         self._w.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
         self._w.executescript(SCHEMA)
-        if self._meta("format") not in (None, FORMAT):
+        found = self._meta("format")
+        if found in MIGRATIONS:
+            self._migrate(MIGRATIONS[found])
+        elif found not in (None, FORMAT):
             self._drop_all()
             self._w.executescript(SCHEMA)
         self._in_txn = False
@@ -113,6 +117,12 @@ class SQLiteStore(SQLiteReader):
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             [(k, str(v)) for k, v in values.items() if v is not None],
         )
+
+    def _migrate(self, script: str) -> None:
+        """Bring an older format up to `FORMAT` in place, in one transaction."""
+        self._w.executescript(f"BEGIN IMMEDIATE;\n{script}")
+        self._set_meta(format=FORMAT)
+        self._w.execute("COMMIT")
 
     def _init_meta(self) -> None:
         self._w.execute("BEGIN IMMEDIATE")
@@ -442,9 +452,9 @@ class SQLiteStore(SQLiteReader):
         self._begin()
         now = time.time()
         self._w.executemany(
-            "INSERT OR IGNORE INTO mutations (id, subject, device, lsn, outcome, at) "
+            "INSERT OR IGNORE INTO mutations (subject, id, device, lsn, outcome, at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [(r.id, r.subject, r.device, r.lsn, r.outcome, now) for r in records],
+            [(r.subject or "", r.id, r.device, r.lsn, r.outcome, now) for r in records],
         )
 
     def commit(self, lsn: int | None = None, *, snapshot_done: bool | None = None) -> None:

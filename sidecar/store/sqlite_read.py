@@ -72,12 +72,13 @@ class SQLiteReader:
         last = versions[-1] if versions else after
         return PageData([self._lines.line(*by_version[v]) for v in versions], last, has_more)
 
-    def mutation(self, mutation_id: str) -> MutationRecord | None:
+    def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:
         row = (
             self._reader()
             .execute(
-                "SELECT id, subject, device, lsn, outcome FROM mutations WHERE id = ?",
-                (mutation_id,),
+                "SELECT id, subject, device, lsn, outcome FROM mutations "
+                "WHERE subject = ? AND id = ?",
+                (subject, mutation_id),
             )
             .fetchone()
         )
@@ -85,9 +86,9 @@ class SQLiteReader:
             return None
         return MutationRecord(row[0], row[1], row[2], int(row[3]), bytes(row[4]))
 
-    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
+    def row_xids(self, collection: str, keys: Sequence[str], subject: str) -> dict[str, int]:
         """For row keys (JSON objects as change lines carry them), the transaction id of
-        the last mutation the write path applied to each (keys without one are absent)."""
+        the last mutation `subject` applied to each (keys without one are absent)."""
         out: dict[str, int] = {}
         conn = self._reader()
         for start in range(0, len(keys), 500):
@@ -95,9 +96,9 @@ class SQLiteReader:
             marks = ", ".join("?" * len(chunk))
             rows = conn.execute(
                 "SELECT json_extract(outcome, '$.key'), json_extract(outcome, '$.xid') "
-                "FROM mutations WHERE json_extract(outcome, '$.collection') = ? "
+                "FROM mutations WHERE subject = ? AND json_extract(outcome, '$.collection') = ? "
                 f"AND json_extract(outcome, '$.key') IN ({marks}) ORDER BY lsn",
-                (collection, *chunk),
+                (subject, collection, *chunk),
             ).fetchall()
             for key, xid in rows:
                 if xid is not None:

@@ -11,14 +11,17 @@ Tables:
   always its row's). Keyed by (scope, version); a row's upsert entry is found by
   (scope, row version), a tombstone, to be replaced when the row comes back, by identity;
 - `marks`: version → wall time, to find the tombstones older than the retention period;
-- `mutations`: applied mutation ids and their first outcome;
+- `mutations`: applied mutation ids and their first outcome, per subject: a mutation id is
+  the client's, unique only among its subject's mutations (the same id from two subjects
+  is two mutations);
 - `meta`: epoch, last applied LSN, version counter, snapshot state, slot identity.
 """
 
 from __future__ import annotations
 
-# Bumped when the file layout changes; a store of another format is rebuilt.
-FORMAT = "3"
+# Bumped when the file layout changes; a store of another format is rebuilt, except a
+# format `MIGRATIONS` knows how to bring up to this one in place.
+FORMAT = "4"
 
 # Tables are plain rowid tables so that the initial copy appends; their indexes are built
 # after it (a bulk load runs without them).
@@ -46,14 +49,36 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE TABLE IF NOT EXISTS marks (version INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS mutations (
-    id TEXT PRIMARY KEY,
-    subject TEXT,
+    subject TEXT NOT NULL,
+    id TEXT NOT NULL,
     device TEXT,
     lsn INTEGER NOT NULL,
     outcome BLOB NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    PRIMARY KEY (subject, id)
 );
 """
+
+# Formats brought up to `FORMAT` in place (statements run in one transaction). Format 3
+# keyed mutation ids alone; its rows already carry their subject, so only that table is
+# rebuilt (rows, entries and cursors are kept; a missing subject becomes "").
+MIGRATIONS = {
+    "3": """
+ALTER TABLE mutations RENAME TO mutations_v3;
+CREATE TABLE mutations (
+    subject TEXT NOT NULL,
+    id TEXT NOT NULL,
+    device TEXT,
+    lsn INTEGER NOT NULL,
+    outcome BLOB NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (subject, id)
+);
+INSERT OR IGNORE INTO mutations (subject, id, device, lsn, outcome, at)
+    SELECT coalesce(subject, ''), id, device, lsn, outcome, at FROM mutations_v3;
+DROP TABLE mutations_v3;
+""",
+}
 
 INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS rows_ident ON rows (collection, ident);

@@ -281,9 +281,9 @@ async def test_push_never_alters_sent_fields(sc: Sidecar, pg_dsn: str) -> None:
     first = doc("n1", "first")
     give = {"assumedMasterState": first, "newDocumentState": doc("n1", "first", owner_id=2)}
     assert await rx_push(sc, [give]) == [first]
-    # another user's row: refused by the read rule, same answer
+    # another user's row: not in their view, answered as a missing one ("no such document")
     theirs = {"assumedMasterState": first, "newDocumentState": doc("n1", "mine now")}
-    assert await rx_push(sc, [theirs], sub=2) == [first]
+    assert await rx_push(sc, [theirs], sub=2) == [{"id": "n1", "_deleted": True}]
     assert note_rows(pg_dsn) == before
     # a value the database changed on the way in (a trigger trims titles): written, and the
     # row is answered as the master document, so RxDB's conflict handler sees the change

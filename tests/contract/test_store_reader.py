@@ -66,17 +66,30 @@ def test_reader_on_another_thread_sees_commits_only(store):
     store.commit(2)
 
 
-def test_mutations_are_recorded_once(store):
+def test_mutations_are_recorded_once_per_subject(store):
     store.record_mutations([MutationRecord("m1", "u1", "d1", 7, b'{"status":"applied"}')])
     store.commit(7)
-    store.record_mutations([MutationRecord("m1", "u2", "d2", 8, b'{"status":"other"}')])
+    store.record_mutations([MutationRecord("m1", "u1", "d2", 8, b'{"status":"other"}')])
     store.commit(8)
-    rec = store.mutation("m1")
+    rec = store.mutation("u1", "m1")
     assert rec is not None and rec.subject == "u1" and rec.outcome == b'{"status":"applied"}'
-    assert store.mutation("nope") is None
+    assert store.mutation("u1", "nope") is None
 
 
-def _record(id_: str, lsn: int, key: dict, xid: int | None, op: str = "update") -> MutationRecord:
+def test_the_same_id_from_two_subjects_is_two_mutations(store):
+    theirs = MutationRecord("m1", "u2", "d2", 7, b'{"status":"applied"}')
+    store.record_mutations([theirs])
+    store.commit(7)
+    assert store.mutation("u1", "m1") is None  # nothing of u2's mutation is found by u1
+    store.record_mutations([MutationRecord("m1", "u1", "d1", 8, b'{"rev":"mine"}')])
+    store.commit(8)
+    assert store.mutation("u1", "m1") == MutationRecord("m1", "u1", "d1", 8, b'{"rev":"mine"}')
+    assert store.mutation("u2", "m1") == theirs
+
+
+def _record(
+    id_: str, lsn: int, key: dict, xid: int | None, op: str = "update", sub: str = "u1"
+) -> MutationRecord:
     outcome: dict[str, object] = {
         "status": "applied",
         "rev": "r",
@@ -86,7 +99,7 @@ def _record(id_: str, lsn: int, key: dict, xid: int | None, op: str = "update") 
     }
     if xid is not None:
         outcome["xid"] = xid
-    return MutationRecord(id_, "u1", "d1", lsn, orjson.dumps(outcome))
+    return MutationRecord(id_, sub, "d1", lsn, orjson.dumps(outcome))
 
 
 def test_audit_lists_a_rows_mutations_newest_first(store):
@@ -106,19 +119,22 @@ def test_audit_lists_a_rows_mutations_newest_first(store):
     assert newest == _record("m2", 20, {"id": 2}, 101)
 
 
-def test_row_xids_give_each_rows_last_writer(store):
+def test_row_xids_give_each_rows_last_write_by_the_subject(store):
     store.record_mutations(
         [
             _record("m1", 10, {"id": 1}, 100),
             _record("m2", 20, {"id": 1}, 105),
             _record("m3", 30, {"id": 2}, None),  # recorded without a transaction id
+            _record("m4", 40, {"id": 1}, 110, sub="u2"),  # another subject's write
         ]
     )
-    store.commit(30)
+    store.commit(40)
     keys = [orjson.dumps({"id": i}).decode() for i in (1, 2, 3)]
-    assert store.row_xids("c", keys) == {keys[0]: 105}
-    assert store.row_xids("other", keys) == {}
-    assert store.row_xids("c", []) == {}
+    assert store.row_xids("c", keys, "u1") == {keys[0]: 105}
+    assert store.row_xids("c", keys, "u2") == {keys[0]: 110}
+    assert store.row_xids("c", keys, "u3") == {}
+    assert store.row_xids("other", keys, "u1") == {}
+    assert store.row_xids("c", [], "u1") == {}
 
 
 def test_counts_rows_and_tombstones(store):

@@ -191,12 +191,13 @@ def test_reset_keeps_mutation_ids_only_for_the_same_database(
     s.commit(5, snapshot_done=True)
     st = s.reset(slot="slot", system_id=system_id, database=database, lineage=lineage)
     assert st.lineage == lineage and st.version == 0 and current(s, 1) is None
-    found = s.mutation("m1")
+    found = s.mutation("u1", "m1")
     assert (found is not None) == kept
     if kept:
         assert found == MutationRecord("m1", "u1", "d1", 7, b'{"status":"applied"}')
     s.close()
-    assert (make_store().mutation("m1") is not None) == kept  # and so it stays
+    assert (make_store().mutation("u1", "m1") is not None) == kept  # and so it stays
+    assert make_store().mutation("u2", "m1") is None  # ids are kept per subject
 
 
 def test_truncate_tombstones_the_collection_only(store):

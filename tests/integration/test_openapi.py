@@ -467,9 +467,10 @@ async def test_push_and_audit(sc: Sidecar) -> None:
             ]
         }
     )
-    assert [r["status"] for r in out["results"]] == ["rejected"] * 3, out
+    # m5: another user's row is answered as a missing one (the same as a key that is not)
+    assert [r["status"] for r in out["results"]] == ["rejected", "conflict", "rejected"], out
     codes = [r["error"]["code"] for r in out["results"]]
-    assert codes == ["validation_failed", "forbidden", "conflict"], out
+    assert codes == ["validation_failed", "not_found", "conflict"], out
     assert out["lsn"] is None
     out = await push(
         {

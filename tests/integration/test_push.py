@@ -251,8 +251,9 @@ async def test_ownership_before_and_after(pg_dsn, pg_url, sidecar_factory):
             }
         ]
     )
-    assert body["results"][0]["status"] == "rejected"
-    assert body["results"][0]["error"]["code"] == "forbidden"
+    # answered as a missing row: nothing tells that the key exists outside my scope
+    assert body["results"][0]["status"] == "conflict"
+    assert body["results"][0]["error"]["code"] == "not_found"
     _, body = await sc.push(
         [
             {
@@ -264,7 +265,7 @@ async def test_ownership_before_and_after(pg_dsn, pg_url, sidecar_factory):
             }
         ]
     )
-    assert body["results"][0]["error"]["code"] == "forbidden"
+    assert body["results"][0] == {"id": "o2", "status": "applied"}  # nothing done
     # giving my row away
     _, body = await sc.push(
         [

@@ -59,13 +59,14 @@ class MemoryReader:
         last = page[-1][0] if page else after
         return PageData([line for _, line in page], last, len(found) > limit)
 
-    def mutation(self, mutation_id: str) -> MutationRecord | None:
-        return self.records.get(mutation_id)
+    def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:
+        found = self.records.get(mutation_id)
+        return found if found is not None and (found.subject or "") == subject else None
 
     def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
         return []
 
-    def row_xids(self, collection: str, keys: Sequence[str]) -> dict[str, int]:
+    def row_xids(self, collection: str, keys: Sequence[str], subject: str) -> dict[str, int]:
         return {}
 
     def counts(self) -> dict[str, int]:

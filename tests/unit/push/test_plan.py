@@ -16,7 +16,7 @@ from sidecar.catalog import ColumnInfo, TableInfo
 from sidecar.collection import Collection
 from sidecar.config.loader import load_config_text
 from sidecar.config.model import TableRef
-from sidecar.errors import Forbidden, ValidationFailed
+from sidecar.errors import Conflict, Forbidden, ValidationFailed
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.permissions import Permissions
 from sidecar.push.plan import (
@@ -160,13 +160,14 @@ def test_an_update_of_a_missing_row_is_a_not_found_conflict() -> None:
     assert result.row is None and result.rev is None
 
 
-def test_a_row_the_caller_cannot_read_is_forbidden() -> None:
+def test_a_row_the_caller_cannot_read_is_answered_as_a_missing_one() -> None:
     hidden = row(owner_id="u2", readable=False)
-    for op in ("update", "delete"):
-        with pytest.raises(Forbidden, match="outside your read scope"):
-            decide(mutation(op, data={"title": "b"}), hidden)
-    with pytest.raises(Forbidden, match="exists outside your read scope"):
-        decide(mutation("insert", data={"title": "b"}), hidden)
+    for op in ("update", "delete"):  # nothing tells whether the key exists elsewhere
+        m = mutation(op, data={"title": "b"})
+        assert decide(m, hidden) == decide(m, None)
+    with pytest.raises(Conflict, match="a row with that key already exists") as caught:
+        decide(mutation("insert", data={"title": "b"}), hidden)  # as the unique key would
+    assert caught.value.extra == {"pointer": "key"}  # and nothing of the row
 
 
 def test_an_update_at_base_rev_is_a_write_of_its_data() -> None:
@@ -189,14 +190,24 @@ def test_unknown_and_mistyped_columns_are_refused() -> None:
 def test_immutable_columns_may_be_sent_but_not_changed() -> None:
     with pytest.raises(ValidationFailed, match="column code is immutable") as caught:
         decide(mutation(data={"code": "c2"}), CURRENT)
-    assert caught.value.extra == {"column": "code"}
+    assert caught.value.extra == {"column": "code", "pointer": "data/code"}
     w = decide(mutation(data={"code": "c1", "title": "b"}), CURRENT)
     assert isinstance(w, Write) and w.data == {"code": "c1", "title": "b"}
 
 
 def test_set_columns_are_kept_by_the_server_on_update() -> None:
-    w = decide(mutation(data={"owner_id": "u2", "title": "b"}), CURRENT)
-    assert isinstance(w, Write) and w.data == {"title": "b"}  # the client value is ignored
+    w = decide(mutation(data={"owner_id": "u1", "title": "b"}), CURRENT)
+    assert isinstance(w, Write) and w.data == {"title": "b"}  # the stored value: no write
+    with pytest.raises(ValidationFailed, match="owner_id is set by the server") as caught:
+        decide(mutation(data={"owner_id": "u2", "title": "b"}), CURRENT)  # refused, not dropped
+    assert caught.value.extra == {"column": "owner_id", "pointer": "data/owner_id"}
+
+
+def test_an_update_cannot_change_the_key() -> None:
+    with pytest.raises(ValidationFailed, match="key column id differs") as caught:
+        decide(mutation(data={"id": 2}), CURRENT)
+    assert caught.value.extra == {"column": "id", "pointer": "data/id"}
+    assert isinstance(decide(mutation(data={"id": 1}), CURRENT), Write)
 
 
 def test_a_stale_update_goes_to_the_conflict_strategy() -> None:
@@ -275,8 +286,24 @@ def test_an_insert_over_an_existing_row_is_a_conflict_unless_the_client_wins() -
     assert result.error is not None
     assert result.error["detail"] == "a row with that key already exists"
     assert result.row == CURRENT.row
-    w = decide(m, CURRENT, route("client_wins"))  # becomes an update: set: columns kept
+    with pytest.raises(ValidationFailed, match="owner_id is set by the server"):
+        decide(m, CURRENT, route("client_wins"))  # becomes an update, with its checks
+    m = mutation("insert", data={"title": "n", "owner_id": "u1"})
+    w = decide(m, CURRENT, route("client_wins"))  # set: columns kept
     assert isinstance(w, Write) and w.key == {"id": 1} and w.data == {"title": "n"}
+
+
+@pytest.mark.parametrize(
+    ("data", "column"),
+    [({"code": "other"}, "code"), ({"id": 5}, "id"), ({"owner_id": "u9"}, "owner_id")],
+)
+def test_an_insert_that_client_wins_turns_into_an_update_has_the_update_checks(
+    data: dict[str, Any], column: str
+) -> None:
+    m = mutation("insert", data={"title": "n", **data})
+    with pytest.raises(ValidationFailed) as caught:
+        decide(m, CURRENT, route("client_wins"))
+    assert caught.value.extra == {"column": column, "pointer": f"data/{column}"}
 
 
 def test_claim_values() -> None:
