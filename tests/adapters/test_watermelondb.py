@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
@@ -360,3 +361,44 @@ async def test_pushes_are_counted_in_metrics(sc: Sidecar) -> None:
         'sidecar_push_mutations_total{collection="notes",status="applied",strategy="reject"} 1.0'
         in text
     ), [line for line in text.splitlines() if "push_mutations" in line]
+
+
+@pytest.fixture
+async def sc_small(
+    pg_dsn: str, pg_url: str, sidecar_factory: Callable[..., Awaitable[Sidecar]]
+) -> Any:
+    """Answers bounded to about one big note each (limits.max_page_bytes)."""
+    sql(pg_dsn, SCHEMA)
+    sql(
+        pg_dsn,
+        "INSERT INTO notes (id, title, owner_id) "
+        "SELECT 'big' || n, repeat(chr(96 + n), 900), 'alice' FROM generate_series(1, 6) n",
+    )
+    return await sidecar_factory(pg_url, COLLECTIONS, extra="limits: {max_page_bytes: 1KB}")
+
+
+async def test_bounded_answers_are_merged_into_one_sync(
+    sc_small: Sidecar, node: Node, pg_dsn: str
+) -> None:
+    """The documented client pulls until `has_more` is false and merges the answers:
+    one synchronize() gets the whole view, though each answer holds about one note."""
+    resp = await sc_small.get("/watermelondb/sync", sub="alice")
+    first = await resp.json()
+    assert first["has_more"] and len(first["changes"]["notes"]["updated"]) < 9
+    assert len(orjson.dumps(first)) < 2048
+
+    await node.open("alice", sc_small)
+    await node.call("sync", client="alice")
+    notes = await node.notes("alice")
+    assert sorted(notes) == sorted(["n1", "n2", "n3"] + [f"big{n}" for n in range(1, 7)])
+    assert notes["big3"]["title"] == "c" * 900
+    assert await node.sync_errors() == []
+
+    # a delete and an update in one sync, each in an answer of its own
+    sql(pg_dsn, "DELETE FROM notes WHERE id = 'big2'")
+    sql(pg_dsn, "UPDATE notes SET title = repeat('z', 900) WHERE id = 'big5'")
+    await sc_small.caught_up(pg_dsn)
+    await node.call("sync", client="alice")
+    notes = await node.notes("alice")
+    assert "big2" not in notes and notes["big5"]["title"] == "z" * 900
+    assert len(notes) == 8 and await node.sync_errors() == []
