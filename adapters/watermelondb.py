@@ -1,6 +1,8 @@
 """Adapter: the WatermelonDB sync protocol (`synchronize()` of `@nozbe/watermelondb`).
 
-`GET /watermelondb/sync?last_pulled_at=` answers `{changes, timestamp}` from core pulls;
+`GET /watermelondb/sync?last_pulled_at=` answers `{changes, timestamp, has_more}` from core
+pulls, bounded by `limits.max_page_bytes` (`has_more`: the client pulls again from
+`timestamp` and merges, see the docs);
 `POST /watermelondb/sync?last_pulled_at=` applies the client's `{table: {created, updated,
 deleted}}` as one atomic core push, or answers 409 when a pushed record changed on the
 server after `last_pulled_at`. Tables are the collections whose key is one column; a
@@ -11,13 +13,14 @@ timestamp is `tag << 37 | version`, the tag being 16 bits (1‥65535) derived fr
 epoch: a timestamp from a rebuilt store (another tag), expired or ahead of the store gets a
 full resync with `experimentalStrategy: "replacement"` instead of an error.
 
-Conflicts. For the pushed tables the caller's whole view is read from the core (every row
-with its latest `version` and `rev`). A pushed record whose row has a version after
-`last_pulled_at` is a conflict (409, nothing written). Otherwise the row is unchanged since
-the client's pull, so its current `rev` is the one the client saw: it is sent as
-`base_rev`, and the core re-checks it under a row lock in the push transaction. A change
-the store has not captured yet therefore still fails the push (a stale `base_rev`), so
-there is no window between the check and the write.
+Conflicts. For the pushed tables the caller's whole view is read from the core page by
+page, keeping each pushed record's latest `version` and `rev` (memory bounded by the
+push). A pushed record whose row has a version after `last_pulled_at` is a conflict (409,
+nothing written). Otherwise the row is unchanged since the client's pull, so its current
+`rev` is the one the client saw: it is sent as `base_rev`, and the core re-checks it under
+a row lock in the push transaction. A change the store has not captured yet therefore
+still fails the push (a stale `base_rev`), so there is no window between the check and the
+write.
 """
 
 from __future__ import annotations
