@@ -63,8 +63,9 @@ class SQLiteReader:
             finally:
                 cursor.close()
         conn.execute("BEGIN")  # one snapshot across the scopes
-        cursors = [conn.execute(PULL, (s, after, limit + 1)) for s in dict.fromkeys(scopes)]
+        cursors: list[sqlite3.Cursor] = []
         try:
+            cursors += [conn.execute(PULL, (s, after, limit + 1)) for s in dict.fromkeys(scopes)]
             # Each scope's rows come in version order: merged, a version shared by several
             # scopes (a row in several of them) comes once, its upsert before a tombstone.
             merged = heapq.merge(*cursors, key=_version_then_upsert)
