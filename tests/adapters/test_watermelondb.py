@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -121,7 +123,9 @@ async def node(
     node_project: Callable[[str, dict[str, str]], Path], tmp_path: Path
 ) -> AsyncIterator[Node]:
     root = node_project("watermelondb", PACKAGES)
-    script = root / "watermelondb-driver.cjs"
+    # A name of its own: the install directory is shared by every checkout on the machine,
+    # and another one's driver must not replace this one's between copy and start.
+    script = root / f"watermelondb-driver-{os.getpid()}-{uuid.uuid4().hex[:8]}.cjs"
     shutil.copyfile(DRIVER, script)
     log = tmp_path / "node.log"
     with log.open("wb") as err:
@@ -142,6 +146,7 @@ async def node(
     except TimeoutError:
         proc.kill()
         await proc.wait()
+    script.unlink(missing_ok=True)
 
 
 @pytest.fixture
