@@ -192,16 +192,12 @@ async def pull(request: web.Request) -> web.StreamResponse:
 async def _documents(
     service: Service, principal: Principal, shape: Shape, cursor: Cursor | None, limit: int
 ) -> tuple[list[dict[str, Any]], Cursor]:
-    """Core pages until `limit` documents or no more: RxDB stops pulling at a short batch,
-    so a batch is only short when the client is up to date."""
-    documents: list[dict[str, Any]] = []
-    while True:
-        req = PullRequest(cursor, (shape.route.name,), limit - len(documents))
-        page = await service.puller.pull(principal, req)
-        documents.extend(shape.of_change(line) for line in page.lines)
-        cursor = page.cursor
-        if not page.has_more or len(documents) >= limit:
-            return documents, cursor
+    """Core pages until `limit` documents, `limits.max_page_bytes` of changes, or no more:
+    RxDB stops pulling at a short batch, so a batch is only short when the client is up
+    to date or the batch is full in bytes (the pull stream, opened from its checkpoint,
+    then goes on where it stopped). A batch holds at least one document, however large."""
+    page = await service.puller.batch(principal, PullRequest(cursor, (shape.route.name,)), limit)
+    return [shape.of_change(line) for line in page.lines], page.cursor
 
 
 # -- pull stream --------------------------------------------------------------------------

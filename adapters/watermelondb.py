@@ -1,6 +1,8 @@
 """Adapter: the WatermelonDB sync protocol (`synchronize()` of `@nozbe/watermelondb`).
 
-`GET /watermelondb/sync?last_pulled_at=` answers `{changes, timestamp}` from core pulls;
+`GET /watermelondb/sync?last_pulled_at=` answers `{changes, timestamp, has_more}` from core
+pulls, bounded by `limits.max_page_bytes` (`has_more`: the client pulls again from
+`timestamp` and merges, see the docs);
 `POST /watermelondb/sync?last_pulled_at=` applies the client's `{table: {created, updated,
 deleted}}` as one atomic core push, or answers 409 when a pushed record changed on the
 server after `last_pulled_at`. Tables are the collections whose key is one column; a
@@ -11,20 +13,21 @@ timestamp is `tag << 37 | version`, the tag being 16 bits (1‥65535) derived fr
 epoch: a timestamp from a rebuilt store (another tag), expired or ahead of the store gets a
 full resync with `experimentalStrategy: "replacement"` instead of an error.
 
-Conflicts. For the pushed tables the caller's whole view is read from the core (every row
-with its latest `version` and `rev`). A pushed record whose row has a version after
-`last_pulled_at` is a conflict (409, nothing written). Otherwise the row is unchanged since
-the client's pull, so its current `rev` is the one the client saw: it is sent as
-`base_rev`, and the core re-checks it under a row lock in the push transaction. A change
-the store has not captured yet therefore still fails the push (a stale `base_rev`), so
-there is no window between the check and the write.
+Conflicts. For the pushed tables the caller's whole view is read from the core page by
+page, keeping each pushed record's latest `version` and `rev` (memory bounded by the
+push). A pushed record whose row has a version after `last_pulled_at` is a conflict (409,
+nothing written). Otherwise the row is unchanged since the client's pull, so its current
+`rev` is the one the client saw: it is sent as `base_rev`, and the core re-checks it under
+a row lock in the push transaction. A change the store has not captured yet therefore
+still fails the push (a stale `base_rev`), so there is no window between the check and the
+write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +59,7 @@ VERSION_MASK = (1 << VERSION_BITS) - 1
 CAPTURE_WAIT = 5.0  # seconds a push waits for its writes to reach the store
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 RESERVED = frozenset({"id", "_status", "_changed"})
+BATCH = 1_000_000  # changes in one pull answer: limits.max_page_bytes bounds it first
 Latest = dict[tuple[str, str], dict[str, Any]]  # (table, id) → the row's latest change
 
 
@@ -209,29 +213,43 @@ class Reader:
         """CursorExpired unless the store can serve changes after `cursor`."""
         await self.puller.pull(self.principal, PullRequest(cursor, (), 1))
 
-    async def latest(self, cursor: Cursor | None) -> tuple[Latest, Cursor]:
-        """Each row's latest change after `cursor` (None: every row and kept tombstone),
-        and the cursor where the view is consistent."""
+    async def batch(self, cursor: Cursor | None) -> tuple[Latest, Page]:
+        """Each row's latest change after `cursor` (None: every row and kept tombstone) in
+        one batch bounded by `limits.max_page_bytes` (at least one change), and the batch
+        (its cursor; `has_more` when the view is not consistent at it yet)."""
+        page = await self.puller.batch(self.principal, PullRequest(cursor, self.names), BATCH)
+        return _latest(page.lines, None), page
+
+    async def latest(self, wanted: Set[tuple[str, str]]) -> Latest:
+        """The latest change of each (table, id) of `wanted` the caller can see, read page
+        by page: only those are kept, so memory is bounded by `wanted`, not the view."""
         latest: Latest = {}
+        cursor: Cursor | None = None
         while True:
-            page = await self._page(cursor)
-            for line in page.lines:
-                change = orjson.loads(line)
-                key = change["key"]
-                if len(key) == 1:
-                    latest[change["collection"], record_id(next(iter(key.values())))] = change
+            req = PullRequest(cursor, self.names, self.limit)
+            page = await self.puller.pull(self.principal, req)
+            latest.update(_latest(page.lines, wanted))
             cursor = page.cursor
             if not page.has_more:
-                return latest, cursor
-
-    async def _page(self, cursor: Cursor | None) -> Page:
-        return await self.puller.pull(self.principal, PullRequest(cursor, self.names, self.limit))
+                return latest
 
     async def wait_for(self, lsn: int) -> None:
         """Until the store has the push's writes, so the next pull includes them."""
         req = PullRequest(None, (), 1, timeout=CAPTURE_WAIT, after_lsn=lsn)
         with contextlib.suppress(Unavailable):  # applied all the same; a later pull has them
             await self.puller.pull(self.principal, req)
+
+
+def _latest(lines: Iterable[bytes], wanted: Set[tuple[str, str]] | None) -> Latest:
+    latest: Latest = {}
+    for line in lines:
+        change = orjson.loads(line)
+        key = change["key"]
+        if len(key) == 1:
+            ident = change["collection"], record_id(next(iter(key.values())))
+            if wanted is None or ident in wanted:
+                latest[ident] = change
+    return latest
 
 
 # -- pull -------------------------------------------------------------------------------
@@ -402,10 +420,12 @@ class WatermelonSync:
         names = self.readable(principal)
         reader = self.reader(principal, names)
         plan = await plan_pull(reader, timestamp, migration)
-        latest, cursor = await reader.latest(plan.start)
+        latest, page = await reader.batch(plan.start)
         body: dict[str, Any] = {
             "changes": changeset(self.tables, names, latest, plan.since),
-            "timestamp": to_timestamp(cursor),
+            "timestamp": to_timestamp(page.cursor),
+            # cut by limits.max_page_bytes: pull again from `timestamp` (docs/adapters)
+            "has_more": page.has_more,
         }
         if plan.replacement:
             body["experimentalStrategy"] = "replacement"
@@ -425,7 +445,7 @@ class WatermelonSync:
             return _json({"applied": 0, "lsn": None})
         reader = self.reader(principal, sorted({p.table for p in pushed}))
         since = await self.pulled_version(reader, timestamp)
-        latest, _ = await reader.latest(None)
+        latest = await reader.latest({(p.table, p.id) for p in pushed})
         check_unchanged(pushed, latest, since)
         mutations = [mutation_of(p, self.tables[p.table], latest) for p in pushed]
         result = await self.service.push(principal, mutations, atomic=True)

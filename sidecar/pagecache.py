@@ -1,7 +1,7 @@
 """Hot pull pages, shared between callers who ask the same question at the same time.
 
-A page is keyed by (scopes, after, limit) *and* the store's epoch and version when it was
-read, so any store commit makes every older entry unreachable: nothing is ever served
+A page is keyed by (scopes, after, limit, byte bound) *and* the store's epoch and version
+when it was read, so any store commit makes every older entry unreachable: nothing is ever served
 stale and nothing needs explicit invalidation. Concurrent misses on one key wait for a
 single store read (one read per distinct cursor when a commit wakes many waiters).
 """
@@ -18,7 +18,7 @@ from sidecar.store.base import StoreReader
 
 DEFAULT_BYTES = 64 * 1024 * 1024
 
-_Key = tuple[tuple[str, ...], int, int, str, int]
+_Key = tuple[tuple[str, ...], int, int, int | None, str, int]
 
 
 def _size(page: Page) -> int:
@@ -33,12 +33,15 @@ class PageCache:
         self.hits = 0
         self.misses = 0
 
-    async def page(self, scopes: Sequence[str], after: int, limit: int) -> Page:
-        """The changes after version `after` in `scopes`, at most `limit`, with the cursor."""
+    async def page(
+        self, scopes: Sequence[str], after: int, limit: int, max_bytes: int | None = None
+    ) -> Page:
+        """The changes after version `after` in `scopes`, at most `limit` and at most
+        `max_bytes` of change lines (at least one change), with the cursor."""
         state = self.store.state()  # read before the query: its version is a safe floor
         if not scopes:
             return Page([], Cursor(state.epoch, max(after, state.version)), False)
-        key: _Key = (tuple(sorted(scopes)), after, limit, state.epoch, state.version)
+        key: _Key = (tuple(sorted(scopes)), after, limit, max_bytes, state.epoch, state.version)
         page = self._pages.get(key)
         if page is not None:
             self.hits += 1
@@ -55,8 +58,8 @@ class PageCache:
         return await asyncio.shield(reading)
 
     async def _read(self, key: _Key, floor: int) -> Page:
-        scopes, after, limit, epoch, _ = key
-        data = await asyncio.to_thread(self.store.pull, scopes, after, limit)
+        scopes, after, limit, max_bytes, epoch, _ = key
+        data = await asyncio.to_thread(self.store.pull, scopes, after, limit, max_bytes)
         version = data.last_version if data.has_more else max(data.last_version, floor)
         page = Page(data.lines, Cursor(epoch, version), data.has_more)
         if _size(page) <= self._pages.maxsize // 8:  # one huge page must not evict the rest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
@@ -28,6 +29,10 @@ from sidecar.permissions import Permissions
 from sidecar.store.base import StoreReader
 
 log = structlog.get_logger("sidecar.pull")
+
+# Room kept in limits.max_page_bytes for what surrounds the change lines: the page's JSON
+# envelope (cursor, has_more, schema_version) and an SSE event's `id:`/`event:` lines.
+ENVELOPE = 256
 
 
 class CaptureState(Protocol):
@@ -49,6 +54,7 @@ class PullRequest:
     live: bool = False
     timeout: float = 20.0
     after_lsn: int | None = None
+    max_bytes: int | None = None  # a tighter byte bound than limits.max_page_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ class Puller:
         *,
         max_page: int,
         max_wait: float,
+        max_page_bytes: int = 1024 * 1024,
         permissions: Permissions,
         live_per_subject: int = 16,
         live_total: int = 20_000,
@@ -114,6 +121,7 @@ class Puller:
         self.notifier = notifier
         self.capture = capture
         self.max_page = max_page
+        self.max_page_bytes = max_page_bytes
         self.max_wait = max_wait
         self.schema_version = schema_version(list(self.routes.values()))
 
@@ -203,9 +211,17 @@ class Puller:
             raise CursorExpired("this cursor is ahead of the store; resync from scratch")
         return cursor.version
 
+    def byte_budget(self, req: PullRequest) -> int:
+        """The bytes of change lines a page may hold (it always holds at least one)."""
+        bound = self.max_page_bytes
+        if req.max_bytes is not None:
+            bound = min(bound, req.max_bytes)
+        return max(1, bound - ENVELOPE)
+
     async def pull(self, principal: Principal, req: PullRequest) -> Page:
         self._check_ready()
         limit = max(1, min(req.limit, self.max_page))
+        budget = self.byte_budget(req)
         if req.after_lsn is not None:
             wait = min(max(req.timeout, 1.0), self.max_wait)
             if not await self.capture.wait_for_lsn(req.after_lsn, wait):
@@ -216,13 +232,35 @@ class Puller:
         routes = self.select_routes(principal, req.collections)
         scopes = self.scopes_for(principal, routes)
         if not (req.live and scopes):
-            return await self.cache.page(scopes, after, limit)
+            return await self.cache.page(scopes, after, limit, budget)
         timeout = max(0.0, min(req.timeout, self.max_wait))
         with self._live_slot(principal.subject), self.notifier.watch(scopes) as changed:
-            page = await self.cache.page(scopes, after, limit)
+            page = await self.cache.page(scopes, after, limit, budget)
             if not page.lines and not page.has_more and await wait_event(changed, timeout):
-                page = await self.cache.page(scopes, page.cursor.version, limit)
+                page = await self.cache.page(scopes, page.cursor.version, limit, budget)
         return page
+
+    async def batch(self, principal: Principal, req: PullRequest, most: int) -> Page:
+        """Core pages from `req.cursor` joined into one of at most `most` changes (which may
+        exceed `max_page`) and `limits.max_page_bytes` (at least one change): for adapters
+        whose clients take a batch in one answer. `has_more` as for a page."""
+        lines: list[bytes] = []
+        budget = self.max_page_bytes
+        cursor = req.cursor
+        while True:
+            want = most - len(lines)
+            step = dataclasses.replace(req, cursor=cursor, limit=want, max_bytes=budget)
+            page = await self.pull(principal, step)
+            size = sum(len(line) + 1 for line in page.lines)
+            if lines and size > budget - ENVELOPE:
+                # the one change a page always carries does not fit: the next batch has it
+                assert cursor is not None
+                return Page(lines, cursor, True)
+            lines.extend(page.lines)
+            cursor, budget = page.cursor, budget - size
+            cut = page.has_more and len(page.lines) < min(want, self.max_page)
+            if not page.has_more or cut or len(lines) >= most or budget <= ENVELOPE:
+                return Page(lines, page.cursor, page.has_more)
 
     async def stream(
         self, principal: Principal, req: PullRequest, *, heartbeat: float
@@ -234,6 +272,7 @@ class Puller:
         """
         self._check_ready()
         limit = max(1, min(req.limit, self.max_page))
+        budget = self.byte_budget(req)
         epoch = self.store.state().epoch
         after = self._start_version(req.cursor)
         scopes = self.scopes_for(principal, self.select_routes(principal, req.collections))
@@ -245,7 +284,7 @@ class Puller:
                     if self.store.state().epoch != epoch:
                         yield StreamEvent("resync", detail="the store was rebuilt; resync")
                         return
-                    page = await self.cache.page(scopes, after, limit)
+                    page = await self.cache.page(scopes, after, limit, budget)
                     if page.lines or first:
                         yield StreamEvent("changes", page)
                         first = False

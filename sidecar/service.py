@@ -109,6 +109,7 @@ class Service:
             notifier,
             capture,
             max_page=config.limits.max_page,
+            max_page_bytes=config.limits.max_page_bytes,
             max_wait=config.limits.pull_wait,
             permissions=permissions,
             live_per_subject=config.limits.live_per_subject,
@@ -207,6 +208,7 @@ class Service:
         self.puller.routes = dict(routes)
         self.puller.permissions = permissions
         self.puller.max_page, self.puller.max_wait = limits.max_page, limits.pull_wait
+        self.puller.max_page_bytes = limits.max_page_bytes
         self.puller.live_per_subject, self.puller.live_total = (
             limits.live_per_subject,
             limits.live_total,

@@ -107,6 +107,7 @@ class LimitsConfig:
     max_page: int = 1000
     max_push: int = 500
     max_body: int = 5 * MIB
+    max_page_bytes: int = MIB  # a pull page's bytes (at least one change)
     rate: Rate | None = None
     pull_wait: float = 30.0
     live_per_subject: int = 16

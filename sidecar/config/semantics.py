@@ -271,6 +271,7 @@ class Builder:
             max_page=_typed(raw, "max_page", int, defaults.max_page),
             max_push=_typed(raw, "max_push", int, defaults.max_push),
             max_body=self.size(raw, ("limits", "max_body"), defaults.max_body),
+            max_page_bytes=self.size(raw, ("limits", "max_page_bytes"), defaults.max_page_bytes),
             rate=self.rate(raw, ("limits", "rate")),
             pull_wait=self.duration(raw, ("limits", "pull_wait"), defaults.pull_wait),
             live_per_subject=_typed(raw, "live_per_subject", int, defaults.live_per_subject),

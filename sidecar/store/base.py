@@ -119,9 +119,16 @@ class StoreReader(Protocol):
         """The committed state (epoch, version, LSN, …)."""
         ...
 
-    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData:
+    def pull(
+        self, scopes: Sequence[str], after: int, limit: int, max_bytes: int | None = None
+    ) -> PageData:
         """Changes after version `after` in any of `scopes`, in version order, at most
-        `limit` (each row once, in its latest state)."""
+        `limit` (each row once, in its latest state) and, when `max_bytes` is given, no
+        more change lines than fit in it, each counted with one separator byte — but
+        always at least one. `has_more` is true when the page was cut, by either bound;
+        `last_version` is then the last included change's, so the next page goes on
+        exactly after it. A store reads rows in order and stops at the bound: it never
+        holds more than the page and the one row that did not fit."""
         ...
 
     def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:

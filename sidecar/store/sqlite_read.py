@@ -7,9 +7,10 @@ without opening it for writing (`sidecar status`).
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,30 +48,49 @@ class SQLiteReader:
             self._local.conn = conn
         return conn
 
-    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData:
-        """Changes after `after` in any of `scopes`, in version order, at most `limit`."""
+    def pull(
+        self, scopes: Sequence[str], after: int, limit: int, max_bytes: int | None = None
+    ) -> PageData:
+        """Changes after `after` in any of `scopes`, in version order, at most `limit`, and
+        at most `max_bytes` of change lines (each counted with one separator byte) unless
+        the first line alone is larger. Rows are stepped through one at a time (the pull
+        statements merge index scans, no sort): a big page is never read whole to be cut."""
         conn = self._reader()
         if len(scopes) == 1:
-            rows = conn.execute(PULL, (scopes[0], after, limit + 1)).fetchall()
-            has_more = len(rows) > limit
-            rows = rows[:limit]
-            last = rows[-1][0] if rows else after
-            return PageData([self._lines.line(*r) for r in rows], last, has_more)
-        by_version: dict[int, tuple[Any, ...]] = {}
+            cursor = conn.execute(PULL, (scopes[0], after, limit + 1))
+            try:
+                return self._page(cursor, after, limit, max_bytes)
+            finally:
+                cursor.close()
         conn.execute("BEGIN")  # one snapshot across the scopes
+        cursors: list[sqlite3.Cursor] = []
         try:
-            for scope in dict.fromkeys(scopes):
-                for r in conn.execute(PULL, (scope, after, limit + 1)):
-                    seen = by_version.get(r[0])
-                    if seen is None or (seen[1] == 1 and r[1] == 0):
-                        by_version[r[0]] = r
+            cursors += [conn.execute(PULL, (s, after, limit + 1)) for s in dict.fromkeys(scopes)]
+            # Each scope's rows come in version order: merged, a version shared by several
+            # scopes (a row in several of them) comes once, its upsert before a tombstone.
+            merged = heapq.merge(*cursors, key=_version_then_upsert)
+            return self._page(_first_of_each_version(merged), after, limit, max_bytes)
         finally:
+            for cursor in cursors:
+                cursor.close()
             conn.execute("COMMIT")
-        versions = sorted(by_version)
-        has_more = len(versions) > limit
-        versions = versions[:limit]
-        last = versions[-1] if versions else after
-        return PageData([self._lines.line(*by_version[v]) for v in versions], last, has_more)
+
+    def _page(
+        self, rows: Iterable[tuple[Any, ...]], after: int, limit: int, max_bytes: int | None
+    ) -> PageData:
+        lines: list[bytes] = []
+        size = 0
+        last = after
+        for r in rows:
+            if len(lines) == limit:
+                return PageData(lines, last, True)
+            line = self._lines.line(*r)
+            size += len(line) + 1
+            if lines and max_bytes is not None and size > max_bytes:
+                return PageData(lines, last, True)
+            lines.append(line)
+            last = r[0]
+        return PageData(lines, last, False)
 
     def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:
         row = (
@@ -126,6 +146,18 @@ class SQLiteReader:
         tombs = conn.execute("SELECT count(*) FROM entries WHERE deleted = 1").fetchone()[0]
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
         return {"rows": int(rows), "tombstones": int(tombs), "bytes": size}
+
+
+def _version_then_upsert(row: tuple[Any, ...]) -> tuple[int, int]:
+    return row[0], row[1]
+
+
+def _first_of_each_version(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    previous = None
+    for r in rows:
+        if r[0] != previous:
+            previous = r[0]
+            yield r
 
 
 def summary(path: Path) -> dict[str, Any] | None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
@@ -120,7 +123,9 @@ async def node(
     node_project: Callable[[str, dict[str, str]], Path], tmp_path: Path
 ) -> AsyncIterator[Node]:
     root = node_project("watermelondb", PACKAGES)
-    script = root / "watermelondb-driver.cjs"
+    # A name of its own: the install directory is shared by every checkout on the machine,
+    # and another one's driver must not replace this one's between copy and start.
+    script = root / f"watermelondb-driver-{os.getpid()}-{uuid.uuid4().hex[:8]}.cjs"
     shutil.copyfile(DRIVER, script)
     log = tmp_path / "node.log"
     with log.open("wb") as err:
@@ -141,6 +146,7 @@ async def node(
     except TimeoutError:
         proc.kill()
         await proc.wait()
+    script.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -362,3 +368,44 @@ async def test_pushes_are_counted_in_metrics(sc: Sidecar) -> None:
         'sidecar_push_mutations_total{collection="notes",status="applied",strategy="reject"} 1.0'
         in text
     ), [line for line in text.splitlines() if "push_mutations" in line]
+
+
+@pytest.fixture
+async def sc_small(
+    pg_dsn: str, pg_url: str, sidecar_factory: Callable[..., Awaitable[Sidecar]]
+) -> Any:
+    """Answers bounded to about one big note each (limits.max_page_bytes)."""
+    sql(pg_dsn, SCHEMA)
+    sql(
+        pg_dsn,
+        "INSERT INTO notes (id, title, owner_id) "
+        "SELECT 'big' || n, repeat(chr(96 + n), 900), 'alice' FROM generate_series(1, 6) n",
+    )
+    return await sidecar_factory(pg_url, COLLECTIONS, extra="limits: {max_page_bytes: 1KB}")
+
+
+async def test_bounded_answers_are_merged_into_one_sync(
+    sc_small: Sidecar, node: Node, pg_dsn: str
+) -> None:
+    """The documented client pulls until `has_more` is false and merges the answers:
+    one synchronize() gets the whole view, though each answer holds about one note."""
+    resp = await sc_small.get("/watermelondb/sync", sub="alice")
+    first = await resp.json()
+    assert first["has_more"] and len(first["changes"]["notes"]["updated"]) < 9
+    assert len(orjson.dumps(first)) < 2048
+
+    await node.open("alice", sc_small)
+    await node.call("sync", client="alice")
+    notes = await node.notes("alice")
+    assert sorted(notes) == sorted(["n1", "n2", "n3"] + [f"big{n}" for n in range(1, 7)])
+    assert notes["big3"]["title"] == "c" * 900
+    assert await node.sync_errors() == []
+
+    # a delete and an update in one sync, each in an answer of its own
+    sql(pg_dsn, "DELETE FROM notes WHERE id = 'big2'")
+    sql(pg_dsn, "UPDATE notes SET title = repeat('z', 900) WHERE id = 'big5'")
+    await sc_small.caught_up(pg_dsn)
+    await node.call("sync", client="alice")
+    notes = await node.notes("alice")
+    assert "big2" not in notes and notes["big5"]["title"] == "z" * 900
+    assert len(notes) == 8 and await node.sync_errors() == []

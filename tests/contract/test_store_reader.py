@@ -10,7 +10,7 @@ import threading
 import orjson
 
 from sidecar.store.base import MutationRecord
-from tests.contract.conftest import lines, put
+from tests.contract.conftest import delete, lines, put
 
 
 def test_paging_and_has_more(store):
@@ -155,3 +155,49 @@ def test_state_follows_commits(store):
     store.commit(77)
     after = store.state()
     assert (after.epoch, after.version, after.lsn) == (before.epoch, 1, 77)
+
+
+def _page_through(store, scopes, max_bytes, limit=100):
+    pages, after = [], 0
+    while True:
+        page = store.pull(scopes, after, limit, max_bytes)
+        pages.append(page)
+        after = page.last_version
+        if not page.has_more:
+            return pages
+
+
+def test_pages_are_bounded_in_bytes_and_lose_nothing(store):
+    """`max_bytes` stops a page before the change that would overflow it (a page still
+    carries at least one); the next page goes on exactly after the last change given."""
+    sizes = [300, 5000, 1200, 9000, 40, 2500, 2500, 2500, 7000, 100, 12000, 600]
+    for i, size in enumerate(sizes, 1):
+        put(store, i, "x" * size, "a" if i % 2 else "b", *(["c"] if i % 3 == 0 else []))
+    store.commit(1)
+    delete(store, 4)
+    put(store, 5, "y" * 3000, "b")  # leaves a for b
+    store.commit(2)
+    for scopes in (["a"], ["b"], ["a", "b", "c"]):
+        unbounded = store.pull(scopes, 0, 100)
+        assert not unbounded.has_more
+        pages = _page_through(store, scopes, 6000)
+        assert [x for p in pages for x in p.lines] == unbounded.lines, scopes
+        assert pages[-1].last_version == unbounded.last_version
+        for p in pages:
+            size = sum(len(x) + 1 for x in p.lines)
+            assert size <= 6000 or len(p.lines) == 1, (scopes, size)
+            assert p.lines or p is pages[-1]
+        big = [x for x in unbounded.lines if len(x) > 6000]
+        assert [p.lines[0] for p in pages if len(p.lines[0]) > 6000] == big
+        assert all(len(p.lines) == 1 for p in pages if len(p.lines[0]) > 6000)
+        assert len(pages) > 2
+
+
+def test_a_change_larger_than_the_bound_comes_alone(store):
+    put(store, 1, "x" * 5000, "a")
+    put(store, 2, "small", "a")
+    store.commit(1)
+    page = store.pull(["a"], 0, 10, 100)
+    assert len(page.lines) == 1 and page.has_more and page.last_version == 1
+    page = store.pull(["a"], 1, 10, 100)
+    assert len(page.lines) == 1 and not page.has_more and page.last_version == 2

@@ -50,14 +50,23 @@ class MemoryReader:
             database=None,
         )
 
-    def pull(self, scopes: Sequence[str], after: int, limit: int) -> PageData:
+    def pull(
+        self, scopes: Sequence[str], after: int, limit: int, max_bytes: int | None = None
+    ) -> PageData:
         self.pulls.append((tuple(scopes), after, limit))
         if self.hold:
             self._released.wait(10)
         found = [(v, line) for v, s, line in self.changes if s in scopes and v > after]
         page = found[:limit]
+        if max_bytes is not None:
+            size = 0
+            for n, (_, line) in enumerate(page):
+                size += len(line) + 1
+                if n and size > max_bytes:
+                    page = page[:n]
+                    break
         last = page[-1][0] if page else after
-        return PageData([line for _, line in page], last, len(found) > limit)
+        return PageData([line for _, line in page], last, len(found) > len(page))
 
     def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:
         found = self.records.get(mutation_id)

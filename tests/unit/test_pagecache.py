@@ -112,3 +112,16 @@ async def test_clear_forgets_every_page() -> None:
     cache.clear()
     await cache.page(["a"], 0, 10)
     assert len(store.pulls) == 2
+
+
+async def test_the_byte_bound_is_part_of_the_key_and_cuts_the_page() -> None:
+    store = MemoryReader()
+    store.commit(("a", "x" * 100), ("a", "y" * 100), ("a", "z" * 100))
+    cache = PageCache(store)
+    whole = await cache.page(["a"], 0, 10, None)
+    cut = await cache.page(["a"], 0, 10, 300)
+    assert len(whole.lines) == 3 and not whole.has_more
+    assert len(cut.lines) == 2 and cut.has_more and cut.cursor == Cursor(store.epoch, 2)
+    one = await cache.page(["a"], 0, 10, 1)  # at least one change, however small the bound
+    assert len(one.lines) == 1 and one.cursor == Cursor(store.epoch, 1)
+    assert len(store.pulls) == 3

@@ -65,3 +65,12 @@ def test_the_guard_sees_a_bad_join_order(conn: sqlite3.Connection) -> None:
     )
     steps = [s for s in _plan(conn, bad) if s.startswith(("SCAN", "SEARCH"))]
     assert "VIRTUAL TABLE" not in steps[0]
+
+
+def test_pull_streams_rows_without_sorting(conn: sqlite3.Connection) -> None:
+    """A pull merges two index scans already in version order: rows come one at a time
+    and the reader stops at the page's byte bound. A sort (temp B-tree) would copy every
+    row up to the LIMIT, big values included, before the first one is returned."""
+    plan = _plan(conn, store.PULL)
+    assert "MERGE (UNION ALL)" in plan
+    assert not [step for step in plan if "TEMP B-TREE" in step], plan

@@ -516,3 +516,13 @@ def test_admin_rule_may_only_use_claims() -> None:
 def test_loader_uses_the_packaged_schema() -> None:
     assert config_schema.SCHEMA_RESOURCE == "sidecar.schema.json"
     assert load_schema()["$id"].endswith("sidecar.schema.json")
+
+
+def test_max_page_bytes_is_a_size_with_a_1mb_default() -> None:
+    assert load(MINIMAL).limits.max_page_bytes == MIB
+    assert load(MINIMAL + "limits: {max_page_bytes: 256KB}\n").limits.max_page_bytes == 256 * 1024
+    text = MINIMAL + "limits: {max_page_bytes: '${PAGE:-2}MB'}\n"
+    assert load(text).limits.max_page_bytes == 2 * MIB
+    assert load(text, env={"PAGE": "3"}).limits.max_page_bytes == 3 * MIB
+    found = problems(MINIMAL + "limits: {max_page_bytes: 0MB}\n")
+    assert [p.path for p in found] == ["limits.max_page_bytes"]

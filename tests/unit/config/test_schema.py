@@ -75,6 +75,7 @@ def test_a_merge_that_would_overwrite_a_keyword_is_refused() -> None:
         ("database", {"url": "x", "pool_size": "${POOL}", "create_publication": "${CREATE}"}),
         ("database", {"url": "x", "slot": "${SLOT}", "publication": "pub_${ENV}"}),
         ("limits", {"max_body": "${MB:-5}MB", "rate": "${RATE}/s", "pull_wait": "${WAIT}"}),
+        ("limits", {"max_page_bytes": "${PAGE_BYTES:-1MB}"}),
         ("log", {"level": "${LOG_LEVEL:-info}", "format": "${LOG_FORMAT}"}),
     ],
 )

@@ -87,14 +87,23 @@ async function sync({ client, pause }) {
     database,
     sendCreatedAsUpdated: true,
     pullChanges: async ({ lastPulledAt, schemaVersion, migration }) => {
-      const query = new URLSearchParams({
-        last_pulled_at: String(lastPulledAt ?? ''),
-        schema_version: String(schemaVersion),
-        migration: JSON.stringify(migration),
-      })
-      const response = await fetch(`${endpoint}?${query}`, { headers })
-      if (!response.ok) throw new Error(`pull ${response.status}: ${await response.text()}`)
-      return await response.json() // { changes, timestamp[, experimentalStrategy] }
+      // Answers are bounded in size (limits.max_page_bytes): pull until has_more is false,
+      // each time from the last answer's timestamp, and hand WatermelonDB the merged set.
+      let since = lastPulledAt
+      let result = null
+      for (;;) {
+        const query = new URLSearchParams({
+          last_pulled_at: String(since ?? ''),
+          schema_version: String(schemaVersion),
+          migration: JSON.stringify(result ? null : migration),
+        })
+        const response = await fetch(`${endpoint}?${query}`, { headers })
+        if (!response.ok) throw new Error(`pull ${response.status}: ${await response.text()}`)
+        const page = await response.json() // { changes, timestamp, has_more[, experimentalStrategy] }
+        result = mergePulls(result, page)
+        if (!page.has_more) return result
+        since = page.timestamp
+      }
     },
     pushChanges: async ({ changes, lastPulledAt }) => {
       if (pause) {
@@ -110,6 +119,21 @@ async function sync({ client, pause }) {
     },
   })
   return await lastPulledAt({ client })
+}
+
+// One pull answer after another as a single one: a later record replaces an earlier one
+// with its id, a later delete removes it; the last timestamp, the first answer's strategy.
+function mergePulls(merged, page) {
+  if (merged === null) return { ...page, has_more: false }
+  for (const [table, { updated = [], deleted = [] }] of Object.entries(page.changes)) {
+    const into = (merged.changes[table] ??= { created: [], updated: [], deleted: [] })
+    const gone = new Set(deleted)
+    const fresh = new Set(updated.map((r) => r.id))
+    into.updated = into.updated.filter((r) => !gone.has(r.id) && !fresh.has(r.id)).concat(updated)
+    into.deleted = into.deleted.filter((id) => !fresh.has(id) && !gone.has(id)).concat(deleted)
+  }
+  merged.timestamp = page.timestamp
+  return merged
 }
 
 const collection = (client, table) => clients.get(client).database.get(table)
