@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sidecar.config.schema import load_schema
 from sidecar.config.substitution import environment, is_whole, substitute
 
+
 class _EveryName(Mapping[str, str]):
     """An environment in which every variable is set (to `value`): whether a text is
     substituted must not depend on which names the test happens to define."""
