@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from sidecar.auth import Principal
-from sidecar.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from sidecar.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, Unauthorized
 from sidecar.service import Service
 
 SERVICE = web.AppKey("service", Service)
@@ -29,13 +29,29 @@ def service_of(request: web.Request) -> Service:
 
 
 async def principal_of(request: web.Request) -> Principal:
-    """The authenticated caller, who also spends one token of their rate limit."""
+    """The authenticated caller, who also spends one token of their subject's rate limit
+    (`limits.rate`, shared by all their devices). A token refused with 401 spends one of
+    the client address's `limits.unauthenticated_rate` (429 once it is spent)."""
     service = service_of(request)
-    principal = await service.auth.authenticate(request.headers.get("Authorization"))
+    header = request.headers.get("Authorization")
+    try:
+        principal = await service.auth.authenticate(header)
+    except Unauthorized:
+        if header is not None:  # (the middleware counted those without a header)
+            count_unauthenticated(request)
+        raise
     structlog.contextvars.bind_contextvars(subject=principal.subject)  # on every log line
     if service.limiter is not None:
-        service.limiter.take(principal.subject, principal.device)
+        service.limiter.take(principal.subject)
     return principal
+
+
+def count_unauthenticated(request: web.Request) -> None:
+    """Spend one token of the client address's `limits.unauthenticated_rate`, or raise
+    RateLimited (429 with Retry-After)."""
+    limiter = service_of(request).ip_limiter
+    if limiter is not None:
+        limiter.take(request.remote or "unknown", "this address (limits.unauthenticated_rate)")
 
 
 async def json_body(request: web.Request, max_body: int, timeout: float = 30.0) -> object:

@@ -102,11 +102,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus metrics, from memory: no database or store query per scrape."""
     service = service_of(request)
     service.update_metrics()
-    retained = await service.retained_wal()
-    if retained is not None:
-        service.metrics.retained_wal.set(retained)
     body = generate_latest(service.metrics.registry)
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
