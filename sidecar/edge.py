@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import orjson
 import structlog
@@ -33,17 +35,33 @@ async def principal_of(request: web.Request) -> Principal:
     (`limits.rate`, shared by all their devices). A token refused with 401 spends one of
     the client address's `limits.unauthenticated_rate` (429 once it is spent)."""
     service = service_of(request)
-    header = request.headers.get("Authorization")
     try:
-        principal = await service.auth.authenticate(header)
+        principal = await service.auth.authenticate(request.headers.get("Authorization"))
     except Unauthorized:
-        if header is not None:  # (the middleware counted those without a header)
-            count_unauthenticated(request)
+        count_unauthenticated(request)
         raise
     structlog.contextvars.bind_contextvars(subject=principal.subject)  # on every log line
     if service.limiter is not None:
         service.limiter.take(principal.subject)
     return principal
+
+
+_PUBLIC: set[object] = set()
+Handler = TypeVar("Handler", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
+
+
+def public(handler: Handler) -> Handler:
+    """Marks a handler that answers without a token (`/healthz`, `/metrics`, a CORS
+    preflight, …): each of its requests spends one of the client address's
+    `limits.unauthenticated_rate` (`is_public`, counted by the middleware)."""
+    _PUBLIC.add(handler)
+    return handler
+
+
+def is_public(request: web.Request) -> bool:
+    """The request goes to a `public` handler, or to no handler at all (404, 405)."""
+    route = request.match_info.route
+    return route.resource is None or route.handler in _PUBLIC
 
 
 def count_unauthenticated(request: web.Request) -> None:

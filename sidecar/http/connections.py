@@ -31,14 +31,15 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from sidecar.config.model import LimitsConfig
-from sidecar.errors import Unavailable
+from sidecar.errors import InvalidRequest, SidecarError, Unavailable
 
 log = structlog.get_logger("sidecar.http")
 
 SERVER_NAME = "sidecar"  # the Server header: no library or version
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}
-REJECT_WAIT = 1.0  # seconds a rejected connection may take to send its request line
-FD_HEADROOM = 64  # descriptors kept for the store, the database and the listening socket
+REJECT_WAIT = 0.5  # seconds a rejected connection may take to send its request
+REJECT_PENDING = 32  # rejected connections answered at once; past that, closed unanswered
+FD_HEADROOM = 64  # descriptors kept for the store, the database, pending rejections
 
 
 def default_max_connections() -> int:
@@ -58,6 +59,7 @@ class ConnectionGuard:
     header_timeout: float
     keepalive_timeout: float
     open: int = 0
+    rejecting: int = 0  # rejected connections waiting for their request, to answer 503
     rejected: int = 0
     timed_out: int = 0
     handlers: set[GuardedHandler] = field(default_factory=set)
@@ -115,6 +117,10 @@ class GuardedHandler(RequestHandler):
         guard = self._guard
         if guard.open >= guard.max_connections:
             guard.rejected += 1
+            if guard.rejecting >= REJECT_PENDING:  # a flood: free the descriptor at once
+                transport.abort()  # type: ignore[attr-defined]
+                return
+            guard.rejecting += 1
             self._rejected = transport  # type: ignore[assignment]
             # Answer once the request has arrived (so the client reads the answer rather
             # than a reset), or after REJECT_WAIT at most.
@@ -128,6 +134,8 @@ class GuardedHandler(RequestHandler):
 
     def _reject(self) -> None:
         transport, self._rejected = self._rejected, None
+        if transport is not None:
+            self._guard.rejecting -= 1
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
@@ -138,7 +146,9 @@ class GuardedHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         if not self._counted:
-            self._rejected = None
+            if self._rejected is not None:
+                self._rejected = None
+                self._guard.rejecting -= 1
             return
         self._counted = False
         self._guard.open -= 1
@@ -194,11 +204,32 @@ class GuardedHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> StreamResponse:
-        """aiohttp's answer to a request it could not parse (no app middleware runs), with
-        the headers every answer carries."""
-        resp = super().handle_error(request, status, exc, message)
-        resp.headers["Server"] = SERVER_NAME
-        resp.headers.update(SECURITY_HEADERS)
+        """aiohttp's answer to a request it could not parse (no app middleware runs): one
+        info line (a client's bad bytes are not a server error; redacted like every line),
+        a problem+json answer with the headers every answer carries, nothing echoed back."""
+        if request.writer.output_size > 0:  # as aiohttp: too late to answer
+            raise ConnectionError("response already started; cannot answer the error")
+        peer = self.peername
+        log.info(
+            "refused a malformed HTTP request",
+            status=status,
+            reason=str(exc or message),
+            peer=peer[0] if isinstance(peer, tuple) else peer,
+        )
+        err: SidecarError = (
+            InvalidRequest("malformed HTTP request (request line or headers)")
+            if 400 <= status < 500
+            else SidecarError("internal error")
+        )
+        body = err.to_problem()
+        body["status"] = status
+        resp = web.Response(
+            body=orjson.dumps(body),
+            status=status,
+            content_type="application/problem+json",
+            headers={"Server": SERVER_NAME, **SECURITY_HEADERS},
+        )
+        resp.force_close()
         return resp
 
 

@@ -10,7 +10,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from sidecar.edge import count_unauthenticated
+from sidecar.edge import count_unauthenticated, is_public
 from sidecar.errors import MethodNotAllowed, NotFound, PayloadTooLarge, SidecarError
 from sidecar.http.connections import SECURITY_HEADERS, SERVER_NAME
 from sidecar.observability import Metrics
@@ -57,7 +57,7 @@ def make_middleware(
         structlog.contextvars.bind_contextvars(request_id=rid)
         try:
             try:
-                if "Authorization" not in request.headers:
+                if is_public(request):
                     count_unauthenticated(request)  # 429 past limits.unauthenticated_rate
                 response = await handler(request)
             except web.HTTPNotFound:
