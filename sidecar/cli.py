@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sidecar.serve import serve
 
     config = load_config(args.config)
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, secrets=config.secrets())
     asyncio.run(serve(config))
     return EXIT_OK
 

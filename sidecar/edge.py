@@ -13,13 +13,15 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import orjson
 import structlog
 from aiohttp import web
 
 from sidecar.auth import Principal
-from sidecar.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from sidecar.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, Unauthorized
 from sidecar.service import Service
 
 SERVICE = web.AppKey("service", Service)
@@ -32,13 +34,45 @@ def service_of(request: web.Request) -> Service:
 
 
 async def principal_of(request: web.Request) -> Principal:
-    """The authenticated caller, who also spends one token of their rate limit."""
+    """The authenticated caller, who also spends one token of their subject's rate limit
+    (`limits.rate`, shared by all their devices). A token refused with 401 spends one of
+    the client address's `limits.unauthenticated_rate` (429 once it is spent)."""
     service = service_of(request)
-    principal = await service.auth.authenticate(request.headers.get("Authorization"))
+    try:
+        principal = await service.auth.authenticate(request.headers.get("Authorization"))
+    except Unauthorized:
+        count_unauthenticated(request)
+        raise
     structlog.contextvars.bind_contextvars(subject=principal.subject)  # on every log line
     if service.limiter is not None:
-        service.limiter.take(principal.subject, principal.device)
+        service.limiter.take(principal.subject)
     return principal
+
+
+_PUBLIC: set[object] = set()
+Handler = TypeVar("Handler", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
+
+
+def public(handler: Handler) -> Handler:
+    """Marks a handler that answers without a token (`/healthz`, `/metrics`, a CORS
+    preflight, …): each of its requests spends one of the client address's
+    `limits.unauthenticated_rate` (`is_public`, counted by the middleware)."""
+    _PUBLIC.add(handler)
+    return handler
+
+
+def is_public(request: web.Request) -> bool:
+    """The request goes to a `public` handler, or to no handler at all (404, 405)."""
+    route = request.match_info.route
+    return route.resource is None or route.handler in _PUBLIC
+
+
+def count_unauthenticated(request: web.Request) -> None:
+    """Spend one token of the client address's `limits.unauthenticated_rate`, or raise
+    RateLimited (429 with Retry-After)."""
+    limiter = service_of(request).ip_limiter
+    if limiter is not None:
+        limiter.take(request.remote or "unknown", "this address (limits.unauthenticated_rate)")
 
 
 async def json_body(request: web.Request, max_body: int, timeout: float = 30.0) -> object:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -11,8 +13,19 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog once for the process; `fmt` is auto | json | console."""
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Set up logging once for the process; `fmt` is auto | json | console.
+
+    structlog's lines and the standard library's (aiohttp, asyncio, psycopg, warnings)
+    go through the same processors to the same stream: one JSON object a line when not on
+    a terminal, tracebacks included. Every line is redacted first (`Redactor`): bearer
+    tokens, JWTs, DSN passwords and the `secrets` given (the JWT secret, the database
+    password) never reach the output."""
     stream = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: structlog.types.Processor = (
@@ -20,20 +33,86 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         if console
         else structlog.processors.JSONRenderer(serializer=_json_line)
     )
+    redact = Redactor(secrets)
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    logging.captureWarnings(True)
+
+
+# What a log line must never show. Bearer tokens and JWTs (three base64url parts, the first
+# a JSON header: "eyJ"), passwords in libpq URLs and key=value DSNs, and named secrets.
+_REDACTIONS = (
+    (re.compile(r"(?i)(bearer\s+)[^\s'\",;]+"), r"\1[redacted]"),
+    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    (re.compile(r"(?i)(postgres(?:ql)?://[^:/@\s'\"]*:)[^@\s'\"]*@"), r"\1[redacted]@"),
+    (re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\",;&]+)"), r"\1[redacted]"),
+    (
+        re.compile(r"(?i)((?:authorization|cookie|x-api-key)['\"]?\s*[:=,]\s*['\"]?)[^'\"\r\n]+"),
+        r"\1[redacted]",
+    ),
+)
+REDACTED = "[redacted]"
+
+
+class Redactor:
+    """A structlog processor: every string in the event (keys' values, nested lists and
+    mappings, the rendered traceback) without tokens, passwords or the given secrets."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+        for key, value in list(event.items()):
+            event[key] = self.clean(value)
+        return event
+
+    def clean(self, value: Any, depth: int = 0) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, bytes):
+            return self.text(value.decode("utf-8", "replace"))
+        if depth > 8 or value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, Mapping):
+            return {k: self.clean(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [self.clean(v, depth + 1) for v in value]
+        return self.text(str(value))  # rendered anyway (orjson default=str): redact it
+
+    def text(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        for pattern, replacement in _REDACTIONS:
+            text = pattern.sub(replacement, text)
+        return text
 
 
 def _json_line(event: Any, **_: Any) -> str:

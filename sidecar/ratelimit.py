@@ -1,7 +1,10 @@
-"""Token buckets per subject and device: `limits.rate` (e.g. `50/s`) → 429 `rate_limited`.
+"""Token buckets: `limits.rate` per subject, `limits.unauthenticated_rate` per client IP
+address → 429 `rate_limited` with `Retry-After`.
 
-Each (subject, device) gets a bucket of `count` tokens refilled at `count / per_seconds`
-tokens a second; a request takes one. Buckets live in a bounded cachetools TTL cache, so
+Each key (a subject, an IP address) gets a bucket of `count` tokens refilled at
+`count / per_seconds` tokens a second; a request takes one. The subject's bucket is shared
+by all its devices: a `device_id` claim (chosen by whoever signs the token, rotated at will)
+never buys a caller a fresh bucket. Buckets live in a bounded cachetools TTL cache, so
 memory stays bounded however many callers there are.
 """
 
@@ -36,14 +39,12 @@ class RateLimiter:
         self.per_second = rate.count / rate.per_seconds
         self.clock = clock
         idle = max(60.0, rate.per_seconds * 2)  # a full bucket is forgotten after this
-        self.buckets: TTLCache[tuple[str, str | None], _Bucket] = TTLCache(
-            maxsize=max_callers, ttl=idle, timer=clock
-        )
+        self.buckets: TTLCache[str, _Bucket] = TTLCache(maxsize=max_callers, ttl=idle, timer=clock)
 
-    def take(self, subject: str, device: str | None) -> None:
-        """Spend one token of this caller, or raise RateLimited with a Retry-After."""
+    def take(self, key: str, what: str = "this subject (limits.rate)") -> None:
+        """Spend one token of `key` (a subject, or an IP address), or raise RateLimited
+        with a Retry-After; `what` names the caller and the limit in the message."""
         now = self.clock()
-        key = (subject, device)
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = _Bucket(self.capacity, now)
@@ -54,8 +55,7 @@ class RateLimiter:
             self.buckets[key] = bucket
             wait = (1.0 - bucket.tokens) / self.per_second
             raise RateLimited(
-                f"too many requests from this subject and device (limits.rate); retry in "
-                f"{wait:.1f} s",
+                f"too many requests from {what}; retry in {wait:.1f} s",
                 retry_after=math.ceil(wait),
             )
         bucket.tokens -= 1.0

@@ -20,6 +20,7 @@ from sidecar.config.loader import load_config
 from sidecar.config.model import Config
 from sidecar.errors import SidecarError
 from sidecar.http.app import create_app
+from sidecar.http.connections import ConnectionGuard, GuardedSite, guard_for, update_guard
 from sidecar.observability import configure_logging
 from sidecar.service import Service
 
@@ -37,7 +38,8 @@ async def serve(config: Config, *, ready_message: str | None = None, watch: bool
     service = await Service.start(config)
     runner = web.AppRunner(build_app(service), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    guard = guard_for(config.limits)
+    site = GuardedSite(runner, config.server.host, config.server.port, guard, access_log=None)
     try:
         await site.start()
         stop = asyncio.Event()
@@ -47,7 +49,9 @@ async def serve(config: Config, *, ready_message: str | None = None, watch: bool
         if watch:
             hup = asyncio.Event()
             loop.add_signal_handler(signal.SIGHUP, hup.set)
-            service.tasks.append(asyncio.create_task(watch_config(service, config.file, hup)))
+            service.tasks.append(
+                asyncio.create_task(watch_config(service, config.file, hup, guard))
+            )
         capture_task = service.tasks[0]
         if sys.stderr.isatty():
             from sidecar.progress import show_copy_progress
@@ -71,7 +75,9 @@ async def serve(config: Config, *, ready_message: str | None = None, watch: bool
         await service.close()
 
 
-async def watch_config(service: Service, path: str, hup: asyncio.Event) -> None:
+async def watch_config(
+    service: Service, path: str, hup: asyncio.Event, guard: ConnectionGuard | None = None
+) -> None:
     """Reload the config on SIGHUP (`hup`) or when its file changes; a config that is
     invalid or needs a restart is refused and the running one stays (logged)."""
     log = structlog.get_logger("sidecar.reload")
@@ -90,8 +96,10 @@ async def watch_config(service: Service, path: str, hup: asyncio.Event) -> None:
         except SidecarError as exc:
             log.error("config reload refused; the running config stays", problems=exc.detail)
             continue
-        if "log" in changed:
-            configure_logging(new.log.level, new.log.format)
+        if "log" in changed or "auth" in changed:  # (the JWT secret is redacted from logs)
+            configure_logging(new.log.level, new.log.format, secrets=new.secrets())
+        if "limits" in changed and guard is not None:
+            update_guard(guard, new.limits)
 
 
 def _mtime(path: str) -> float | None:

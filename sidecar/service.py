@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from sidecar.auth import Authenticator, Principal
 from sidecar.capture.runner import CaptureRunner
 from sidecar.capture.slots import read_slot_async
 from sidecar.collection import Collection, collection_shapes
-from sidecar.config.model import Config
+from sidecar.config.model import Config, Rate
 from sidecar.errors import ConfigError, ConfigProblem, PreflightError
 from sidecar.mutations import Mutation
 from sidecar.notify import Notifier
@@ -43,6 +43,8 @@ from sidecar.values import configure_connection, session_options
 log = structlog.get_logger("sidecar")
 
 PURGE_INTERVAL = 3600.0
+STORE_METRICS_EVERY = 2.0  # seconds between checks of the store gauges (counted on change)
+SLOT_METRICS_EVERY = 15.0  # seconds between reads of the slot's retained WAL
 
 
 def preflight(config: Config) -> PreflightReport:
@@ -74,6 +76,10 @@ def routes_for(config: Config, report: PreflightReport) -> dict[str, Collection]
     }
 
 
+def _limiter(rate: Rate | None) -> RateLimiter | None:
+    return RateLimiter(rate) if rate else None
+
+
 async def _configure(conn: psycopg.AsyncConnection) -> None:
     configure_connection(conn)
 
@@ -91,6 +97,7 @@ class Service:
     auth: Authenticator
     metrics: Metrics
     limiter: RateLimiter | None
+    ip_limiter: RateLimiter | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
     _next_routes: dict[str, Collection] | None = None  # set by a reload that adds collections
@@ -145,10 +152,12 @@ class Service:
             pool=pool,
             auth=Authenticator(config.auth),
             metrics=Metrics(),
-            limiter=RateLimiter(config.limits.rate) if config.limits.rate else None,
+            limiter=_limiter(config.limits.rate),
+            ip_limiter=_limiter(config.limits.unauthenticated_rate),
         )
         service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
         service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))
+        service.tasks.append(asyncio.create_task(service._metrics_loop(), name="metrics"))
         return service
 
     async def reload(self, new: Config) -> list[str]:
@@ -219,7 +228,9 @@ class Service:
         self.pusher.user_claim = new.auth.claims.user
         self.auth = Authenticator(new.auth)
         if limits.rate != old.limits.rate:
-            self.limiter = RateLimiter(limits.rate) if limits.rate else None
+            self.limiter = _limiter(limits.rate)
+        if limits.unauthenticated_rate != old.limits.unauthenticated_rate:
+            self.ip_limiter = _limiter(limits.unauthenticated_rate)
         self.config = new
         changed = [
             f.name
@@ -289,6 +300,8 @@ class Service:
             await asyncio.sleep(PURGE_INTERVAL)
 
     def update_metrics(self) -> None:
+        """The gauges read from memory, at each scrape (no database, no store query: the
+        store and slot gauges are kept by `_metrics_loop`)."""
         st = self.capture.status
         m = self.metrics
         m.rows_applied.set(st.rows_applied)
@@ -302,9 +315,56 @@ class Service:
         m.page_cache_hits.inc(cache.hits - self._counted[0])
         m.page_cache_misses.inc(cache.misses - self._counted[1])
         self._counted = (cache.hits, cache.misses)
-        counts = self.store.counts()
-        m.store_rows.set(counts["rows"])
-        m.store_bytes.set(counts["bytes"])
+
+    async def _metrics_loop(self) -> None:
+        """The gauges that cost a query, kept here so that a scrape of /metrics only reads
+        memory: the store's counts (on a reader thread, once the store's version moved,
+        at most every STORE_METRICS_EVERY seconds) and the slot's retained WAL (every
+        SLOT_METRICS_EVERY seconds, on a connection of its own, never the push pool's)."""
+        conn: psycopg.AsyncConnection | None = None
+        counted: tuple[str, int] | None = None
+        slot_at = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    state = self.store.state()
+                    if (state.epoch, state.version) != counted:
+                        counted = (state.epoch, state.version)
+                        counts = await asyncio.to_thread(self.store.counts)
+                        self.metrics.store_rows.set(counts["rows"])
+                        self.metrics.store_bytes.set(counts["bytes"])
+                except Exception:  # a failed refresh must never stop the service
+                    log.debug("store metrics not refreshed", exc_info=True)
+                if loop.time() >= slot_at:
+                    slot_at = loop.time() + SLOT_METRICS_EVERY
+                    conn = await self._refresh_retained_wal(conn)
+                await asyncio.sleep(STORE_METRICS_EVERY)
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _refresh_retained_wal(
+        self, conn: psycopg.AsyncConnection | None
+    ) -> psycopg.AsyncConnection | None:
+        """`sidecar_slot_retained_wal_bytes` from the slot's row; the connection to use
+        next time (None after a failure: the next refresh connects again)."""
+        try:
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.config.database.url,
+                    autocommit=True,
+                    application_name="sidecar-metrics",
+                    connect_timeout=5,
+                )
+            slot = await read_slot_async(conn, self.config.database.slot)
+        except (psycopg.Error, OSError):
+            if conn is not None:
+                await conn.close()
+            return None
+        if slot is not None and slot.retained_bytes is not None:
+            self.metrics.retained_wal.set(int(slot.retained_bytes))
+        return conn
 
     async def push(
         self, principal: Principal, mutations: Sequence[Mutation], atomic: bool
@@ -317,15 +377,6 @@ class Service:
             strategy = self.routes[m.collection].config.conflict.kind
             outcomes.labels(m.collection, strategy, r.status).inc()
         return result
-
-    async def retained_wal(self) -> int | None:
-        """Bytes of WAL the slot holds on the server (None if it cannot be read now)."""
-        try:
-            async with self.pool.connection(timeout=1.0) as conn:
-                slot = await read_slot_async(conn, self.config.database.slot)
-        except (psycopg.Error, PoolTimeout):
-            return None
-        return None if slot is None or slot.retained_bytes is None else int(slot.retained_bytes)
 
     async def close(self) -> None:
         for t in self.tasks:

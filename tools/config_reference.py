@@ -56,7 +56,8 @@ STATUS_NOTES: dict[str, str] = {
     ),
     "auth.admin": ("Grants `GET /v1/audit`. `/metrics`, `/readyz` and `/healthz` need no token."),
     "limits.rate": (
-        "A token bucket per subject and device: bursts up to the count, refilled evenly; past "
+        "A token bucket per subject, shared by all its devices (a `device_id` claim never "
+        "gives a caller another bucket): bursts up to the count, refilled evenly; past "
         "it, `429 rate_limited` with `Retry-After`."
     ),
     "limits.pull_wait": (

@@ -32,7 +32,7 @@ from adapters.electric.protocol import (
 from adapters.electric.shape import ShapeSpec, parse_shape, shape_hash
 from sidecar.auth import Principal
 from sidecar.changes import Cursor, Page
-from sidecar.edge import principal_of, service_of
+from sidecar.edge import principal_of, public, service_of
 from sidecar.errors import CursorExpired, InvalidRequest, SidecarError
 from sidecar.pull import PullRequest
 from sidecar.service import Service
@@ -210,6 +210,7 @@ def _sse_events(
     return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
 
 
+@public
 async def preflight(request: web.Request) -> web.Response:
     """CORS preflight: browsers ask before sending `Authorization`."""
     asked = request.headers.get("Access-Control-Request-Headers", "")

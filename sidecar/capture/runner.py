@@ -167,7 +167,7 @@ class CaptureRunner:
     def progress(self) -> dict[str, object]:
         return {
             "phase": self.status.phase,
-            "error": self.status.error,
+            "error": self.status.public_error(),
             **self.status.copy.as_dict(),
         }
 

@@ -6,10 +6,16 @@ by the service and the HTTP edge (readiness, metrics, the initial copy's progres
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
 from sidecar.capture.snapshot import CopyProgress
+
+# libpq's "connection to server at "host" (addr), port 5432 failed" / "on socket "/path"",
+# and its "Is the server running on that host…" hint.
+_WHERE = re.compile(r'to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+|on socket "[^"]*")')
+_HINT = re.compile(r"\s*Is the server running[^\n]*")
 
 
 @dataclass
@@ -32,6 +38,16 @@ class CaptureStatus:
     batches: int = 0
     writer_seconds: float = 0.0
     behind_since: float | None = None  # monotonic time the store fell behind the server
+
+    def public_error(self) -> str | None:
+        """`error` as clients may see it (`/readyz`, a pull's 503): without the database's
+        host, port or socket path, which only the logs show."""
+        if self.error is None:
+            return None
+        if self.phase == "reconnecting":
+            return "the replication connection to the database failed; retrying (see the logs)"
+        text = _WHERE.sub("to the database", self.error)
+        return _HINT.sub("", text)
 
     def note_server(self, lsn: int) -> None:
         """The server reported WAL up to `lsn`."""

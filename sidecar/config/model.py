@@ -6,12 +6,15 @@ sizes int bytes, rules parsed expressions), so consumers never re-check the YAML
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from sidecar.config.expressions import Expression
 
@@ -114,6 +117,10 @@ class LimitsConfig:
     live_total: int = 20_000
     page_cache: int = 64 * MIB
     client_timeout: float = 30.0
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int | None = None  # None: from the descriptor limit (sidecar.http.connections)
+    unauthenticated_rate: Rate | None = Rate(20, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +189,10 @@ class Config:
     limits: LimitsConfig
     log: LogConfig
     collections: Mapping[str, CollectionConfig] = field(hash=False)  # declaration order
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values no log line may show: the JWT secret and the database password."""
+        found = [self.auth.jwt.secret or ""]
+        with contextlib.suppress(psycopg.ProgrammingError):
+            found.append(str(conninfo_to_dict(self.database.url).get("password") or ""))
+        return tuple(s for s in found if s)

@@ -68,6 +68,15 @@ def _typed(raw: dict[str, Any], key: str, kind: type[T], default: T) -> T:
     return value if isinstance(value, kind) else default
 
 
+def _optional_int(raw: dict[str, Any], key: str) -> int | None:
+    """`raw[key]` when it is an integer; None when absent or null (the schema reported
+    anything else)."""
+    value = raw.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _optional_str(raw: dict[str, Any], key: str) -> str | None:
     value = raw.get(key)
     return value if isinstance(value, str) else None
@@ -279,6 +288,18 @@ class Builder:
             page_cache=self.size(raw, ("limits", "page_cache"), defaults.page_cache),
             client_timeout=self.duration(
                 raw, ("limits", "client_timeout"), defaults.client_timeout
+            ),
+            header_timeout=self.duration(
+                raw, ("limits", "header_timeout"), defaults.header_timeout
+            ),
+            keepalive_timeout=self.duration(
+                raw, ("limits", "keepalive_timeout"), defaults.keepalive_timeout
+            ),
+            max_connections=_optional_int(raw, "max_connections"),
+            unauthenticated_rate=(
+                self.rate(raw, ("limits", "unauthenticated_rate"))
+                if "unauthenticated_rate" in raw
+                else defaults.unauthenticated_rate
             ),
         )
 

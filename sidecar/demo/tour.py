@@ -83,7 +83,7 @@ def run_demo(port: int = 8080, keep: bool = False) -> int:
         with resources.as_file(config_path) as path:
             config = load_config(path, env=env)
         config = _with_port(config, port)
-        configure_logging(config.log.level, "console")
+        configure_logging(config.log.level, "console", secrets=config.secrets())
         base = f"http://127.0.0.1:{port}"
         message = _tour(
             base, demo_token("1", env["JWT_SECRET"]), demo_token("2", env["JWT_SECRET"])

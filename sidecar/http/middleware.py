@@ -10,7 +10,9 @@ import orjson
 import structlog
 from aiohttp import web
 
+from sidecar.edge import count_unauthenticated, is_public
 from sidecar.errors import MethodNotAllowed, NotFound, PayloadTooLarge, SidecarError
+from sidecar.http.connections import SECURITY_HEADERS, SERVER_NAME
 from sidecar.observability import Metrics
 
 log = structlog.get_logger("sidecar.http")
@@ -55,6 +57,8 @@ def make_middleware(
         structlog.contextvars.bind_contextvars(request_id=rid)
         try:
             try:
+                if is_public(request):
+                    count_unauthenticated(request)  # 429 past limits.unauthenticated_rate
                 response = await handler(request)
             except web.HTTPNotFound:
                 response = problem_response(NotFound(f"no such endpoint: {request.path}"), request)
@@ -89,7 +93,10 @@ def make_middleware(
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: streamed responses carry the request id too."""
+    """on_response_prepare: streamed responses carry the request id too; every answer
+    (the adapters' too) says `Server: sidecar` (no versions) and `nosniff`."""
     rid = request.get(REQUEST_ID)
     if rid and "X-Request-Id" not in response.headers:
         response.headers["X-Request-Id"] = rid
+    response.headers["Server"] = SERVER_NAME
+    response.headers.update(SECURITY_HEADERS)

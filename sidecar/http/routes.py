@@ -22,6 +22,7 @@ from sidecar.edge import (
     json_body,
     json_response,
     principal_of,
+    public,
     revalidated,
     service_of,
 )
@@ -73,16 +74,19 @@ def _openapi_document() -> bytes:
     return resources.files("sidecar.http").joinpath("openapi.json").read_bytes()
 
 
+@public
 async def openapi(request: web.Request) -> web.Response:
     """The protocol as an OpenAPI 3.1 document (no token needed)."""
     body = _openapi_document()
     return revalidated(request, body, "public, max-age=300")
 
 
+@public
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+@public
 async def readyz(request: web.Request) -> web.Response:
     service = service_of(request)
     if not service.capture.ready:
@@ -101,12 +105,11 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready", "lsn": lsn_to_str(service.capture.status.flushed_lsn)})
 
 
+@public
 async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus metrics, from memory: no database or store query per scrape."""
     service = service_of(request)
     service.update_metrics()
-    retained = await service.retained_wal()
-    if retained is not None:
-        service.metrics.retained_wal.set(retained)
     body = generate_latest(service.metrics.registry)
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.fixtures.service import run_sql, state_of
+from tests.fixtures.service import run_sql, state_of, wait_until
 
 pytestmark = pytest.mark.pg
 
@@ -270,8 +270,12 @@ async def test_schema_health_ready_metrics(pg_dsn, pg_url, sidecar_factory):
     assert (await sc.get("/healthz", sub=None)).status == 200
     assert (await sc.get("/readyz", sub=None)).status == 200
     metrics = await (await sc.get("/metrics", sub=None)).text()
-    assert "sidecar_store_rows 3.0" in metrics
     assert 'sidecar_http_requests_total{endpoint="/v1/schema",status="200"}' in metrics
+
+    async def counted() -> bool:  # the store gauges are refreshed in the background
+        return "sidecar_store_rows 3.0" in await (await sc.get("/metrics", sub=None)).text()
+
+    await wait_until(counted, what="sidecar_store_rows 3")
 
 
 async def test_read_your_writes_with_after_lsn(pg_dsn, pg_url, sidecar_factory):
