@@ -100,6 +100,7 @@ def _collection_checks(
         ("write.immutable", coll.write.immutable),
         ("write.set", tuple(coll.write.set)),
         ("write.check", sorted(coll.write.check.columns) if coll.write.check else ()),
+        ("write.where", sorted(coll.write.where.columns) if coll.write.where else ()),
     ):
         missing = [c for c in cols if c not in names]
         if missing:

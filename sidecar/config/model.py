@@ -131,6 +131,7 @@ class WriteConfig:
     set: Mapping[str, SetValue] = field(default_factory=_empty_mapping, hash=False)
     immutable: tuple[str, ...] = ()
     check: Expression | None = None
+    where: Expression | None = None  # rows the caller may write (with the read rule)
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,6 +345,7 @@ class Builder:
             set=self.set_values(raw.get("set"), (*path, "set")),
             immutable=_names(raw.get("immutable")) or (),
             check=self.expression(raw, (*path, "check")),
+            where=self.expression(raw, (*path, "where")),
         )
 
     def set_values(self, raw: Any, path: KeyPath) -> Mapping[str, SetValue]:

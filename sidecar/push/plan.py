@@ -35,7 +35,8 @@ from sidecar.walmessage import MutationMessage
 
 @dataclass(frozen=True, slots=True)
 class Current:
-    """A locked row: its JSON values, rev, and whether the caller may see it now."""
+    """A locked row: its JSON values, rev, and whether the caller may write it now (read
+    rule and `write.where`: `readable` is the write scope)."""
 
     values: Mapping[str, Any]  # typed values of route.needed
     row: Mapping[str, Any]  # JSON form of the exposed columns
@@ -95,7 +96,7 @@ def plan(
         missing = NotFound(f"no row with key {dict(m.key)} in {m.collection!r}")
         return MutationResult(m.id, "conflict", error=missing.to_problem())
     if not current.readable:
-        raise Forbidden("that row is outside your read scope")
+        raise Forbidden(f"that row is outside your {scope_name(route)}")
     if m.op == "delete":
         if current.rev != m.base_rev and not conflicts.overwrites(route.config.conflict):
             return conflict(m, current, "the row changed since base_rev")
@@ -120,7 +121,7 @@ def _plan_insert(
         data = checked_data(route, m, principal, inserting=True)
         return Write(m, route, lambda: write_sql.insert(route, data, principal.claims), True)
     if not current.readable:
-        raise Forbidden("a row with that key exists outside your read scope")
+        raise Forbidden(f"a row with that key exists outside your {scope_name(route)}")
     if not conflicts.overwrites(route.config.conflict):
         return conflict(m, current, "a row with that key already exists")
     data = checked_data(route, m, principal, inserting=False)
@@ -211,6 +212,11 @@ def key_of(route: Collection, current: Current) -> dict[str, Any]:
     return {c: to_json_value(current.values[c]) for c in route.key}
 
 
+def scope_name(route: Collection) -> str:
+    """What refused a row outside the caller's write scope, as refusals name it."""
+    return "write scope (write.where)" if route.config.write.where else "read scope"
+
+
 def claim_value(value: Any, claims: Mapping[str, Any]) -> Any:
     """A `set:` value: a string starting with ':' names a claim, anything else is itself."""
     if isinstance(value, str) and value.startswith(":"):
@@ -234,7 +240,7 @@ def verdict(
             m.id, "conflict", error=NotFound("the row is gone").to_problem()
         ), None
     if not row[0]:
-        outside = Forbidden("the change would put the row outside your read scope")
+        outside = Forbidden(f"the change would put the row outside your {scope_name(route)}")
         return rejected(m.id, outside), None
     if not row[1]:
         refused = ValidationFailed("the collection's check rule refused the row")
