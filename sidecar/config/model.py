@@ -164,6 +164,7 @@ class CollectionConfig:
     conflict: ConflictStrategy
     line: int | None  # where the collection is declared in the config file
     roles: tuple[str, ...] | None = None  # only callers with one of these roles
+    read_line: int | None = None  # where `read:` is in the config file
 
 
 @dataclass(frozen=True, slots=True)
