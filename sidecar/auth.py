@@ -11,6 +11,7 @@ Every failure is a 401 `unauthorized` whose reason helps a developer and leaks n
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,28 @@ class Principal:
     subject: str
     device: str | None
     claims: Mapping[str, Any] = field(hash=False)
+
+
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _is_numeric_date(value: Any) -> bool:
+    """A JSON number that is a finite double (PyJWT also takes `"1700000000"` and `true`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def seconds_left(principal: Principal) -> float | None:
+    """Seconds until the caller's token expires (`exp`; negative once it has), or None
+    when it carries no `exp`. Long-lived requests end by then."""
+    exp = principal.claims.get("exp")
+    if exp is None or not _is_numeric_date(exp):
+        return None
+    return float(exp) - time.time()
 
 
 class KeySet:
@@ -173,6 +196,12 @@ class Authenticator:
             raise Unauthorized("token signature does not verify") from None
         except jwt.PyJWTError:
             raise Unauthorized("token is malformed") from None
+        for name in _TIME_CLAIMS:
+            if name in claims and not _is_numeric_date(claims[name]):
+                raise Unauthorized(
+                    f"token claim `{name}` must be a number (seconds since 1970, RFC 7519 "
+                    "NumericDate), not a string or another value"
+                )
         if jc.max_age is not None and time.time() - claims["iat"] > jc.max_age + jc.leeway:
             raise Unauthorized("token too old (auth.jwt.max_age since iat): get a new one")
         return claims

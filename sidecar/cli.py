@@ -42,6 +42,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = preflight(config)
     for w in report.warnings:
         print(f"warning: {w}")
+    if report.ok and args.strict and report.warnings:
+        print(f"{args.config}: {len(report.warnings)} warning(s) (--strict)", file=sys.stderr)
+        return EXIT_FAIL
     if report.ok:
         print(f"{args.config}: ok ({len(config.collections)} collections)")
         return EXIT_OK
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("check", help="validate the config and check the database")
     p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("init", help="create the publication and the slot (prints the SQL)")
     p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")

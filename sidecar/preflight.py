@@ -13,7 +13,11 @@ import psycopg
 from psycopg import sql
 
 from sidecar.catalog import TableInfo, load_table
+from sidecar.collection import Collection
+from sidecar.config.expressions import ExpressionError
 from sidecar.config.model import CollectionConfig, Config
+from sidecar.hazards import config_warnings
+from sidecar.rules.scopes import ReadRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +37,19 @@ def _q(ident: str) -> str:
     return sql.Identifier(ident).as_string(None)
 
 
-def _server_checks(conn: psycopg.Connection, problems: list[str]) -> None:
+def _server_checks(conn: psycopg.Connection, problems: list[str]) -> bool:
+    """The server's settings; False when nothing else can be checked (SQL_ASCII: text
+    comes back as bytes)."""
+    # read from the connection's parameters: on SQL_ASCII, query results are bytes
+    encoding = conn.pgconn.parameter_status(b"server_encoding")
+    if encoding == b"SQL_ASCII":
+        problems.append(
+            "the database's encoding is SQL_ASCII: PostgreSQL stores its text as unchecked "
+            "bytes, so the sidecar cannot read it as text reliably. It needs a database "
+            "with a real encoding: create one (CREATE DATABASE … ENCODING 'UTF8' TEMPLATE "
+            "template0) and move the data into it (pg_dump, then pg_restore)"
+        )
+        return False
     wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
     if wal_level != "logical":
         problems.append(
@@ -50,6 +66,7 @@ def _server_checks(conn: psycopg.Connection, problems: list[str]) -> None:
         problems.append(
             f"role {role!r} cannot start replication: run ALTER ROLE {_q(role)} REPLICATION;"
         )
+    return True
 
 
 def _identity_fix(conn: psycopg.Connection, info: TableInfo) -> str:
@@ -100,6 +117,7 @@ def _collection_checks(
         ("write.immutable", coll.write.immutable),
         ("write.set", tuple(coll.write.set)),
         ("write.check", sorted(coll.write.check.columns) if coll.write.check else ()),
+        ("write.where", sorted(coll.write.where.columns) if coll.write.where else ()),
     ):
         missing = [c for c in cols if c not in names]
         if missing:
@@ -261,12 +279,29 @@ def _can_create_publication(
         )
 
 
+def _read_rule(
+    config: Config, coll: CollectionConfig, info: TableInfo, problems: list[str]
+) -> ReadRule | None:
+    """The collection compiled over its table as `sidecar run` compiles it (so `check`
+    reports what would stop `run`); a read rule it cannot turn into scopes is a problem."""
+    try:
+        return Collection(coll, info).read
+    except ExpressionError as error:
+        near = f" (near {error.token!r})" if error.token else ""
+        number = coll.read_line if coll.read_line is not None else coll.line
+        line = f":{number}" if number is not None else ""
+        problems.append(f"{config.file}{line}: collections.{coll.name}.read: {error.message}{near}")
+        return None
+
+
 def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
     """Check the server, every mapped table and the publication; collect every problem."""
     problems: list[str] = []
     warnings: list[str] = []
-    _server_checks(conn, problems)
     tables: dict[str, TableInfo] = {}
+    if not _server_checks(conn, problems):
+        return PreflightReport(tuple(problems), (), tables, False)
+    rules: dict[str, ReadRule] = {}
     for coll in config.collections.values():
         info = load_table(conn, coll.table)
         if info is None:
@@ -276,9 +311,15 @@ def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
             )
             continue
         tables[coll.name] = info
+        before = len(problems)
         _collection_checks(conn, coll, info, problems)
+        if len(problems) == before:
+            rule = _read_rule(config, coll, info, problems)
+            if rule is not None:
+                rules[coll.name] = rule
     adds: list[TableInfo] = []
     exists = _publication_checks(conn, config, tables, problems, warnings, adds)
+    warnings.extend(config_warnings(config, rules))
     return PreflightReport(tuple(problems), tuple(warnings), tables, exists, tuple(adds))
 
 

@@ -19,10 +19,10 @@ from typing import Literal, Protocol
 import orjson
 import structlog
 
-from sidecar.auth import Principal
+from sidecar.auth import Principal, seconds_left
 from sidecar.changes import Cursor, Page
 from sidecar.collection import Collection
-from sidecar.errors import CursorExpired, Forbidden, InvalidRequest, Unavailable
+from sidecar.errors import CursorExpired, Forbidden, InvalidRequest, Unauthorized, Unavailable
 from sidecar.notify import Notifier, wait_event
 from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
@@ -234,6 +234,11 @@ class Puller:
         if not (req.live and scopes):
             return await self.cache.page(scopes, after, limit, budget)
         timeout = max(0.0, min(req.timeout, self.max_wait))
+        left = seconds_left(principal)
+        if left is not None:  # a live wait ends when the token does
+            if left <= 0:
+                raise Unauthorized("token expired: get a new one")
+            timeout = min(timeout, left)
         with self._live_slot(principal.subject), self.notifier.watch(scopes) as changed:
             page = await self.cache.page(scopes, after, limit, budget)
             if not page.lines and not page.has_more and await wait_event(changed, timeout):

@@ -99,6 +99,13 @@ class Statement:
         self.params.extend(values)
         return f"(({text}) IS TRUE)"
 
+    def scope(self, route: Collection, claims: Mapping[str, Any]) -> str:
+        """Whether the caller may write the row: the read rule and `write.where` (when
+        set) both TRUE for its claims."""
+        read = self.rule(route.config.read, claims)
+        where = route.config.write.where
+        return read if where is None else f"({read} AND {self.rule(where, claims)})"
+
     @property
     def text(self) -> str:
         return "".join(self.parts)
@@ -118,7 +125,8 @@ def lock_rows(
     route: Collection, keys: Sequence[Mapping[str, Any]], claims: Mapping[str, Any]
 ) -> Statement:
     """SELECT … FOR UPDATE of the rows with these keys, tagged with their position in
-    `keys`, and whether each satisfies the read rule for the caller."""
+    `keys`, whether the caller may read each (read rule) and write it (read rule and
+    `write.where`)."""
     st = Statement()
     key_cols = route.key
     rows = []
@@ -130,9 +138,11 @@ def lock_rows(
     cols = ", ".join(["i", *(f"k{n}" for n in range(len(key_cols)))])
     on = " AND ".join(f"t.{ident(c)} = v.k{n}" for n, c in enumerate(key_cols))
     select = ", ".join(f"t.{ident(c)}" for c in route.needed)
-    allowed = st.rule(route.config.read, claims)
+    readable = st.rule(route.config.read, claims)
+    writable = st.scope(route, claims)
     st.add(
-        f"SELECT v.i, {allowed} AS sidecar_read, {select} FROM {table_name(route)} AS t ",
+        f"SELECT v.i, {readable} AS sidecar_read, {writable} AS sidecar_write, {select} ",
+        f"FROM {table_name(route)} AS t ",
         f"JOIN (VALUES {', '.join(rows)}) AS v({cols}) ON {on} ",
         "ORDER BY " + ", ".join(f"t.{ident(c)}" for c in key_cols),
         " FOR UPDATE OF t",
@@ -141,7 +151,7 @@ def lock_rows(
 
 
 def _returning(st: Statement, route: Collection, claims: Mapping[str, Any]) -> str:
-    read = st.rule(route.config.read, claims)
+    read = st.scope(route, claims)
     check = st.rule(route.config.write.check, claims)
     return f" RETURNING {read} AS sidecar_read, {check} AS sidecar_check, {_select_list(route)}"
 
@@ -207,7 +217,7 @@ def update_many(
     claims: Mapping[str, Any],
 ) -> Statement:
     """One UPDATE for many rows that change the same columns; RETURNING tags each row
-    with its position in `items`, then the read and check verdicts and the new row."""
+    with its position in `items`, then the write scope and check verdicts and the new row."""
     st = Statement()
     rows = []
     for i, (key, data) in enumerate(items):
@@ -220,7 +230,7 @@ def update_many(
     names += [f"sidecar_d{n}" for n in range(len(columns))]
     sets = ", ".join(f"{ident(c)} = v.sidecar_d{n}" for n, c in enumerate(columns))
     where = " AND ".join(f"t.{ident(c)} = v.sidecar_k{n}" for n, c in enumerate(route.key))
-    read = st.rule(route.config.read, claims)
+    read = st.scope(route, claims)
     check = st.rule(route.config.write.check, claims)
     select = ", ".join(f"t.{ident(c)}" for c in route.needed)
     st.add(

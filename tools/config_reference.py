@@ -54,7 +54,29 @@ STATUS_NOTES: dict[str, str] = {
         "A file path or an http(s) URL. The key set is cached for 10 minutes and fetched again "
         "when a token names an unknown `kid` (at most every 30 s). Tokens must carry `exp`."
     ),
-    "auth.admin": ("Grants `GET /v1/audit`. `/metrics`, `/readyz` and `/healthz` need no token."),
+    "auth.jwt.secret": (
+        "`sidecar check` warns (and `sidecar run` logs at start) when it is shorter than its "
+        "algorithm's hash (32 bytes for HS256, 48 for HS384, 64 for HS512) or a published "
+        "value such as the demo's; the secret itself is never printed."
+    ),
+    "auth.admin": (
+        "Grants `GET /v1/audit`. `/metrics`, `/readyz` and `/healthz` need no token. A claim "
+        'that is a list (`"role": ["admin", "user"]`) satisfies the rule when one '
+        "of its elements does (the rule is tried with each element in its place); a claim "
+        "the rule cannot compare (an object, or a boolean compared to text) does not."
+    ),
+    "collections.<collection>.read": (
+        "`now()` is refused here (rows are scoped when they change, not when they are read); "
+        "a rule that cannot be turned into scopes over the table's column types is a "
+        "preflight problem in `sidecar check` and at start. `sidecar check` warns when "
+        "writes are allowed under a rule with an OR-branch that names no `:claim` and no "
+        '`write.where` is set, and when `read: "true"` shows every column (no `columns:`).'
+    ),
+    "collections.<collection>.write.where": (
+        "Both the read rule and `write.where` must hold: a row the caller cannot read is never "
+        "writable. A refused row is `rejected` with `forbidden`, as a row outside the read "
+        "rule is."
+    ),
     "limits.rate": (
         "A token bucket per subject, shared by all its devices (a `device_id` claim never "
         "gives a caller another bucket): bursts up to the count, refilled evenly; past "

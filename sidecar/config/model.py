@@ -139,6 +139,7 @@ class WriteConfig:
     set: Mapping[str, SetValue] = field(default_factory=_empty_mapping, hash=False)
     immutable: tuple[str, ...] = ()
     check: Expression | None = None
+    where: Expression | None = None  # rows the caller may write (with the read rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +172,7 @@ class CollectionConfig:
     conflict: ConflictStrategy
     line: int | None  # where the collection is declared in the config file
     roles: tuple[str, ...] | None = None  # only callers with one of these roles
+    read_line: int | None = None  # where `read:` is in the config file
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
+
+from pglast import ast
 
 from sidecar.config.expressions import Expression, ExpressionError, parse_expression
 from sidecar.config.model import (
@@ -43,6 +45,7 @@ from sidecar.config.model import (
 )
 from sidecar.config.problems import KeyPath, Problems
 from sidecar.config.units import parse_duration, parse_rate, parse_size
+from sidecar.rules.functions import FUNCTIONS
 
 __all__ = ["Builder"]
 
@@ -88,6 +91,18 @@ def _leaf(path: KeyPath) -> str:
     if not isinstance(key, str):
         raise TypeError(f"{path!r} does not end in a key")
     return key
+
+
+def _nodes(root: Any) -> Iterator[Any]:
+    """Every node of a pglast tree, `root` first."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        for name in getattr(type(node), "__slots__", ()):
+            value = getattr(node, name, None)
+            children = value if isinstance(value, tuple | list) else (value,)
+            stack.extend(child for child in children if isinstance(child, ast.Node))
 
 
 def _names(value: Any) -> tuple[str, ...] | None:
@@ -321,6 +336,8 @@ class Builder:
         key, columns = _names(raw.get("key")), _names(raw.get("columns"))
         self.check_among(key, columns, (*path, "key"), "key column")
         read = self.expression(raw, (*path, "read"))
+        if read is not None:
+            self.check_stable(read, (*path, "read"))
         write = self.write(_section(raw, "write"), (*path, "write"))
         conflict = self.conflict(raw.get("conflict", "reject"), columns, (*path, "conflict"))
         if table is None or read is None:
@@ -335,7 +352,28 @@ class Builder:
             conflict=conflict,
             line=self.problems.where.line(path, at_key=True),
             roles=_names(raw.get("roles")),
+            read_line=self.problems.where.line((*path, "read")),
         )
+
+    def check_stable(self, rule: Expression, path: KeyPath) -> None:
+        """A read rule is evaluated when rows change (their scopes are stored), not when
+        they are read: a function whose value changes per call (`now()`) cannot be in it."""
+        for node in _nodes(rule.node):
+            if not isinstance(node, ast.FuncCall):
+                continue
+            name = str((node.funcname or ())[-1].sval)
+            function = FUNCTIONS.get(name)
+            if function is None or not function.volatile:
+                continue
+            error = rule.error(
+                f"{name}() cannot be used in a read rule: rows are scoped when they change, "
+                "not when they are read (use it in write.check or write.where instead)",
+                node,
+            )
+            near = f" (near {error.token!r})" if error.token else ""
+            line = self.problems.where.line_in_scalar(path, rule.text, error)
+            self.problems.add(path, f"invalid expression: {error.message}{near}", line=line)
+            return
 
     def table(self, value: Any, path: KeyPath) -> TableRef | None:
         if not isinstance(value, str):
@@ -367,6 +405,7 @@ class Builder:
             set=self.set_values(raw.get("set"), (*path, "set")),
             immutable=_names(raw.get("immutable")) or (),
             check=self.expression(raw, (*path, "check")),
+            where=self.expression(raw, (*path, "where")),
         )
 
     def set_values(self, raw: Any, path: KeyPath) -> Mapping[str, SetValue]:

@@ -43,12 +43,14 @@ from sidecar.walmessage import MutationMessage
 
 @dataclass(frozen=True, slots=True)
 class Current:
-    """A locked row: its JSON values, rev, and whether the caller may see it now."""
+    """A locked row: its JSON values, rev, whether the caller may see it now (read rule)
+    and whether it may write it (its write scope: the read rule and `write.where`)."""
 
     values: Mapping[str, Any]  # typed values of route.needed
     row: Mapping[str, Any]  # JSON form of the exposed columns
     rev: str
     readable: bool
+    writable: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,8 @@ def plan(
             return MutationResult(m.id, "applied")
         missing = NotFound(f"no row with key {dict(m.key)} in {m.collection!r}")
         return MutationResult(m.id, "conflict", error=missing.to_problem())
+    if not current.writable:  # visible, so refusing it tells nothing new
+        raise Forbidden(f"that row is outside your {scope_name(route)}")
     if m.op == "delete":
         if current.rev != m.base_rev and not conflicts.overwrites(route.config.conflict):
             return conflict(m, current, "the row changed since base_rev")
@@ -249,6 +253,11 @@ def key_of(route: Collection, current: Current) -> dict[str, Any]:
     return {c: to_json_value(current.values[c]) for c in route.key}
 
 
+def scope_name(route: Collection) -> str:
+    """What refused a row outside the caller's write scope, as refusals name it."""
+    return "write scope (write.where)" if route.config.write.where else "read scope"
+
+
 def claim_value(value: Any, claims: Mapping[str, Any]) -> Any:
     """A `set:` value: a string starting with ':' names a claim, anything else is itself."""
     if isinstance(value, str) and value.startswith(":"):
@@ -272,7 +281,7 @@ def verdict(
             m.id, "conflict", error=NotFound("the row is gone").to_problem()
         ), None
     if not row[0]:
-        outside = Forbidden("the change would put the row outside your read scope")
+        outside = Forbidden(f"the change would put the row outside your {scope_name(route)}")
         return rejected(m.id, outside), None
     if not row[1]:
         refused = ValidationFailed("the collection's check rule refused the row")

@@ -138,6 +138,7 @@ def unbindable_claims(route: Collection, claims: Mapping[str, Any]) -> list[str]
     wc = route.config.write
     used = set(route.config.read.claims)
     used |= set(wc.check.claims if wc.check is not None else ())
+    used |= set(wc.where.claims if wc.where is not None else ())
     used |= {v[1:] for v in wc.set.values() if isinstance(v, str) and v.startswith(":")}
 
     def bad(value: Any) -> bool:
@@ -479,9 +480,10 @@ class Pusher:
                 raise _claims_refused(exc.diag.message_primary or str(exc), coll) from None
             for row in rows:
                 m = ms[row[0]]
-                values = dict(zip(route.needed, row[2:], strict=True))
+                values = dict(zip(route.needed, row[3:], strict=True))
                 image = route.image_of_values(values)
-                out[m.id] = Current(values, orjson.loads(image.row), image.rev, bool(row[1]))
+                row_json = orjson.loads(image.row)
+                out[m.id] = Current(values, row_json, image.rev, bool(row[1]), bool(row[2]))
         return out
 
 

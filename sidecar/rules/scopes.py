@@ -25,6 +25,7 @@ from uuid import UUID
 
 import orjson
 from pglast import ast, enums
+from pglast.stream import RawStream
 
 from sidecar.config.expressions import Expression, ExpressionError
 from sidecar.rules.closures import EMPTY, Claims, Fn, Row
@@ -167,6 +168,7 @@ class _Branch:
     row_tests: tuple[Callable[[Row], bool], ...]
     claim_tests: tuple[Callable[[Claims], bool], ...]
     partitions: tuple[_Partition, ...]
+    atoms: tuple[_Literal, ...] = ()  # what the branch was made of (for `open_branches`)
 
 
 def _encode(values: list[str]) -> str:
@@ -238,6 +240,24 @@ class ReadRule:
 
         return scopes
 
+    @property
+    def admits_every_row(self) -> bool:
+        """Whether some branch has no condition at all (`read: "true"`): every caller reads
+        every row."""
+        return any(
+            not b.row_tests and not b.partitions and not b.claim_tests for b in self.branches
+        )
+
+    def open_branches(self) -> tuple[str, ...]:
+        """The OR-branches that do not tie a row to the caller (no claim in them), as SQL
+        text (`true` for a rule that admits every row): every caller reads the rows they
+        admit, and writes them unless `write.where` says otherwise."""
+        return tuple(
+            " AND ".join(_atom_text(a) for a in branch.atoms) or "true"
+            for branch in self.branches
+            if not branch.partitions and not branch.claim_tests
+        )
+
     def request_scopes(self, claims: Claims) -> tuple[str, ...]:
         """The scopes a caller with `claims` may read."""
         scopes: list[str] = []
@@ -269,6 +289,13 @@ class _Literal:
 
 
 _Formula = tuple[str, tuple[Any, ...]] | _Literal | bool
+
+
+def _atom_text(literal: _Literal) -> str:
+    text = RawStream()(literal.node)
+    if isinstance(literal.node, ast.BoolExpr):
+        text = f"({text})"
+    return f"NOT {text}" if literal.negated else text
 
 
 def _nnf(node: Any, negate: bool, constant: Callable[[Any], bool | None]) -> _Formula:
@@ -432,7 +459,9 @@ class _RuleCompiler:
             if columns and params:
                 raise _mix_error(self.expr, literal.node)
             (row_tests if columns else claim_tests).append(self.test(literal))
-        return _Branch(f"{index}:", tuple(row_tests), tuple(claim_tests), tuple(partitions))
+        return _Branch(
+            f"{index}:", tuple(row_tests), tuple(claim_tests), tuple(partitions), tuple(literals)
+        )
 
 
 def _check_columns(expr: Expression, column_types: Mapping[str, str]) -> None:

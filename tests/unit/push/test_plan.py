@@ -76,11 +76,13 @@ def permissions() -> Permissions:
 
 
 def row(**changes: Any) -> Current:
-    """The locked row 1 of u1 (readable unless told), its rev as the read path makes it."""
+    """The locked row 1 of u1 (readable and writable unless told), its rev as the read
+    path makes it."""
     readable = changes.pop("readable", True)
+    writable = changes.pop("writable", readable)
     values = {"id": 1, "title": "a", "done": False, "owner_id": "u1", "code": "c1", **changes}
     image = route().image_of_values(values)
-    return Current(values, orjson.loads(image.row), image.rev, readable)
+    return Current(values, orjson.loads(image.row), image.rev, readable, writable)
 
 
 CURRENT = row()

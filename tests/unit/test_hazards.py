@@ -1,0 +1,68 @@
+"""hazards.py: the warnings of a valid but risky config (no database)."""
+
+from __future__ import annotations
+
+from sidecar.config.loader import load_config_text
+from sidecar.hazards import config_warnings
+from sidecar.rules.scopes import compile_read_rule
+
+TYPES = {"id": "integer", "owner_id": "text", "is_public": "boolean", "org": "text"}
+
+
+def warnings(collections: str, secret: str = "0123456789abcdef0123456789abcdef") -> list[str]:
+    config = load_config_text(
+        f'database: {{url: x}}\nauth: {{jwt: {{secret: "{secret}"}}}}\ncollections:\n{collections}',
+        env={},
+    )
+    rules = {n: compile_read_rule(c.read, TYPES) for n, c in config.collections.items()}
+    return config_warnings(config, rules)
+
+
+def test_open_branches_name_no_claim():
+    rule = compile_read_rule(
+        load_config_text(
+            "database: {url: x}\nauth: {jwt: {secret: s}}\ncollections:\n"
+            "  t: {table: t, read: \"owner_id = :sub OR (is_public AND NOT org = 'x') OR "
+            '(org = :org AND is_public)"}\n',
+            env={},
+        )
+        .collections["t"]
+        .read,
+        TYPES,
+    )
+    assert rule.open_branches() == ("(is_public AND NOT org = 'x')",)
+    assert not rule.admits_every_row
+
+
+def test_writes_under_an_open_branch_warn_unless_write_where():
+    base = '  t:\n    table: t\n    columns: [id]\n    read: "owner_id = :sub OR is_public"\n'
+    [found] = warnings(base + "    write: {ops: [update]}\n")
+    assert "is_public" in found and "write.where" in found
+    assert warnings(base + '    write: {ops: [update], where: "owner_id = :sub"}\n') == []
+    assert warnings(base) == []  # read-only: nothing to warn about
+    admin = base.replace("OR is_public", "OR :role = 'admin'")
+    assert warnings(admin + "    write: {ops: [update]}\n") == []
+
+
+def test_read_true_over_every_column():
+    [found] = warnings('  t: {table: t, read: "true"}\n')
+    assert "every column" in found
+    assert warnings('  t: {table: t, read: "true", columns: [id]}\n') == []
+
+
+def test_client_wins_with_immutable():
+    text = (
+        '  t:\n    table: t\n    read: "owner_id = :sub"\n'
+        "    write: {ops: [insert, update], immutable: [org]}\n    conflict: client_wins\n"
+    )
+    [found] = warnings(text)
+    assert "client_wins" in found and "org" in found
+
+
+def test_weak_secrets_are_never_printed():
+    rules = '  t: {table: t, read: "owner_id = :sub"}\n'
+    [short] = warnings(rules, secret="tiny")
+    assert "4 bytes" in short and "tiny" not in short
+    demo = "demo-secret-change-me-0123456789abcdef"
+    [known] = warnings(rules, secret=demo)
+    assert "published" in known and demo not in known
