@@ -139,7 +139,8 @@ def lock_rows(
     on = " AND ".join(f"t.{ident(c)} = v.k{n}" for n, c in enumerate(key_cols))
     select = ", ".join(f"t.{ident(c)}" for c in route.needed)
     readable = st.rule(route.config.read, claims)
-    writable = st.scope(route, claims)
+    where = route.config.write.where
+    writable = readable if where is None else f"({readable} AND {st.rule(where, claims)})"
     st.add(
         f"SELECT v.i, {readable} AS sidecar_read, {writable} AS sidecar_write, {select} ",
         f"FROM {table_name(route)} AS t ",

@@ -132,6 +132,8 @@ def _plan_insert(
     if not conflicts.overwrites(route.config.conflict):
         return conflict(m, current, "a row with that key already exists")
     # client_wins: an update of that row, with every check an update has
+    if not current.writable:
+        raise Forbidden(f"that row is outside your {scope_name(route)}")
     data = _update_data(route, m, principal, current)
     return _update_write(principal, route, m, current, data)
 

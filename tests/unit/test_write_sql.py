@@ -121,7 +121,8 @@ def test_delete_binds_the_key() -> None:
 def test_lock_rows_tags_each_key_with_its_position() -> None:
     st = lock_rows(_route(), [{"id": 5}, {"id": 3}], CLAIMS)
     text = _bound(st)
-    assert text.startswith('SELECT v.i, ((owner = $5) IS TRUE) AS sidecar_read, t."id", ')
+    read = "((owner = $5) IS TRUE)"
+    assert text.startswith(f'SELECT v.i, {read} AS sidecar_read, {read} AS sidecar_write, t."id", ')
     assert "JOIN (VALUES ($1::integer, $2::integer), ($3::integer, $4::integer)) " in text
     assert text.endswith(' ORDER BY t."id" FOR UPDATE OF t')
     assert st.params == [0, 5, 1, 3, HOSTILE]
