@@ -294,8 +294,7 @@ class Ingest:
 
     def snapshot_rows(self, route: Collection, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows read by the initial copy (typed values of route.needed, in order)."""
-        image = route.image_of_typed
-        images: list[Image] = [image(r) for r in rows]
+        images = route.copied_images(rows)
         self._submit(self._load, self.store.prepare_load(route.name, images))
         self.rows_applied += len(rows)
 

@@ -17,8 +17,10 @@ Tables:
 
 from __future__ import annotations
 
-# Bumped when the file layout changes; a store of another format is rebuilt.
-FORMAT = "3"
+# Bumped when the file layout or the stored JSON of a value changes; a store of another
+# format is rebuilt. 4: json/jsonb values stored as PostgreSQL's own text (exact numbers,
+# any depth), which changes their rows' rev.
+FORMAT = "4"
 
 # Tables are plain rowid tables so that the initial copy appends; their indexes are built
 # after it (a bulk load runs without them).
