@@ -48,6 +48,7 @@ from sidecar.lsn import lsn_to_str
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.pull import Puller, PullRequest
 from sidecar.service import Service
+from sidecar.values import loads_exact
 
 PATH = "/watermelondb/sync"
 VERSION_BITS = 37  # versions below 2^37 (137 billion changes per store epoch)
@@ -216,7 +217,7 @@ class Reader:
         while True:
             page = await self._page(cursor)
             for line in page.lines:
-                change = orjson.loads(line)
+                change = loads_exact(line)
                 key = change["key"]
                 if len(key) == 1:
                     latest[change["collection"], record_id(next(iter(key.values())))] = change

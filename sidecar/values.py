@@ -288,23 +288,29 @@ def exact_leaf(raw: str) -> Any:
     text with its own spacing."""
     try:
         value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return orjson.Fragment(raw)
-    if orjson.dumps(value) == raw.encode():
-        return value
+        if orjson.dumps(value) == raw.encode():
+            return value
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # deeper than orjson goes
+        pass
     return orjson.Fragment(raw)
 
 
-def _has_float(value: Any) -> bool:
-    stack = [value]
+_ORJSON_DEPTH = 254  # orjson writes no deeper
+
+
+def _not_plain(value: Any) -> bool:
+    """Whether a parsed value has a float (maybe rounded by orjson) or nesting deeper than
+    orjson writes."""
+    stack = [(value, 0)]
     while stack:
-        v = stack.pop()
-        if type(v) is float:
+        v, depth = stack.pop()
+        kind = type(v)
+        if kind is float or depth > _ORJSON_DEPTH:
             return True
-        if type(v) is dict:
-            stack.extend(v.values())
-        elif type(v) is list:
-            stack.extend(v)
+        if kind is dict:
+            stack.extend((x, depth + 1) for x in v.values())
+        elif kind is list:
+            stack.extend((x, depth + 1) for x in v)
     return False
 
 
@@ -318,7 +324,7 @@ def loads_exact(data: bytes | str, levels: int = 2) -> Any:
     except orjson.JSONDecodeError:
         pass
     else:
-        if not _has_float(value):
+        if not _not_plain(value):
             return value
     text = data if isinstance(data, str) else bytes(data).decode()
     return _split(text, levels)

@@ -182,3 +182,23 @@ async def test_rules_over_jsonb_columns_see_parsed_values(pg_dsn, pg_url, sideca
     body = await pulled_body(sc)
     found = re.findall(r'"collection":"flagged","op":"upsert","key":\{"id":(\d+)\}', body)
     assert {int(i) for i in found} == {1, 3, 4}
+
+
+async def test_adapters_serve_poison_values(pg_dsn, pg_url, sidecar_factory):
+    """Electric (values as text), RxDB and WatermelonDB (JSON documents) answer with the
+    exact number and the deep value, not a 500."""
+    run_sql(pg_dsn, SCHEMA)
+    sc = await sidecar_factory(pg_url, DOCS)
+    insert_poison(pg_dsn, 1)
+    await sc.caught_up(pg_dsn)
+    big = "123456789012345678901234567890"
+    for path, params in (
+        ("/electric/v1/shape", {"table": "docs", "offset": "-1"}),
+        ("/rxdb/docs/pull", {}),
+        ("/watermelondb/sync", {"last_pulled_at": "null"}),
+    ):
+        resp = await sc.get(path, sub=1, params=params)
+        text = await resp.text()
+        assert resp.status == 200, (path, text[:300])
+        assert big in text, path
+        assert "[" * 3000 in text, path
