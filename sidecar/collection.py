@@ -134,9 +134,11 @@ class Collection:
 
     def ident_of(self, text: Sequence[Any]) -> str:
         """Identity from the text of the needed columns (only ident positions are read)."""
-        loaded = self._tx.load_sequence(
-            [None if v is UNCHANGED else v for v in text] if UNCHANGED in text else text
-        )
+        plain = [None if v is UNCHANGED else v for v in text] if UNCHANGED in text else text
+        try:
+            loaded: Sequence[Any] = self._tx.load_sequence(plain)
+        except Exception:  # a value psycopg cannot take: never stop capture
+            loaded = self._salvage(plain)
         return dumps({c: loaded[i] for c, i in self._ident_pos}).decode()
 
     # -- images -------------------------------------------------------------------------
