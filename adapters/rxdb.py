@@ -54,7 +54,7 @@ from sidecar.errors import InvalidRequest, PayloadTooLarge
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.pull import PullRequest, StreamEvent
 from sidecar.service import Service
-from sidecar.values import JSON_OPTIONS
+from sidecar.values import JSON_OPTIONS, loads_exact
 
 log = structlog.get_logger("sidecar.adapters.rxdb")
 
@@ -116,7 +116,7 @@ class Shape:
 
     def of_change(self, line: bytes) -> dict[str, Any]:
         """The document of one core change line (a delete: a tombstone)."""
-        change = orjson.loads(line)
+        change = loads_exact(line)
         if change["op"] == "delete":
             return self.tombstone(change["key"])
         return self.document(change["row"], change["key"])

@@ -51,6 +51,7 @@ from sidecar.lsn import lsn_to_str
 from sidecar.mutations import Mutation, MutationResult
 from sidecar.pull import Puller, PullRequest
 from sidecar.service import Service
+from sidecar.values import loads_exact
 
 PATH = "/watermelondb/sync"
 VERSION_BITS = 37  # versions below 2^37 (137 billion changes per store epoch)
@@ -243,7 +244,7 @@ class Reader:
 def _latest(lines: Iterable[bytes], wanted: Set[tuple[str, str]] | None) -> Latest:
     latest: Latest = {}
     for line in lines:
-        change = orjson.loads(line)
+        change = loads_exact(line)
         key = change["key"]
         if len(key) == 1:
             ident = change["collection"], record_id(next(iter(key.values())))

@@ -10,25 +10,43 @@ For each row it computes, from the text values of the columns the collection nee
 - `hidden`: JSON of the needed columns that are not exposed.
 
 A TOASTed value that an UPDATE did not change arrives as "unchanged": its JSON value is
-taken from the stored image instead (for the read rule too, which then sees the JSON
-form of that value — exact for text, json and arrays of them, the types that TOAST).
+taken from the stored image instead, as the exact text stored (for the read rule too,
+which then sees the JSON form of that value — exact for text, json and arrays of them,
+the types that TOAST).
+
+No value stops capture: a value that cannot be loaded or encoded (none is known since
+json/jsonb are kept as PostgreSQL's text, see values.py) is kept as PostgreSQL's text of
+it, with a warning (`value kept as text`) and the `sidecar_capture_values_as_text` count —
+the row is never dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 import structlog
+from psycopg.pq import Format
 
 from sidecar.catalog import TableInfo
 from sidecar.changes import Image, rev_of
 from sidecar.config.model import CollectionConfig
 from sidecar.rules.scopes import ReadRule, compile_read_rule
 from sidecar.unchanged import UNCHANGED
-from sidecar.values import JSON_OPTIONS, dumps, json_fixer, make_transformer
+from sidecar.values import (
+    JSON_OIDS,
+    JSON_OPTIONS,
+    JsonText,
+    dumps,
+    exact_leaf,
+    json_fixer,
+    json_value,
+    make_transformer,
+    raw_members,
+)
 from sidecar.values import default as values_default
 
 log = structlog.get_logger("sidecar.capture")
@@ -107,7 +125,8 @@ class Collection:
         self._static_scopes = (
             None if self.read.columns else tuple(self._prefix + s for s in self.read.row_scopes({}))
         )
-        self._scopes = self.read.scoper(self._prefix, self.needed)
+        self._scopes = self._scoper()
+        self.values_as_text = 0  # values kept as their text (see the module doc)
         # The image of a row given the typed values of every needed column, in order.
         self.image_of_typed: Callable[[Sequence[Any]], Image] = self._image_builder()
 
@@ -115,9 +134,11 @@ class Collection:
 
     def ident_of(self, text: Sequence[Any]) -> str:
         """Identity from the text of the needed columns (only ident positions are read)."""
-        loaded = self._tx.load_sequence(
-            [None if v is UNCHANGED else v for v in text] if UNCHANGED in text else text
-        )
+        plain = [None if v is UNCHANGED else v for v in text] if UNCHANGED in text else text
+        try:
+            loaded: Sequence[Any] = self._tx.load_sequence(plain)
+        except Exception:  # a value psycopg cannot take: never stop capture
+            loaded = self._salvage(plain)
         return dumps({c: loaded[i] for c, i in self._ident_pos}).decode()
 
     # -- images -------------------------------------------------------------------------
@@ -131,28 +152,93 @@ class Collection:
         """
         if UNCHANGED in text:
             return self._image_merging(text, old_row, old_hidden)
-        return self.image_of_typed(self._tx.load_sequence(text))
+        try:
+            return self.image_of_typed(self._tx.load_sequence(text))
+        except Exception:  # a value psycopg or orjson cannot take: never stop capture
+            return self.image_of_typed(self._salvage(text))
 
     def change_image(self, text: Sequence[Any]) -> Image | PendingImage:
         """The image of a row change: pending when values were sent as UNCHANGED, to be
         completed by the store with the row's stored JSON."""
         if UNCHANGED in text:
             return PendingImage(self, text, self.ident_of(text))
-        return self.image_of_typed(self._tx.load_sequence(text))
+        try:
+            return self.image_of_typed(self._tx.load_sequence(text))
+        except Exception:  # a value psycopg or orjson cannot take: never stop capture
+            return self.image_of_typed(self._salvage(text))
+
+    def copied_images(self, rows: Sequence[Sequence[Any]]) -> list[Image]:
+        """Images of rows read by the initial copy (typed values of `needed`)."""
+        image = self.image_of_typed
+        try:
+            return [image(r) for r in rows]
+        except Exception:  # a value orjson cannot take: never stop the copy
+            return [self._safe_typed_image(r) for r in rows]
+
+    def _safe_typed_image(self, values: Sequence[Any]) -> Image:
+        try:
+            return self.image_of_typed(values)
+        except Exception:
+            return self.image_of_typed(self._salvage([None] * len(values), values))
+
+    def _salvage(self, text: Sequence[Any], typed: Sequence[Any] | None = None) -> list[Any]:
+        """Values of a row one by one: each one that cannot be loaded (from `text`) or
+        encoded is replaced by its text (PostgreSQL's, or `str()` of a copied value)."""
+        loaders = [self._tx.get_loader(oid, Format.TEXT) for oid in self.needed_oids]
+        fixers = dict(self._fixers)
+        out: list[Any] = []
+        for i, name in enumerate(self.needed):
+            raw = text[i]
+            try:
+                if typed is not None:
+                    value = typed[i]
+                else:
+                    value = None if raw is None else loaders[i].load(raw)
+                fix = fixers.get(i)
+                dumps(fix(value) if fix else value)
+            except Exception as exc:
+                fallback = raw if typed is None else str(typed[i])
+                value = (
+                    bytes(fallback).decode()
+                    if isinstance(fallback, bytes | memoryview)
+                    else fallback
+                )
+                self.values_as_text += 1
+                log.warning(
+                    "value kept as text",
+                    collection=self.name,
+                    column=name,
+                    type=self.table.column(name).type_name,  # type: ignore[union-attr]
+                    error=f"{type(exc).__name__}: {exc}"[:200],
+                )
+            out.append(value)
+        return out
 
     def _image_merging(
         self, text: Sequence[Any], old_row: bytes | None, old_hidden: bytes | None
     ) -> Image:
-        values = list(self._tx.load_sequence([None if v is UNCHANGED else v for v in text]))
-        old: dict[str, Any] = {}
+        plain = [None if v is UNCHANGED else v for v in text]
+        try:
+            values = list(self._tx.load_sequence(plain))
+        except Exception:  # a value psycopg cannot take: never stop capture
+            values = self._salvage(plain)
+        # The stored JSON, split without parsing the values: each unchanged value is
+        # taken as the exact text stored (its rev stays the one push computes).
+        old: dict[str, str] = {}
         if old_row:
-            old.update(orjson.loads(old_row))
+            old.update(raw_members(bytes(old_row).decode()))
         if old_hidden:
-            old.update(orjson.loads(old_hidden))
+            old.update(raw_members(bytes(old_hidden).decode()))
         for i, v in enumerate(text):
             if v is UNCHANGED:
-                values[i] = old.get(self.needed[i])
-        return self.image_of_typed(values)
+                raw = old.get(self.needed[i])
+                if raw is None or raw == "null":
+                    values[i] = None
+                elif self.needed_oids[i] in JSON_OIDS:
+                    values[i] = JsonText(raw)
+                else:
+                    values[i] = exact_leaf(raw)
+        return self._safe_typed_image(values)
 
     def _image_builder(self) -> Callable[[Sequence[Any]], Image]:
         """`image_of_typed` for this route. Capture and the initial copy call it once per
@@ -188,6 +274,28 @@ class Collection:
             return Image(ident.decode(), key, row, rev_of(row), scopes, hidden)
 
         return image
+
+    def _scoper(self) -> Callable[[Sequence[Any]], tuple[str, ...]]:
+        """The read rule's scopes of a row given as values of `needed`; json/jsonb values
+        the rule reads are parsed for it (kept as text in the row, see values.py)."""
+        scopes = self.read.scoper(self._prefix, self.needed)
+        json_read = tuple(
+            i
+            for i, (c, oid) in enumerate(zip(self.needed, self.needed_oids, strict=True))
+            if oid in JSON_OIDS and c in self.read.columns
+        )
+        if not json_read:
+            return scopes
+
+        def parsed(values: Sequence[Any]) -> tuple[str, ...]:
+            values = list(values)
+            for i in json_read:
+                # too deep to evaluate: the rule sees the text (not TRUE)
+                with contextlib.suppress(ValueError):
+                    values[i] = json_value(values[i])
+            return scopes(values)
+
+        return parsed
 
     def image_of_values(self, values: Mapping[str, Any]) -> Image:
         """The image of a row given typed values by column name (e.g. from a SELECT)."""

@@ -145,6 +145,12 @@ class Metrics:
         self.commits_applied = Gauge(
             "sidecar_capture_commits_applied", "Transactions applied to the store", registry=r
         )
+        self.values_as_text = Gauge(
+            "sidecar_capture_values_as_text",
+            "Values kept as PostgreSQL's text because they could not be loaded or encoded",
+            ["collection"],
+            registry=r,
+        )
         self.flushed_lsn = Gauge(
             "sidecar_capture_flushed_lsn", "LSN acknowledged to PostgreSQL", registry=r
         )

@@ -6,7 +6,7 @@ DBA can act on one report. Used at start-up and by `sidecar check`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -168,7 +168,7 @@ def _publication_checks(
     if row is None:
         create = (
             f"CREATE PUBLICATION {_q(pub)} FOR TABLE "
-            + ", ".join(t.ref.qualified for t in tables.values())
+            + ", ".join(t.ref.qualified for t in distinct_tables(tables.values()))
             + " WITH (publish_via_partition_root = true)"
         )
         if not config.database.create_publication:
@@ -187,7 +187,7 @@ def _publication_checks(
             (pub,),
         )
     }
-    missing = [t for t in tables.values() if t.oid not in published]
+    missing = [t for t in distinct_tables(tables.values()) if t.oid not in published]
     if missing and config.database.create_publication and not row[0]:
         alter = f"ALTER PUBLICATION {_q(pub)} ADD TABLE " + ", ".join(
             t.ref.qualified for t in missing
@@ -335,8 +335,15 @@ def publication_statement(
     )
     return sql.SQL(head).format(
         sql.Identifier(config.database.publication),
-        sql.SQL(", ").join(sql.Identifier(t.ref.schema, t.ref.name) for t in tables),
+        sql.SQL(", ").join(
+            sql.Identifier(t.ref.schema, t.ref.name) for t in distinct_tables(tables)
+        ),
     )
+
+
+def distinct_tables(tables: Iterable[TableInfo]) -> list[TableInfo]:
+    """Each table once (several collections may map one table), in order."""
+    return list({t.oid: t for t in tables}.values())
 
 
 def create_publication(conn: psycopg.Connection, config: Config, tables: list[TableInfo]) -> str:

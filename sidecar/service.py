@@ -306,6 +306,8 @@ class Service:
         m = self.metrics
         m.rows_applied.set(st.rows_applied)
         m.commits_applied.set(st.commits_applied)
+        for name, route in self.routes.items():
+            m.values_as_text.labels(collection=name).set(route.values_as_text)
         m.flushed_lsn.set(st.acked_lsn)
         m.lag_bytes.set(max(0, st.server_lsn - st.flushed_lsn))
         m.lag_seconds.set(st.lag_seconds())

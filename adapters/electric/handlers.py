@@ -36,6 +36,7 @@ from sidecar.edge import principal_of, public, service_of
 from sidecar.errors import CursorExpired, InvalidRequest, SidecarError
 from sidecar.pull import PullRequest
 from sidecar.service import Service
+from sidecar.values import loads_exact
 
 __all__ = ["cors", "preflight", "shape"]
 
@@ -134,7 +135,7 @@ def _headers(req: ShapeRequest, renderer: Renderer, handle: Handle, offset: str)
 async def _parsed(req: ShapeRequest, page: Page) -> tuple[list[Any], dict[str, int]]:
     """The page's changes, parsed once, and the push transactions behind their rows (for
     the client's `awaitTxId`)."""
-    changes = [orjson.loads(line) for line in page.lines]
+    changes = [loads_exact(line) for line in page.lines]
     keys = [key_json(change["key"]) for change in changes]
     subject = req.principal.subject
     return changes, await req.service.puller.txids(req.spec.table, keys, subject)

@@ -12,6 +12,10 @@ written.
 
 A primary-key change is a delete of the old identity and an upsert of the new one. A
 TOASTed value sent as "unchanged" is filled in by the store from the row's stored image.
+
+Several collections may map one table (different rules or columns): every row change and
+every truncate of the table goes to each of them, in config order, each against its own
+stored rows (the store keys rows by collection).
 """
 
 from __future__ import annotations
@@ -91,8 +95,11 @@ class Ingest:
         self.backfilled = dict(backfilled or {})
         self._txn_lsn = 0
         self._txn_xid = 0
-        self.routes_by_oid = {r.table.oid: r for r in routes}
-        self.relations: dict[int, _RelMap] = {}
+        # Every collection of a table, in config order: each gets every change of it.
+        self.routes_by_oid: dict[int, tuple[Collection, ...]] = {}
+        for r in routes:
+            self.routes_by_oid[r.table.oid] = (*self.routes_by_oid.get(r.table.oid, ()), r)
+        self.relations: dict[int, tuple[_RelMap, ...]] = {}
         self.decoder = Decoder()
         self.skip_through = skip_through  # commits ending at or before this are applied
         self._writer = writer
@@ -114,9 +121,13 @@ class Ingest:
     # -- relation map ----------------------------------------------------------------------
 
     def _on_relation(self, rel: po.Relation) -> None:
-        route = self.routes_by_oid.get(rel.relid)
-        if route is None:
+        routes = self.routes_by_oid.get(rel.relid)
+        if not routes:
             return  # a table of the publication that no collection maps
+        self.relations[rel.relid] = tuple(self._rel_map(route, rel) for route in routes)
+
+    @staticmethod
+    def _rel_map(route: Collection, rel: po.Relation) -> _RelMap:
         names = [c.name for c in rel.columns]
         missing = [c for c in route.needed if c not in names]
         if missing:
@@ -137,7 +148,7 @@ class Ingest:
                 )
         positions = tuple(by_name[c][0] for c in route.needed)
         whole = positions == tuple(range(len(rel.columns)))
-        self.relations[rel.relid] = _RelMap(route, positions, whole)
+        return _RelMap(route, positions, whole)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -194,11 +205,15 @@ class Ingest:
         self.store.commit(lsn)
 
     def _on_row(self, msg: po.Insert | po.Update | po.Delete) -> None:
-        rm = self.relations.get(msg.relid)
-        if rm is None:
+        maps = self.relations.get(msg.relid)
+        if maps is None:
             if msg.relid in self.routes_by_oid:
                 raise SchemaChanged(f"row change for relation {msg.relid} before its Relation")
             return
+        for rm in maps:  # every collection of the table
+            self._route_row(rm, msg)
+
+    def _route_row(self, rm: _RelMap, msg: po.Insert | po.Update | po.Delete) -> None:
         route = rm.route
         if self.backfilled and self._txn_lsn < self.backfilled.get(route.name, 0):
             return  # in the backfill's snapshot already
@@ -219,9 +234,9 @@ class Ingest:
         if type(msg) is po.Truncate:
             self._flush()
             for relid in msg.relids:
-                rm = self.relations.get(relid)
-                if rm is not None and self._txn_lsn >= self.backfilled.get(rm.route.name, 0):
-                    self._touched |= self._on_writer(self.store.truncate, rm.route.name)
+                for rm in self.relations.get(relid, ()):
+                    if self._txn_lsn >= self.backfilled.get(rm.route.name, 0):
+                        self._touched |= self._on_writer(self.store.truncate, rm.route.name)
         elif type(msg) is po.LogicalMessage and msg.prefix == PREFIX:
             self._on_message(msg)
 
@@ -279,8 +294,7 @@ class Ingest:
 
     def snapshot_rows(self, route: Collection, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows read by the initial copy (typed values of route.needed, in order)."""
-        image = route.image_of_typed
-        images: list[Image] = [image(r) for r in rows]
+        images = route.copied_images(rows)
         self._submit(self._load, self.store.prepare_load(route.name, images))
         self.rows_applied += len(rows)
 

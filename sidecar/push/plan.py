@@ -37,7 +37,7 @@ from sidecar.errors import Conflict, Forbidden, NotFound, SidecarError, Validati
 from sidecar.mutations import Mutation, MutationResult, check_value, rejected
 from sidecar.permissions import Permissions
 from sidecar.push import conflicts
-from sidecar.values import to_json_value
+from sidecar.values import loads_exact, to_json_value
 from sidecar.walmessage import MutationMessage
 
 
@@ -295,7 +295,7 @@ def verdict(
         unsendable = ValidationFailed(f"the written row cannot be sent to clients: {exc}")
         return rejected(m.id, unsendable), None
     key = orjson.loads(image.key)
-    result = MutationResult(m.id, "applied", rev=image.rev, row=orjson.loads(image.row))
+    result = MutationResult(m.id, "applied", rev=image.rev, row=loads_exact(image.row))
     return result, record(principal, route, m, image.rev, key)
 
 

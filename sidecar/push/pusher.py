@@ -57,6 +57,7 @@ from sidecar.push.plan import (
     with_body_pointers,
 )
 from sidecar.store.base import StoreReader
+from sidecar.values import loads_exact
 from sidecar.walmessage import MutationMessage
 
 log = structlog.get_logger("sidecar.push")
@@ -482,7 +483,7 @@ class Pusher:
                 m = ms[row[0]]
                 values = dict(zip(route.needed, row[3:], strict=True))
                 image = route.image_of_values(values)
-                row_json = orjson.loads(image.row)
+                row_json = loads_exact(image.row)
                 out[m.id] = Current(values, row_json, image.rev, bool(row[1]), bool(row[2]))
         return out
 

@@ -103,13 +103,20 @@ class Netting:
         coll, gone, new = change
         if gone is None and type(new) is Image and self._rewrite(coll, new):
             return
+        # Values sent as unchanged are filled in from the row as stored: under its old
+        # identity when the change renamed it.
+        source: RowState | None = None
         if gone is not None:
-            self._remove(self._state(coll, gone))
+            source = self._state(coll, gone)
+            old = (source.row, source.hidden) if source.exists else (None, None)
+            self._remove(source)
         if new is None:
             return
         st = self._state(coll, new.ident)
-        if not isinstance(new, Image):  # values sent as unchanged: fill them in from the row
-            new = new.complete(st.row, st.hidden) if st.exists else new.complete(None, None)
+        if not isinstance(new, Image):
+            if source is None:
+                old = (st.row, st.hidden) if st.exists else (None, None)
+            new = new.complete(*old)
         self._put(st, new)
 
     def _rewrite(self, coll: str, im: Image) -> bool:

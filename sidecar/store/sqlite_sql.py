@@ -19,8 +19,10 @@ Tables:
 
 from __future__ import annotations
 
-# Bumped when the file layout changes; a store of another format is rebuilt, except a
-# format `MIGRATIONS` knows how to bring up to this one in place.
+# Bumped when the file layout or the stored JSON of a value changes; a store of another
+# format is rebuilt, except a format `MIGRATIONS` knows how to bring up to this one.
+# 4: mutation ids keyed by (subject, id); json/jsonb values stored as PostgreSQL's own
+# text (exact numbers, any depth), which changes their rows' rev.
 FORMAT = "4"
 
 # Tables are plain rowid tables so that the initial copy appends; their indexes are built
@@ -59,9 +61,12 @@ CREATE TABLE IF NOT EXISTS mutations (
 );
 """
 
-# Formats brought up to `FORMAT` in place (statements run in one transaction). Format 3
-# keyed mutation ids alone; its rows already carry their subject, so only that table is
-# rebuilt (rows, entries and cursors are kept; a missing subject becomes "").
+# Formats brought up to `FORMAT` (statements run in one transaction). Format 3 keyed
+# mutation ids alone; its rows already carry their subject, so that table is rewritten in
+# place (a missing subject becomes ""). Its json/jsonb values are in the old form, so the
+# synced rows are copied again: the migration marks the copy as not done, and the next
+# start rebuilds the store — keeping the mutation ids, as any rebuild on the same
+# database lineage does (clients resync once, with 410).
 MIGRATIONS = {
     "3": """
 ALTER TABLE mutations RENAME TO mutations_v3;
@@ -77,6 +82,7 @@ CREATE TABLE mutations (
 INSERT OR IGNORE INTO mutations (subject, id, device, lsn, outcome, at)
     SELECT coalesce(subject, ''), id, device, lsn, outcome, at FROM mutations_v3;
 DROP TABLE mutations_v3;
+UPDATE meta SET value = '0' WHERE key = 'snapshot_done';
 """,
 }
 
