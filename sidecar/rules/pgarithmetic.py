@@ -27,9 +27,9 @@ from sidecar.rules.pgvalues import (
     NUMERIC_MAX_DIGITS,
     NUMERIC_MAX_SCALE,
     EvaluationError,
+    Unknown,
     check_int8,
     check_numeric,
-    Unknown,
     from_text,
     to_text,
     type_name_of,
@@ -65,7 +65,8 @@ def _pg_weight(value: Decimal) -> tuple[int, int]:
     if value == 0:
         return 0, 0
     weight = value.adjusted() // 4
-    return weight, int(NUMERIC.scaleb(abs(value), -4 * weight).to_integral_value(decimal.ROUND_DOWN))
+    first = NUMERIC.scaleb(abs(value), -4 * weight).to_integral_value(decimal.ROUND_DOWN)
+    return weight, int(first)
 
 
 def _dscale(value: Decimal) -> int:
