@@ -140,7 +140,9 @@ def arithmetic(op: str, x: Any, y: Any) -> Any:
 
 def negate(value: Any) -> Any:
     kind = type(value)
-    if kind is int or kind is float:
+    if kind is int:
+        return check_int8(-value)
+    if kind is float:
         return -value
     if kind is Decimal:
         return value.copy_negate()
