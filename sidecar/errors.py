@@ -75,6 +75,12 @@ class InvalidRequest(SidecarError):
     code, status, title = "invalid_request", 400, "Invalid request"
 
 
+class ExpressionTooLarge(InvalidRequest):
+    """A client-supplied expression (Electric's `where`) over the size limits."""
+
+    code, title = "expression_too_large", "Expression too large"
+
+
 class MethodNotAllowed(InvalidRequest):
     status = 405
 

@@ -3,16 +3,21 @@
 A request is authenticated and parsed (`ShapeRequest`), then answered with one chunk of
 the shape log (`_chunk`), a live long-poll, Server-Sent Events (`_sse`), or `409` +
 `must-refetch` with a new handle when the client's handle is not this shape's any more.
-Every answer under `/electric/` may be read cross-origin (`cors`).
+Every answer under `/electric/` may be read cross-origin (`cors`). A shape with `where`
+is compiled and its pages filtered in a small thread pool of its own (`_WHERE_THREADS`),
+never on the event loop: other clients are answered while a costly filter runs, and the
+store's reader threads are not taken by it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -40,6 +45,9 @@ from sidecar.values import loads_exact
 
 __all__ = ["cors", "preflight", "shape"]
 
+_WHERE_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="electric-where")
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True, slots=True)
 class ShapeRequest:
@@ -54,6 +62,14 @@ class ShapeRequest:
     live: bool
     sse: bool
     cursor: str | None
+
+
+async def _off_loop(req: ShapeRequest, fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(*args)`, in the `where` threads when the shape has a `where` (compiling it,
+    evaluating it on a page of rows), else here (no client expression)."""
+    if req.spec.where is None:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(_WHERE_THREADS, fn, *args)
 
 
 async def _parse(request: web.Request) -> ShapeRequest:
@@ -142,9 +158,9 @@ async def _parsed(req: ShapeRequest, page: Page) -> tuple[list[Any], dict[str, i
 
 
 async def _chunk(req: ShapeRequest, handle: Handle, page: Page, initial: bool) -> web.Response:
-    renderer = Renderer(req.spec, req.principal.claims)
+    renderer = await _off_loop(req, Renderer, req.spec, req.principal.claims)
     changes, txids = await _parsed(req, page)
-    messages = renderer.messages(changes, initial, txids)
+    messages = await _off_loop(req, renderer.messages, changes, initial, txids)
     headers = _headers(req, renderer, handle, f"{page.cursor.version}_0")
     if not page.has_more:
         messages.append(UP_TO_DATE)
@@ -176,7 +192,7 @@ async def _sse(request: web.Request, req: ShapeRequest, handle: Handle) -> web.S
     the token expires or when the store is rebuilt (the reconnect then gets its 409)."""
     assert req.version is not None
     page = await _pull(req, Cursor(handle.epoch, req.version), live=True)
-    renderer = Renderer(req.spec, req.principal.claims)
+    renderer = await _off_loop(req, Renderer, req.spec, req.principal.claims)
     headers = _headers(req, renderer, handle, f"{req.version}_0")
     headers["X-Accel-Buffering"] = "no"
     resp = web.StreamResponse(headers=headers)
@@ -189,7 +205,7 @@ async def _sse(request: web.Request, req: ShapeRequest, handle: Handle) -> web.S
     try:
         while True:
             changes, txids = await _parsed(req, page)
-            await resp.write(_sse_events(renderer, page, changes, txids))
+            await resp.write(await _off_loop(req, _sse_events, renderer, page, changes, txids))
             left = deadline - time.monotonic()
             if left <= 0:
                 break

@@ -5,6 +5,11 @@ and parses the text with the rule parser, whose allow-list refuses sub-selects, 
 functions, ...: a `where` can only narrow the caller's read rule. `where_matcher` compiles
 it with the rules' evaluator over the row's JSON, typed back (numeric, dates, timestamps,
 uuid) where JSON holds them as strings.
+
+A `where` is bounded: at most `MAX_WHERE_LENGTH` characters once its params are bound and
+`MAX_WHERE_NODES` nodes (else `400 expression_too_large`); its values are bounded as
+PostgreSQL bounds them and LIKE runs in linear time (`sidecar.rules`), so one row costs at
+most a few milliseconds; a page is filtered off the event loop (`handlers.py`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ from pglast.parser import ParseError, scan
 
 from adapters.electric.values import column_info
 from sidecar.collection import Collection
+from sidecar.config import expressions
 from sidecar.config.expressions import Expression, ExpressionError, parse_expression
-from sidecar.errors import InvalidRequest
+from sidecar.errors import ExpressionTooLarge, InvalidRequest
 from sidecar.pgtypes import parse_type_name
 from sidecar.rules.evaluator import EvaluationError, compile_evaluator
 
-__all__ = ["parse_where", "where_matcher", "where_params"]
+__all__ = ["MAX_WHERE_LENGTH", "MAX_WHERE_NODES", "parse_where", "where_matcher", "where_params"]
+
+MAX_WHERE_LENGTH = 4096  # characters, with params bound
+MAX_WHERE_NODES = 500  # nodes of the parsed expression
 
 
 def where_params(request: web.Request) -> dict[str, str]:
@@ -45,8 +54,18 @@ def parse_where(raw: str | None, params: Mapping[str, str], route: Collection) -
     sub-selects, unknown functions, ...): it can only narrow the caller's read rule."""
     if not raw:
         return None
+    if len(raw) > MAX_WHERE_LENGTH:
+        raise ExpressionTooLarge(
+            f"where is longer than {MAX_WHERE_LENGTH} characters", parameter="where"
+        )
     try:
-        expr = parse_expression(_bind_params(raw, params))
+        expr = parse_expression(
+            _bind_params(raw, params), max_length=MAX_WHERE_LENGTH, max_nodes=MAX_WHERE_NODES
+        )
+    except expressions.ExpressionTooLarge as exc:
+        raise ExpressionTooLarge(
+            f"where is refused: {exc.message}", parameter="where", token=exc.token
+        ) from None
     except ExpressionError as exc:
         raise InvalidRequest(
             f"where is refused: {exc.message}", parameter="where", token=exc.token

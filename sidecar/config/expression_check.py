@@ -9,20 +9,28 @@ constants (integer, numeric, string, boolean, NULL), comparisons `= <> != < <= >
 (not SYMMETRIC), `[NOT] [I]LIKE` with a constant pattern (no ESCAPE clause), arithmetic
 `+ - * /`, string concatenation `||`, casts to the types of `ALLOWED_CASTS` (no typmods, no
 arrays; `cast_target`), `coalesce` and the functions of `sidecar.rules.functions.FUNCTIONS`
-(optionally qualified `pg_catalog.`), at most `MAX_DEPTH` levels deep. A few obviously
+(optionally qualified `pg_catalog.`), at most `MAX_DEPTH` levels deep and `max_nodes` nodes
+(`ExpressionTooLarge`), numeric constants within numeric's range. A few obviously
 non-boolean shapes are refused early: a constant, arithmetic or function call where a
 boolean is expected, and a boolean operand of arithmetic or of a function.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
 from pglast import ast, enums
 
-from sidecar.config.expression_source import ExpressionError, SourceMap, token_at
+from sidecar.config.expression_source import (
+    ExpressionError,
+    ExpressionTooLarge,
+    SourceMap,
+    token_at,
+)
 from sidecar.rules.functions import FUNCTIONS
+from sidecar.rules.pgvalues import EvaluationError, check_numeric
 
 __all__ = [
     "ALLOWED_CASTS",
@@ -30,11 +38,13 @@ __all__ = [
     "COMPARISON_OPERATORS",
     "CONCAT_OPERATOR",
     "MAX_DEPTH",
+    "MAX_NODES",
     "Checker",
     "cast_target",
 ]
 
 MAX_DEPTH = 100  # nesting of the expression tree (keeps every later walk far from recursion limits)
+MAX_NODES = 1000  # nodes of the expression tree (bounds the work of evaluating it per row)
 
 #: type name as the parser spells it (after `pg_catalog.`) -> canonical PostgreSQL name
 ALLOWED_CASTS: dict[str, str] = {
@@ -80,10 +90,18 @@ _LIKE_OPERATORS = {"~~", "!~~", "~~*", "!~~*"}
 class Checker:
     """Walks a WHERE tree against the allow-list, collecting column names."""
 
-    def __init__(self, text: str, source_map: SourceMap, params: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        text: str,
+        source_map: SourceMap,
+        params: tuple[str, ...],
+        max_nodes: int = MAX_NODES,
+    ) -> None:
         self.text = text
         self.source_map = source_map
         self.params = params
+        self.max_nodes = max_nodes
+        self.nodes = 0
         self.columns: set[str] = set()
         self._path: list[Any] = []  # the nodes being checked, outermost first
 
@@ -130,6 +148,10 @@ class Checker:
             raise self._fail(f"{_describe(node)} is not allowed in a rule expression", node)
         if len(self._path) >= MAX_DEPTH:
             raise self._fail(f"expression nested more than {MAX_DEPTH} levels deep", node)
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            error = self._fail(f"expression has more than {self.max_nodes} nodes", node)
+            raise ExpressionTooLarge(error.message, error.token, error.position)
         self._path.append(node)
         try:
             return handler(self, node)
@@ -164,7 +186,13 @@ class Checker:
         val = node.val
         if isinstance(val, ast.Boolean):
             return _Kind.BOOL
-        if isinstance(val, ast.Integer | ast.Float | ast.String):
+        if isinstance(val, ast.Float):
+            try:  # PostgreSQL refuses it when parsing too; never expanded here
+                check_numeric(Decimal(str(val.fval)))
+            except EvaluationError as error:
+                raise self._fail(str(error), node) from None
+            return _Kind.VALUE
+        if isinstance(val, ast.Integer | ast.String):
             return _Kind.VALUE
         raise self._fail(f"{_describe(val)} constants are not allowed", node)
 

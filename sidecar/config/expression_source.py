@@ -21,6 +21,7 @@ __all__ = [
     "PREFIX",
     "RPAREN",
     "ExpressionError",
+    "ExpressionTooLarge",
     "SourceMap",
     "Token",
     "clean_message",
@@ -49,6 +50,10 @@ class ExpressionError(Exception):
 
     def __repr__(self) -> str:
         return f"ExpressionError({self.message!r}, token={self.token!r}, position={self.position})"
+
+
+class ExpressionTooLarge(ExpressionError):
+    """An expression over a size limit (characters or nodes): refused before any work on it."""
 
 
 @dataclass(frozen=True, slots=True)

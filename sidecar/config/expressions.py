@@ -18,7 +18,9 @@ Every refusal is an `ExpressionError` naming the offending token and its 0-based
 offset in the text as the user wrote it (positions of the rewritten text are mapped back;
 pglast keeps no location for constants, which are located at their enclosing operator).
 Claim names keep their case (`:Sub` is not `:sub`); `:"odd-name"` quotes one. Limits:
-`MAX_EXPRESSION_LENGTH` characters, `expression_check.MAX_DEPTH` levels of nesting.
+`MAX_EXPRESSION_LENGTH` characters and `expression_check.MAX_NODES` nodes (by default;
+a caller may ask for less: `ExpressionTooLarge`), `expression_check.MAX_DEPTH` levels of
+nesting.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from typing import Any
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
-from sidecar.config.expression_check import Checker
+from sidecar.config.expression_check import MAX_NODES, Checker
 from sidecar.config.expression_source import (
     LPAREN,
     PREFIX,
     RPAREN,
     ExpressionError,
+    ExpressionTooLarge,
     SourceMap,
     Token,
     clean_message,
@@ -50,8 +53,10 @@ from sidecar.config.expression_source import (
 
 __all__ = [
     "MAX_EXPRESSION_LENGTH",
+    "MAX_NODES",
     "Expression",
     "ExpressionError",
+    "ExpressionTooLarge",
     "SourceMap",
     "parse_expression",
 ]
@@ -134,21 +139,22 @@ def _path_to(root: Any, target: Any) -> list[Any]:
     return []
 
 
-def parse_expression(text: str) -> Expression:
-    """Parse and check one rule expression; raises `ExpressionError` (located) if refused."""
+def parse_expression(
+    text: str, max_length: int = MAX_EXPRESSION_LENGTH, max_nodes: int = MAX_NODES
+) -> Expression:
+    """Parse and check one rule expression; raises `ExpressionError` (located) if refused,
+    `ExpressionTooLarge` past `max_length` characters or `max_nodes` nodes."""
     if not isinstance(text, str):
         raise ExpressionError("an expression must be a string")
-    if len(text) > MAX_EXPRESSION_LENGTH:
-        raise ExpressionError(
-            f"expression longer than {MAX_EXPRESSION_LENGTH} characters",
-            None,
-            MAX_EXPRESSION_LENGTH,
+    if len(text) > max_length:
+        raise ExpressionTooLarge(
+            f"expression longer than {max_length} characters", None, max_length
         )
     tokens = scan_tokens(text)
     precheck_tokens(text, tokens)
     rewritten, params, source_map = rewrite_claims(text, tokens)
     where = _parse_where(text, tokens, rewritten, source_map)
-    checker = Checker(text, source_map, params)
+    checker = Checker(text, source_map, params, max_nodes)
     checker.check_boolean(where)
     return Expression(
         text=text,

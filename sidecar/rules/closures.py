@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sidecar.rules.pgarithmetic import negate
+from sidecar.rules.pgarithmetic import concat, negate
 from sidecar.rules.pglike import like_matcher
 from sidecar.rules.pgvalues import (
     ASCII_LOWER,
@@ -20,6 +20,7 @@ from sidecar.rules.pgvalues import (
     EvaluationError,
     compare,
     equal,
+    to_text,
     type_name_of,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "Row",
     "between",
     "binary",
+    "concatenation",
     "constant",
     "distinct",
     "equals_any",
@@ -102,6 +104,32 @@ def binary(left: Fn, right: Fn, op: Callable[[Any, Any], Any]) -> Fn:
         return op(x, y)
 
     return binary
+
+
+def concatenation(args: tuple[Fn, ...]) -> Fn:
+    """`a || b || c ...` (a left-deep chain) in one join: linear in the result's length,
+    where nested pairs would copy the growing text once per operator. NULL and type errors
+    as the nested pairs give them, in the same order."""
+    first, second, *rest = args
+
+    def concatenation(row: Row, claims: Claims) -> Any:
+        x = first(row, claims)
+        if x is None:
+            return None
+        y = second(row, claims)
+        if y is None:
+            return None
+        pieces = [concat(x, y)]
+        for arg in rest:
+            value = arg(row, claims)
+            if value is None:
+                return None
+            if type(value) is list:
+                raise EvaluationError(f"operator does not exist: text || {type_name_of(value)}")
+            pieces.append(to_text(value))
+        return "".join(pieces)
+
+    return concatenation
 
 
 def unary(op: str, arg: Fn) -> Fn:

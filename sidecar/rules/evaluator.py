@@ -38,6 +38,7 @@ from sidecar.rules.closures import (
     Row,
     between,
     binary,
+    concatenation,
     constant,
     distinct,
     equals_any,
@@ -59,7 +60,7 @@ from sidecar.rules.nodes import (
     literal,
     operator,
 )
-from sidecar.rules.pgarithmetic import arithmetic, concat
+from sidecar.rules.pgarithmetic import arithmetic
 from sidecar.rules.pgcasts import CASTS
 from sidecar.rules.pgvalues import (
     EXACT_NUMBERS,
@@ -213,6 +214,8 @@ class Compiler:
 
     def _operator(self, node: ast.A_Expr) -> Fn:
         op = operator(node)
+        if op == "||":
+            return concatenation(tuple(self.compile(n) for n in _concat_operands(node)))
         right = self.compile(node.rexpr)
         if node.lexpr is None:  # prefix + / -
             return unary(op, right)
@@ -224,8 +227,6 @@ class Compiler:
         if op in _CMP_TESTS:
             test = _CMP_TESTS[op]
             return binary(left, right, lambda x, y: test(compare(x, y)))
-        if op == "||":
-            return binary(left, right, concat)
         return binary(left, right, lambda x, y: arithmetic(op, x, y))
 
     def array(self, node: Any) -> Fn:
@@ -288,6 +289,22 @@ class Compiler:
             return None if value is None else cast(value)
 
         return typecast
+
+
+def _concat_operands(node: ast.A_Expr) -> list[Any]:
+    """The operands of a left-deep chain `a || b || c` (how the parser nests it)."""
+    operands = []
+    current: Any = node
+    while (
+        isinstance(current, ast.A_Expr)
+        and current.kind == _A.AEXPR_OP
+        and current.lexpr is not None
+        and operator(current) == "||"
+    ):
+        operands.append(current.rexpr)
+        current = current.lexpr
+    operands.append(current)
+    return operands[::-1]
 
 
 # -- static types (PostgreSQL's parse-time resolution, as far as coalesce needs it) ---------

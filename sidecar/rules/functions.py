@@ -23,7 +23,13 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from sidecar.rules.pgvalues import ASCII_LOWER, ASCII_UPPER, EvaluationError, type_name_of
+from sidecar.rules.pgvalues import (
+    ASCII_LOWER,
+    ASCII_UPPER,
+    EvaluationError,
+    check_int8,
+    type_name_of,
+)
 
 __all__ = ["FUNCTIONS", "Function"]
 
@@ -70,7 +76,9 @@ def _length(function: str) -> Callable[[Any], int]:
 
 def _abs(value: Any) -> Any:
     kind = type(value)
-    if kind is int or kind is float:
+    if kind is int:
+        return check_int8(abs(value))
+    if kind is float:
         return abs(value)
     if kind is Decimal:
         return value.copy_abs()

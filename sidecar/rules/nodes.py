@@ -14,7 +14,7 @@ from typing import Any
 from pglast import ast
 
 from sidecar.rules.functions import FUNCTIONS
-from sidecar.rules.pgvalues import EvaluationError, Unknown, parse_int
+from sidecar.rules.pgvalues import EvaluationError, Unknown, check_numeric, parse_int
 
 __all__ = [
     "column_name",
@@ -90,7 +90,7 @@ def literal(node: ast.A_Const) -> Any:
         try:
             return parse_int(text)  # an integer too big for int4 is an int8 constant
         except EvaluationError:
-            return Decimal(text)
+            return check_numeric(Decimal(text))
     assert isinstance(val, ast.String)
     return Unknown(val.sval)
 

@@ -3,7 +3,9 @@
 `CASTS` maps each canonical target type the config allows (`config.expressions.
 ALLOWED_CASTS`'s values) to its cast. Numeric → integer rounds half away from zero; a
 double → numeric keeps 15 significant digits; a timestamp without a zone meets a zone as
-UTC. A cast PostgreSQL would refuse raises `EvaluationError`.
+UTC. A cast PostgreSQL would refuse raises `EvaluationError`; a number out of an integer
+type's range is refused as PostgreSQL does ("bigint out of range") before any conversion,
+so a huge numeric is never expanded into a Python integer.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any
 from uuid import UUID
 
 from sidecar.rules.pgvalues import (
+    INT_NAMES,
+    INT_RANGES,
     EvaluationError,
-    check_range,
+    check_numeric,
     parse_bool,
     parse_date,
     parse_datetime,
@@ -36,18 +40,29 @@ def _round_half_away(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=decimal.ROUND_HALF_UP))
 
 
+def _in_range(value: int, width: str) -> int:
+    limit = INT_RANGES[width]
+    if not -limit <= value < limit:
+        raise EvaluationError(f"{INT_NAMES[width]} out of range")
+    return value
+
+
 def _cast_int(value: Any, width: str) -> int:
     kind = type(value)
     if kind is int:
-        return check_range(value, width)
+        return _in_range(value, width)
     if kind is bool and width == "int4":
         return int(value)
     if isinstance(value, str):
         return parse_int(value, width)
     if kind is Decimal and value.is_finite():
-        return check_range(_round_half_away(value), width)
+        if value.adjusted() > 19:  # beyond every integer type: never expanded
+            raise EvaluationError(f"{INT_NAMES[width]} out of range")
+        return _in_range(_round_half_away(value), width)
     if kind is float and math.isfinite(value):
-        return check_range(round(value), width)
+        if abs(value) >= 2.0**64:
+            raise EvaluationError(f"{INT_NAMES[width]} out of range")
+        return _in_range(round(value), width)
     raise EvaluationError(f"cannot cast {type_name_of(value)} to {width}")
 
 
@@ -56,7 +71,7 @@ def _cast_numeric(value: Any) -> Decimal:
     if kind is Decimal:
         return value
     if kind is int:
-        return Decimal(value)
+        return check_numeric(Decimal(value))
     if kind is float:
         return Decimal(format(value, ".15g")) if math.isfinite(value) else Decimal(repr(value))
     if isinstance(value, str):

@@ -1,88 +1,176 @@
 """PostgreSQL's LIKE: `%` any run, `_` one character, backslash escapes the next one.
 
-A pattern ending with a lone backslash fails only when matching reaches it, as in
-PostgreSQL (like_match.c). Case folding for ILIKE is the caller's (ASCII only).
+Linear in the text, never backtracking: the pattern is split at its `%` runs into
+segments of fixed length (characters and `_`), and each segment is placed at its leftmost
+occurrence after the previous one (the last one at the end of the text). That greedy
+placement is what PostgreSQL's own MatchText (like_match.c) computes — once a segment is
+placed, its `LIKE_ABORT` never lets it try a later place — so the verdicts are the same,
+including a pattern ending with a lone backslash, which raises only when matching reaches
+it with text left (or right after a `%`). A segment without `_` is found with `str.find`;
+one with `_` with a fixed-length regular expression (no quantifier) on short texts, else
+with a bit-parallel scan (Shift-And) in bounded steps. Case folding for ILIKE is the
+caller's (ASCII only).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sidecar.rules.pgvalues import EvaluationError
 
 __all__ = ["like_matcher"]
 
-
 _LIKE_ESCAPE_ERROR = "LIKE pattern must not end with escape character"
+_ANY = None  # `_` in a segment
+_REGEX_WORK = 1 << 16  # text length x segment length up to which a regex scan is used
 
 
-def like_matcher(pattern: str) -> Callable[[str], bool]:
-    """A LIKE matcher: % any run, _ one character, backslash escapes the next character.
+class _Segment:
+    """Characters and `_` (None) of fixed length, found in a text at or after a position."""
 
-    A regex, except for a pattern ending with a lone backslash: PostgreSQL raises for it
-    only when matching reaches that backslash, so its own algorithm is followed there.
-    """
-    out: list[str] = []
+    __slots__ = ("length", "literal", "masks", "regex", "wild")
+
+    def __init__(self, items: Sequence[str | None]) -> None:
+        self.length = len(items)
+        self.wild = _ANY in items
+        self.literal = "" if self.wild else "".join(i for i in items if i is not None)
+        self.regex = re.compile(
+            "".join("." if i is None else re.escape(i) for i in items), re.DOTALL
+        )
+        wildcards = sum(1 << n for n, i in enumerate(items) if i is None)
+        self.masks: dict[str, int] = {}
+        for n, item in enumerate(items):
+            if item is not None:
+                self.masks[item] = self.masks.get(item, wildcards) | 1 << n
+        self.masks[""] = wildcards  # any other character
+
+    def at(self, text: str, start: int) -> bool:
+        """Whether the segment occurs at `start` (entirely inside the text)."""
+        if start + self.length > len(text):
+            return False
+        if not self.wild:
+            return text.startswith(self.literal, start)
+        return self.regex.match(text, start) is not None
+
+    def find(self, text: str, start: int) -> int:
+        """The leftmost start >= `start` of an occurrence inside the text, or -1."""
+        if not self.wild:
+            return text.find(self.literal, start)
+        if (len(text) - start) * self.length <= _REGEX_WORK:
+            found = self.regex.search(text, start)
+            return -1 if found is None else found.start()
+        return self._shift_and(text, start)
+
+    def _shift_and(self, text: str, start: int) -> int:
+        """Bit-parallel scan: bit n of `state` is set when the segment's first n + 1 items
+        match the text ending here. Linear in the text, one step per character."""
+        masks, other = self.masks, self.masks[""]
+        last = 1 << (self.length - 1)
+        state = 0
+        for end in range(start, len(text)):
+            state = ((state << 1) | 1) & masks.get(text[end], other)
+            if state & last:
+                return end - self.length + 1
+        return -1
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A `%` run (with the `_` inside it: `skip` characters) and the segment after it."""
+
+    skip: int
+    segment: _Segment  # empty at the end of the pattern
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    head: _Segment  # before the first `%`, anchored at the start
+    parts: tuple[_Part, ...]
+    dangling: bool  # ends with a lone backslash
+
+    def match(self, text: str) -> bool:
+        n = len(text)
+        head = self.head
+        if not head.at(text, 0):  # a mismatch, or the text ran out (LIKE_ABORT)
+            return False
+        ti = head.length
+        if not self.parts:
+            if self.dangling and ti < n:
+                raise EvaluationError(_LIKE_ESCAPE_ERROR)
+            return ti == n and not self.dangling
+        for index, part in enumerate(self.parts):
+            if ti == n:  # the text ended at a `%`: only `%`s may be left
+                return self._only_percent_left(index)
+            ti += part.skip
+            if ti > n:  # a `_` after `%` found no character
+                return False
+            segment = part.segment
+            last = index == len(self.parts) - 1
+            if segment.length == 0:  # the pattern ends after the `%` run
+                if self.dangling:
+                    raise EvaluationError(_LIKE_ESCAPE_ERROR)
+                return True
+            if ti >= n:
+                return False
+            if last and not self.dangling:  # anchored at the end of the text
+                start = n - segment.length
+                return start >= ti and segment.at(text, start)
+            found = segment.find(text, ti)
+            if found < 0:
+                return False
+            ti = found + segment.length
+            if last:  # dangling: reached with text left, the backslash is read
+                if ti < n:
+                    raise EvaluationError(_LIKE_ESCAPE_ERROR)
+                return False
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _only_percent_left(self, index: int) -> bool:
+        rest = self.parts[index:]
+        return (
+            len(rest) == 1 and rest[0].skip == 0 and rest[0].segment.length == 0
+        ) and not self.dangling
+
+
+def _compile(pattern: str) -> _Pattern:
+    items: list[str | None] = []  # characters, `_` (None) and `%` ("%" marks a run)
+    percent: list[int] = []  # indexes in `items` of the `%`s
+    dangling = False
     chars = iter(pattern)
     for char in chars:
         if char == "\\":
             escaped = next(chars, None)
             if escaped is None:
-                return lambda text: _match_text(text, 0, pattern, 0) is True
-            out.append(re.escape(escaped))
+                dangling = True
+            else:
+                items.append(escaped)
         elif char == "%":
-            out.append(".*")
+            percent.append(len(items))
+            items.append("%")
         elif char == "_":
-            out.append(".")
+            items.append(_ANY)
         else:
-            out.append(re.escape(char))
-    regex = re.compile("".join(out), re.DOTALL)
-    return lambda text: regex.fullmatch(text) is not None
+            items.append(char)
+    marks = set(percent)
+    bounds = [*percent, len(items)]
+    head = _Segment(items[: bounds[0]])
+    parts: list[_Part] = []
+    position = bounds[0]
+    while position < len(items):  # at a `%`: the run of `%` and `_`, then the segment
+        skip = 0
+        while position < len(items) and (position in marks or items[position] is _ANY):
+            skip += position not in marks
+            position += 1
+        end = position
+        while end < len(items) and end not in marks:
+            end += 1
+        parts.append(_Part(skip, _Segment(items[position:end])))
+        position = end
+    return _Pattern(head, tuple(parts), dangling)
 
 
-def _match_text(t: str, ti: int, p: str, pi: int) -> bool | None:
-    """PostgreSQL's MatchText (like_match.c): True, False, or None for "abort" (no match)."""
-    while ti < len(t) and pi < len(p):
-        char = p[pi]
-        if char == "\\":
-            pi += 1
-            if pi >= len(p):
-                raise EvaluationError(_LIKE_ESCAPE_ERROR)
-            if p[pi] != t[ti]:
-                return False
-        elif char == "%":
-            return _match_percent(t, ti, p, pi + 1)
-        elif char != "_" and char != t[ti]:
-            return False
-        ti, pi = ti + 1, pi + 1
-    if ti < len(t):
-        return False
-    while pi < len(p) and p[pi] == "%":
-        pi += 1
-    return True if pi >= len(p) else None
-
-
-def _match_percent(t: str, ti: int, p: str, pi: int) -> bool | None:
-    """MatchText after a `%`: skip wildcards, then try each text position."""
-    while pi < len(p) and p[pi] in "%_":
-        if p[pi] == "_":
-            if ti >= len(t):
-                return None
-            ti += 1
-        pi += 1
-    if pi >= len(p):
-        return True
-    if p[pi] == "\\":
-        if len(p) - pi < 2:
-            raise EvaluationError(_LIKE_ESCAPE_ERROR)
-        first = p[pi + 1]
-    else:
-        first = p[pi]
-    while ti < len(t):
-        if t[ti] == first:
-            matched = _match_text(t, ti, p, pi)
-            if matched is not False:
-                return matched
-        ti += 1
-    return None
+def like_matcher(pattern: str) -> Callable[[str], bool]:
+    """A LIKE matcher for `pattern`: linear in the text, PostgreSQL's verdicts and errors."""
+    return _compile(pattern).match

@@ -12,7 +12,11 @@ literal or a string claim). The semantics are PostgreSQL's:
   to use C (the tests do);
 - text output is PostgreSQL's with DateStyle ISO and TimeZone UTC (floats through
   `sidecar.pgtypes.float_text`);
-- NaN equals NaN and sorts after every other number.
+- NaN equals NaN and sorts after every other number;
+- numeric values are bounded as PostgreSQL bounds them (`check_numeric`): at most
+  131072 digits before the decimal point and 16383 after, else "value overflows numeric
+  format"; the `NUMERIC` context is bounded accordingly (exact for any two such values),
+  so no operation on a client's value can grow without bound.
 
 A value PostgreSQL would refuse (bad input syntax for a type, comparing text with an
 integer, ...) raises `EvaluationError`.
@@ -46,12 +50,17 @@ __all__ = [
     "ASCII_LOWER",
     "ASCII_UPPER",
     "EXACT_NUMBERS",
+    "INT_NAMES",
     "INT_RANGES",
     "NUMBERS",
     "NUMERIC",
+    "NUMERIC_MAX_DIGITS",
+    "NUMERIC_MAX_SCALE",
     "EvaluationError",
     "Unknown",
     "as_bool",
+    "check_int8",
+    "check_numeric",
     "check_range",
     "column_kind",
     "compare",
@@ -70,10 +79,22 @@ __all__ = [
     "type_name_of",
 ]
 
+#: PostgreSQL's numeric: up to 131072 digits before the decimal point (weight 32767 in
+#: base 10000) and 16383 after (NUMERIC_DSCALE_MAX)
+NUMERIC_MAX_DIGITS = 131072
+NUMERIC_MAX_SCALE = 16383
+_NUMERIC_MAX_ADJUSTED = NUMERIC_MAX_DIGITS - 1
+_NUMERIC_OVERFLOW = "value overflows numeric format"
+#: exact for the sum, difference and product of any two values within those bounds
+#: (at most 2 * 147455 digits); results are then checked (`check_numeric`)
 NUMERIC = decimal.Context(
-    prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[]
+    prec=2 * (NUMERIC_MAX_DIGITS + NUMERIC_MAX_SCALE) + 8,
+    Emax=4 * NUMERIC_MAX_DIGITS,
+    Emin=-4 * (NUMERIC_MAX_DIGITS + NUMERIC_MAX_SCALE),
+    traps=[decimal.Overflow],
 )
 INT_RANGES = {"int2": 1 << 15, "int4": 1 << 31, "int8": 1 << 63}
+INT_NAMES = {"int2": "smallint", "int4": "integer", "int8": "bigint"}
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -139,7 +160,10 @@ def parse_int(text: str, width: str = "int8") -> int:
     match = _INT_RE.fullmatch(text)
     if match is None:
         raise _invalid("integer", text)
-    return check_range(int(match.group(1)), width)
+    digits = match.group(1)
+    if len(digits.lstrip("+-").lstrip("0")) > 19:  # never expanded (nor past str → int limits)
+        raise EvaluationError(f'value "{text}" is out of range for type {INT_NAMES[width]}')
+    return check_range(int(digits), width)
 
 
 def check_range(value: int, width: str) -> int:
@@ -149,10 +173,33 @@ def check_range(value: int, width: str) -> int:
     return value
 
 
+def check_int8(value: int) -> int:
+    """An integer result PostgreSQL could hold (in bigint), else its "out of range" error."""
+    if not -(1 << 63) <= value < 1 << 63:
+        raise EvaluationError("bigint out of range")
+    return value
+
+
+def check_numeric(value: Decimal) -> Decimal:
+    """A numeric PostgreSQL could hold, else its "value overflows numeric format" error.
+
+    Cheap for any value (the exponent and the number of digits, never the digits' value).
+    """
+    if not value.is_finite():
+        return value
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if -exponent > NUMERIC_MAX_SCALE or (
+        value.adjusted() > _NUMERIC_MAX_ADJUSTED and not value.is_zero()
+    ):
+        raise EvaluationError(_NUMERIC_OVERFLOW)
+    return value
+
+
 def parse_numeric(text: str) -> Decimal:
     match = _NUM_RE.fullmatch(text)
     if match is not None:
-        return Decimal(match.group(1))
+        return check_numeric(Decimal(match.group(1)))
     special = _NUM_SPECIAL.get(text.strip(" \t\n\r\v\f").lower())
     if special is None:
         raise _invalid("numeric", text)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from psycopg import RawCursor
 
 from sidecar.config.expressions import parse_expression
+from sidecar.rules import pglike
 from sidecar.rules.evaluator import EvaluationError, evaluate
 from sidecar.rules.scopes import compile_read_rule
 from sidecar.write_sql import bind_claims
@@ -424,5 +425,39 @@ def test_number_semantics_match_postgres(conn: psycopg.Connection[Any]) -> None:
         q, m, s, q7, ft, eq = conn.execute(query, [x, y, f, g]).fetchone()  # type: ignore[misc]
         row = {"x": x, "y": y, "f": f, "g": g, "q": q, "m": m, "s": s, "q7": q7, "ft": ft}
         assert evaluate(expr, {**row, "eq": eq}, {}, types) is True, (row, eq)
+
+    check()
+
+
+@pytest.mark.parametrize("scan", ["regex", "shift-and"])
+def test_like_agrees_with_postgres(
+    conn: psycopg.Connection[Any], scan: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The linear LIKE/ILIKE matcher (both of its ways of finding a segment with `_`)
+    gives PostgreSQL's verdict on random patterns and texts, errors included (a pattern
+    ending with a lone backslash fails only when matching reaches it)."""
+    if scan == "shift-and":
+        monkeypatch.setattr(pglike, "_REGEX_WORK", 0)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        pattern=st.text("ab%_\\AÉ", max_size=9),
+        texts=st.lists(st.text("ab%_\\AÉé", max_size=14), min_size=1, max_size=6),
+    )
+    def check(pattern: str, texts: list[str]) -> None:
+        literal = pattern.replace("'", "''")
+        for op in ("LIKE", "ILIKE"):
+            expr = parse_expression(f"b {op} '{literal}'")
+            for text in texts:
+                try:
+                    row = conn.execute(f"SELECT $1::text {op} $2::text", [text, pattern])
+                    pg: Any = row.fetchone()[0]  # type: ignore[index]
+                except psycopg.errors.DataError as error:
+                    pg = type(error).__name__
+                try:
+                    mine: Any = evaluate(expr, {"b": text}, {}, COLUMN_TYPES)
+                except EvaluationError:
+                    mine = "InvalidEscapeSequence"
+                assert mine == pg, (op, pattern, text)
 
     check()
