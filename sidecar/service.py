@@ -25,7 +25,7 @@ from sidecar.config.model import Config
 from sidecar.errors import ConfigError, ConfigProblem, PreflightError
 from sidecar.mutations import Mutation
 from sidecar.notify import Notifier
-from sidecar.observability import Metrics
+from sidecar.observability import Metrics, StoreWeather
 from sidecar.permissions import Permissions
 from sidecar.preflight import (
     PreflightReport,
@@ -146,6 +146,7 @@ class Service:
             metrics=Metrics(),
             limiter=RateLimiter(config.limits.rate) if config.limits.rate else None,
         )
+        service.metrics.registry.register(StoreWeather(service._store_weather))
         service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
         service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))
         return service
@@ -303,6 +304,11 @@ class Service:
         counts = self.store.counts()
         m.store_rows.set(counts["rows"])
         m.store_bytes.set(counts["bytes"])
+
+    def _store_weather(self) -> tuple[dict[str, int], str | None]:
+        """Failed store writes of capture by kind, and what keeps it paused (metrics)."""
+        st = self.capture.status
+        return dict(st.store_errors), st.store_trouble
 
     async def push(
         self, principal: Principal, mutations: Sequence[Mutation], atomic: bool
