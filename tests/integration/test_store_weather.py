@@ -10,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,13 +102,15 @@ async def test_store_locked_by_another_process_pauses_capture_and_loses_nothing(
                 "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
                 "c.execute('BEGIN EXCLUSIVE')\n"
                 "print('locked', flush=True)\n"
-                "time.sleep(15)\n"
+                "sys.stdin.readline()\n"  # held until the test has looked (≥ 15 s)
                 "c.execute('COMMIT')\n",
                 str(store),
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
+        locked_at = time.monotonic()
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
             await asyncio.to_thread(write_rows, pg_dsn, 21, 300)
@@ -121,9 +124,11 @@ async def test_store_locked_by_another_process_pauses_capture_and_loses_nothing(
             assert await metric(sc, 'sidecar_capture_paused{reason="locked"}') == 1
             # Pulls of what the store holds are still answered while it is locked.
             assert state_of((await sc.pull_all(1))[0]) == before
-            assert holder.poll() is None, "the lock was released before the checks ran"
+            assert not sc.service.tasks[0].done(), "capture stopped"
+            await asyncio.sleep(max(0.0, 15 - (time.monotonic() - locked_at)))
         finally:
-            await asyncio.to_thread(holder.wait, 60)
+            with contextlib.suppress(OSError):
+                holder.communicate("release\n", timeout=60)
         await check_converged(sc, pg_dsn)
         assert await metric(sc, 'sidecar_capture_paused{reason="locked"}') == 0
     finally:
