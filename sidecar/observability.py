@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 def configure_logging(
@@ -191,3 +193,35 @@ class Metrics:
         self.page_cache_misses = Counter(
             "sidecar_page_cache_misses", "Pull pages read from the store", registry=r
         )
+
+
+STORE_TROUBLE_KINDS = ("locked", "disk_full", "io")
+
+
+class StoreWeather(Collector):
+    """`sidecar_capture_store_errors_total{kind}` and `sidecar_capture_paused{reason}`, read
+    at scrape time from `read()`: (failed store writes by kind, the kind of trouble capture
+    is paused by or None). The counts belong to the running capture runner: a new runner
+    (after a table changed shape) starts them again, which Prometheus reads as a reset."""
+
+    def __init__(self, read: Callable[[], tuple[Mapping[str, int], str | None]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        errors, paused = self._read()
+        counter = CounterMetricFamily(
+            "sidecar_capture_store_errors",
+            "Store writes of capture that failed for a reason that may pass, by kind",
+            labels=["kind"],
+        )
+        for kind in sorted({*STORE_TROUBLE_KINDS, *errors}):
+            counter.add_metric([kind], errors.get(kind, 0))
+        yield counter
+        gauge = GaugeMetricFamily(
+            "sidecar_capture_paused",
+            "1 while capture waits for the store to take writes again (reason: the kind)",
+            labels=["reason"],
+        )
+        for kind in sorted({*STORE_TROUBLE_KINDS, *errors}):
+            gauge.add_metric([kind], 1 if paused == kind else 0)
+        yield gauge

@@ -25,7 +25,7 @@ from sidecar.config.model import Config, Rate
 from sidecar.errors import ConfigError, ConfigProblem, PreflightError
 from sidecar.mutations import Mutation
 from sidecar.notify import Notifier
-from sidecar.observability import Metrics
+from sidecar.observability import Metrics, StoreWeather
 from sidecar.permissions import Permissions
 from sidecar.preflight import (
     PreflightReport,
@@ -155,6 +155,7 @@ class Service:
             limiter=_limiter(config.limits.rate),
             ip_limiter=_limiter(config.limits.unauthenticated_rate),
         )
+        service.metrics.registry.register(StoreWeather(service._store_weather))
         service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
         service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))
         service.tasks.append(asyncio.create_task(service._metrics_loop(), name="metrics"))
@@ -367,6 +368,11 @@ class Service:
         if slot is not None and slot.retained_bytes is not None:
             self.metrics.retained_wal.set(int(slot.retained_bytes))
         return conn
+
+    def _store_weather(self) -> tuple[dict[str, int], str | None]:
+        """Failed store writes of capture by kind, and what keeps it paused (metrics)."""
+        st = self.capture.status
+        return dict(st.store_errors), st.store_trouble
 
     async def push(
         self, principal: Principal, mutations: Sequence[Mutation], atomic: bool

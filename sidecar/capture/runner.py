@@ -20,7 +20,7 @@ import gc
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -43,11 +43,12 @@ from sidecar.capture.slots import SlotState, read_slot_async
 from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream, SystemInfo
 from sidecar.capture.status import CaptureStatus
+from sidecar.capture.weather import Backoff, wait_out
 from sidecar.collection import Collection, collection_shapes
 from sidecar.config.model import Config
 from sidecar.lsn import covers, lsn_to_str
 from sidecar.notify import Notifier
-from sidecar.store.base import StoreWriter
+from sidecar.store.base import StoreUnavailable, StoreWriter
 
 log = structlog.get_logger("sidecar.capture")
 
@@ -151,6 +152,7 @@ class CaptureRunner:
         self._stopping = False
         self._stopped: asyncio.Future[None] | None = None
         self.idle_reply_interval = IDLE_REPLY_INTERVAL
+        self.backoff = Backoff()  # between replication connections
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -162,7 +164,9 @@ class CaptureRunner:
 
     @property
     def ready(self) -> bool:
-        return self.status.phase == "streaming"
+        """Pulls may be served: streaming, or paused by store trouble with a complete store."""
+        phase = self.status.phase
+        return phase == "streaming" or (phase == "paused" and self.store.state().snapshot_done)
 
     def progress(self) -> dict[str, object]:
         return {
@@ -208,34 +212,35 @@ class CaptureRunner:
     async def run(self) -> None:
         """Capture until cancelled; reconnects with backoff after connection errors."""
         _tune_gc()
-        backoff = 1.0
         try:
             while not self._stopping:
                 try:
-                    self._session_task = asyncio.create_task(self._session())
-                    try:
-                        await self._session_task
-                    except asyncio.CancelledError:
-                        if self._stopping and not _cancelling():
-                            return  # stop() ended the session; the caller goes on
-                        raise
+                    if await self._run_task(self._session()):
+                        return  # stop() ended the session; the caller goes on
                 except SchemaChanged as exc:
                     # The service re-reads the catalog and starts a new runner (see
                     # Service._run_capture); this one stops here, nothing acknowledged.
                     self.status.phase, self.status.error = "schema_changed", exc.detail
                     log.warning("a synced table changed shape", detail=exc.detail)
-                    await self._in_writer(self.store.rollback)
+                    with contextlib.suppress(StoreUnavailable):  # the next runner's probe
+                        await self._in_writer(self.store.rollback)
                     return
+                except StoreUnavailable as exc:  # weather: wait until the store writes again
+                    if self._stopping or await self._run_task(
+                        wait_out(exc, self.status, self.store, self._in_writer)
+                    ):
+                        return
                 except (ReplicationError, psycopg.OperationalError, OSError) as exc:
                     if self._stopping:  # stop() closed the stream under us
                         return
+                    delay = self.backoff.next_delay(time.monotonic())
                     self.status.phase, self.status.error = "reconnecting", str(exc)
                     log.warning(
-                        "replication interrupted; reconnecting", error=str(exc), retry_in=backoff
+                        "replication interrupted; reconnecting", error=str(exc), retry_in=delay
                     )
-                    await self._in_writer(self.store.rollback)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    with contextlib.suppress(StoreUnavailable):  # seen at the next write
+                        await self._in_writer(self.store.rollback)
+                    await asyncio.sleep(delay)
                     continue
                 except Exception:
                     if self._stopping:  # e.g. an executor shut down by stop() mid-batch
@@ -243,6 +248,17 @@ class CaptureRunner:
                     raise
         finally:
             await self._close_source()
+
+    async def _run_task(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run a session (or a pause) as the task `stop()` cancels: True if it did."""
+        self._session_task = asyncio.create_task(work)
+        try:
+            await self._session_task
+        except asyncio.CancelledError:
+            if self._stopping and not _cancelling():
+                return True
+            raise
+        return False
 
     async def stop(self) -> None:
         """Stop capture; on return its threads have finished (the store is free). Every
@@ -293,6 +309,7 @@ class CaptureRunner:
         )
         await source.start(state.lsn)
         self.status.phase, self.status.error = "streaming", None
+        self.backoff.connected(time.monotonic())
         self.status.flushed_lsn = max(self.status.flushed_lsn, state.lsn)
         self.status.acked_lsn = max(self.status.acked_lsn, state.lsn, state.acked_lsn)
         self._lsn_changed.set()
@@ -334,6 +351,8 @@ class CaptureRunner:
                         st.last_commit_at = time.time()
                         self._advance(result.committed_lsn)
                         st.acked_lsn = max(st.acked_lsn, result.committed_lsn)
+                        st.note_store_ok()
+                        self.backoff.worked()
                         if result.touched:
                             self.notifier.publish(result.touched)
                             if self.on_commit:
@@ -350,6 +369,7 @@ class CaptureRunner:
                     ):
                         self._acked_at = time.monotonic()
                         st.acked_lsn = keepalive_pos
+                        st.note_store_ok()
                 if self._want_reply:
                     self._want_reply = False
                     await self._send_status(source)

@@ -17,14 +17,20 @@ from sidecar.capture.snapshot import CopyProgress
 _WHERE = re.compile(r'to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+|on socket "[^"]*")')
 _HINT = re.compile(r"\s*Is the server running[^\n]*")
 
+STORE_REASONS = {
+    "locked": "store locked by another process",
+    "disk_full": "store disk full",
+    "io": "store I/O error",
+}
+
 
 @dataclass
 class CaptureStatus:
     """The runner's state as others see it (positions are LSNs)."""
 
-    phase: str = (
-        "starting"  # starting | copying | streaming | reconnecting | schema_changed | failed
-    )
+    # starting | copying | streaming | reconnecting | paused (store trouble) |
+    # schema_changed | failed
+    phase: str = "starting"
     error: str | None = None
     copy: CopyProgress = field(default_factory=CopyProgress)
     received_lsn: int = 0
@@ -38,6 +44,10 @@ class CaptureStatus:
     batches: int = 0
     writer_seconds: float = 0.0
     behind_since: float | None = None  # monotonic time the store fell behind the server
+    # The kind of store trouble (`StoreUnavailable.kind`) capture is waiting out, until the
+    # store commits again; and every failed store write, by kind.
+    store_trouble: str | None = None
+    store_errors: dict[str, int] = field(default_factory=dict)
 
     def public_error(self) -> str | None:
         """`error` as clients may see it (`/readyz`, a pull's 503): without the database's
@@ -61,6 +71,22 @@ class CaptureStatus:
         self.flushed_lsn = lsn
         if lsn >= self.server_lsn:
             self.behind_since = None
+
+    def note_store_trouble(self, kind: str, detail: str) -> None:
+        """A store write failed for a reason that may pass: capture is paused."""
+        self.store_errors[kind] = self.store_errors.get(kind, 0) + 1
+        self.store_trouble = kind
+        self.phase, self.error = "paused", f"{self.store_reason()}: {detail}"
+
+    def note_store_ok(self) -> None:
+        """The store committed again."""
+        self.store_trouble = None
+
+    def store_reason(self) -> str | None:
+        """What keeps capture paused, in words (None: nothing)."""
+        if self.store_trouble is None:
+            return None
+        return STORE_REASONS.get(self.store_trouble, f"store {self.store_trouble}")
 
     def lag_seconds(self) -> float:
         """How long the store has been behind what the server reported (0 when caught up)."""

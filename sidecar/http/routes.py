@@ -89,6 +89,9 @@ async def healthz(request: web.Request) -> web.Response:
 @public
 async def readyz(request: web.Request) -> web.Response:
     service = service_of(request)
+    paused = service.capture.status.store_reason()
+    if paused is not None:  # capture waits for the store; pulls are still served
+        raise Unavailable(f"not ready: {paused}; capture is paused", retry_after=5)
     if not service.capture.ready:
         raise Unavailable(
             "not ready: " + service.capture.status.phase,

@@ -151,6 +151,20 @@ class StoreReader(Protocol):
         ...
 
 
+class StoreUnavailable(Exception):
+    """A write the store could not do now, for a reason that may pass: `kind` is `locked`
+    (another process holds the store's write lock), `disk_full` or `io`. The open batch is
+    lost: the writer must `rollback()` (which is then safe to call) and write it again
+    from the last commit. Capture pauses and retries; it is weather, not death."""
+
+    KINDS = ("locked", "disk_full", "io")
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
 class StoreWriter(Protocol):
     """What capture writes, from its one writer thread: row changes, the initial copy,
     mutation records, each batch committed with the LSN it reaches. `state` is here too:

@@ -9,10 +9,16 @@ rewrites one record, and a pull is one merged range scan of two indexes.
 
 A write batch and its LSN commit in one SQLite transaction (`synchronous=FULL`, so an
 acknowledged LSN survives a crash of the process or of the machine).
+
+A write that fails for a reason that may pass (the file locked by another process past the
+busy timeout, the disk full, an I/O error) raises `StoreUnavailable`; the open batch is
+then lost and every write is refused until `rollback()`, which looks at whether SQLite
+still has a transaction open (it may have rolled back by itself, e.g. on SQLITE_FULL).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import sqlite3
@@ -31,8 +37,10 @@ from sidecar.store.base import (
     RowChange,
     StoredRow,
     StoreState,
+    StoreUnavailable,
 )
 from sidecar.store.netting import Netting, RowState, Stored
+from sidecar.store.sqlite_errors import as_unavailable, writes
 from sidecar.store.sqlite_read import SQLiteReader
 from sidecar.store.sqlite_sql import (
     ENTRIES_DELETE,
@@ -63,6 +71,7 @@ _WAL_LIMIT = 64 << 20  # bytes the WAL file is cut back to after a checkpoint
 _LOAD_BYTES = 64 << 20
 _EMPTY = b"{}"
 _IN_SCOPE_SKIP = 8  # batches that skip the one-statement attempt after it missed
+_BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock on the file
 
 
 def _load_chunk(
@@ -83,7 +92,9 @@ class SQLiteStore(SQLiteReader):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(Path(path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._w = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+        )
         self._w.execute("PRAGMA journal_mode=WAL")
         self._w.execute("PRAGMA synchronous=FULL")
         self._w.execute("PRAGMA cache_size=-65536")
@@ -97,7 +108,7 @@ class SQLiteStore(SQLiteReader):
         elif found not in (None, FORMAT):
             self._drop_all()
             self._w.executescript(SCHEMA)
-        self._in_txn = False
+        self._broken: StoreUnavailable | None = None  # a failed batch not rolled back yet
         self._in_scope_skip = 0
         if self._meta("epoch") is None:
             self._init_meta()
@@ -157,6 +168,21 @@ class SQLiteStore(SQLiteReader):
             lineage=m.get("lineage", ""),
         )
 
+    @property
+    def _in_txn(self) -> bool:
+        """A transaction is open (as SQLite itself says: it may end one on its own)."""
+        return self._w.in_transaction
+
+    def _discard(self) -> bool:
+        """Roll back whatever is open after a failure; False if that failed too."""
+        try:
+            if self._w.in_transaction:
+                self._w.execute("ROLLBACK")
+        except sqlite3.Error:
+            return False
+        return True
+
+    @writes(batch=True)
     def reset(
         self, *, slot: str, system_id: str, database: str, shape: str = "", lineage: str = ""
     ) -> StoreState:
@@ -175,6 +201,9 @@ class SQLiteStore(SQLiteReader):
             database,
             lineage,
         )
+        # Until it is done, the store is no copy of anything (a reset cut short by a full
+        # disk makes the next start rebuild again).
+        self._state = dataclasses.replace(st, snapshot_done=False)
         self._drop_all(keep=("mutations",) if same else ())
         self._w.executescript(SCHEMA)  # without the secondary indexes: a bulk load follows
         self._indexed = False
@@ -204,7 +233,6 @@ class SQLiteStore(SQLiteReader):
     def _begin(self) -> None:
         if not self._in_txn:
             self._w.execute("BEGIN IMMEDIATE")
-            self._in_txn = True
 
     def _ensure_indexes(self) -> None:
         """Create the secondary indexes (inside the open transaction) if a bulk load left
@@ -268,6 +296,7 @@ class SQLiteStore(SQLiteReader):
             stored[coll] = {r[0]: r for r in found}
         return stored, repeated
 
+    @writes(batch=True)
     def apply(self, changes: Sequence[RowChange]) -> set[str]:
         """Apply row changes in order; returns the scopes whose content changed.
 
@@ -418,6 +447,7 @@ class SQLiteStore(SQLiteReader):
             chunks.append(_load_chunk(rows, entries))
         return PreparedLoad(collection, tuple(chunks))
 
+    @writes(batch=True)
     def load_prepared(self, batch: PreparedLoad) -> None:
         """Insert a prepared batch: a JSON-batch statement or two per chunk, which run
         without the GIL while the next batch is routed."""
@@ -429,6 +459,7 @@ class SQLiteStore(SQLiteReader):
                 self._w.execute(LOAD_ENTRIES, (entries, batch.collection, base))
             self._version += count
 
+    @writes(batch=True)
     def truncate(self, collection: str) -> set[str]:
         """Every row of the collection becomes a tombstone in each of its scopes."""
         self._begin()
@@ -446,6 +477,7 @@ class SQLiteStore(SQLiteReader):
                 return touched
             touched |= self.apply([RowChange(collection, i, None) for i in idents])
 
+    @writes(batch=True)
     def record_mutations(self, records: Sequence[MutationRecord]) -> None:
         if not records:
             return
@@ -457,6 +489,7 @@ class SQLiteStore(SQLiteReader):
             [(r.subject or "", r.id, r.device, r.lsn, r.outcome, now) for r in records],
         )
 
+    @writes(batch=True)
     def commit(self, lsn: int | None = None, *, snapshot_done: bool | None = None) -> None:
         """Commit the open batch together with the LSN it reaches."""
         self._begin()
@@ -476,15 +509,16 @@ class SQLiteStore(SQLiteReader):
         self._w.execute("COMMIT")
         if snapshot_done:
             self._w.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT}")
-        self._in_txn = False
         self._state = self._load_state()
 
+    @writes(batch=True)
     def set_layout(self, shape: str, backfill: str) -> None:
         """In the open batch: the collections' shapes (JSON) and the snapshot LSN of each
         collection copied after the others (JSON); committed with the batch."""
         self._begin()
         self._set_meta(shape=shape, backfill=backfill)
 
+    @writes(batch=False)
     def note_acked(self, lsn: int) -> bool:
         """Record, durably, that the server may forget WAL up to `lsn` (an idle position:
         nothing of ours lies between the last commit and it). False, doing nothing, while
@@ -498,11 +532,23 @@ class SQLiteStore(SQLiteReader):
         return True
 
     def rollback(self) -> None:
-        if self._in_txn:
-            self._w.execute("ROLLBACK")
-            self._in_txn = False
-        self._version = int(self._meta("version") or 0)
+        """Back to the last commit. Safe after any failure: SQLite may have rolled the
+        transaction back itself (SQLITE_FULL, SQLITE_IOERR), so only an open one is."""
+        try:
+            if self._in_txn:
+                self._w.execute("ROLLBACK")
+            self._version = int(self._meta("version") or 0)
+            sql = "SELECT count(*) FROM sqlite_master WHERE name = 'rows_ident'"
+            self._indexed = self._w.execute(sql).fetchone()[0] > 0
+        except sqlite3.Error as exc:
+            trouble = as_unavailable(exc)
+            if trouble is None:
+                raise
+            self._broken = trouble  # nothing is written before a rollback that works
+            raise trouble from exc
+        self._broken = None
 
+    @writes(batch=False)
     def purge_tombstones(self, older_than: float) -> int:
         """Forget tombstones older than `older_than` seconds; cursors before them expire."""
         if self._in_txn:
