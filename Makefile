@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest
 
 # The randomized convergence suite (tests/sim/) for SIDECAR_SIM_DURATION seconds of faults
-# (default 600; `make test` runs it for 12). SIDECAR_SIM_SEED=<seed> replays a schedule.
+# (default 600; `make test` runs it for 10). SIDECAR_SIM_SEED=<seed> replays a schedule.
 SIDECAR_SIM_DURATION ?= 600
 soak: $(STAMP)
 	SIDECAR_SIM_DURATION=$(SIDECAR_SIM_DURATION) $(VENV)/bin/pytest tests/sim -x -q -s -p no:randomly
