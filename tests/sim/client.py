@@ -47,7 +47,8 @@ class Retry(Exception):
 
 class Refused(Exception):
     """The server refused the request itself (400, 401, 403, 413…): a client bug or a
-    configuration problem, not weather. Retrying the same request would not help."""
+    configuration problem, not weather. Retrying the same request would not help (an app
+    gets a new token on 401 and then retries; the simulation's tokens do not expire)."""
 
     def __init__(self, status: int, problem: Any) -> None:
         super().__init__(f"{status}: {problem}")
@@ -174,8 +175,15 @@ class Client:
         self._ids += 1
         return f"{self.rng.getrandbits(64):016x}-{self._ids}"
 
-    def insert(self, collection: str, data: dict[str, Any], key: dict[str, Any] | None = None,
-               mutation_id: str | None = None) -> Mutation:  # fmt: skip
+    def insert(
+        self,
+        collection: str,
+        data: dict[str, Any],
+        key: dict[str, Any] | None = None,
+        mutation_id: str | None = None,
+    ) -> Mutation:
+        """A new row; `key` when the client chooses it, else the database makes it (the
+        row comes with the next pull)."""
         return self._queue(Mutation(mutation_id or self.new_id(), collection, "insert", key, data))
 
     def update(self, collection: str, key: dict[str, Any], data: dict[str, Any]) -> Mutation:
