@@ -54,7 +54,7 @@ from tests.sim.world import (
     schema_sql,
 )
 
-pytestmark = pytest.mark.pg
+pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
 SEED = int(os.environ.get("SIDECAR_SIM_SEED") or random.SystemRandom().randrange(2**32))
 DURATION = float(os.environ.get("SIDECAR_SIM_DURATION") or 10)
