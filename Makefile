@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test soak lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest
+
+# The randomized convergence suite (tests/sim/) for SIDECAR_SIM_DURATION seconds of faults
+# (default 600; `make test` runs it for 10). SIDECAR_SIM_SEED=<seed> replays a schedule.
+SIDECAR_SIM_DURATION ?= 600
+soak: $(STAMP)
+	SIDECAR_SIM_DURATION=$(SIDECAR_SIM_DURATION) $(VENV)/bin/pytest tests/sim -x -q -s -p no:randomly
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
