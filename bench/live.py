@@ -251,7 +251,16 @@ async def run(commits: int, waiters: int) -> None:
         bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
         try:
-            await asyncio.sleep(1.5)
+            for _ in range(600):  # until it answers (bounded: 60 s)
+                await asyncio.sleep(0.1)
+                try:
+                    await http_get(bare_port, "/count")
+                    break
+                except OSError:
+                    if bare.poll() is not None:
+                        raise RuntimeError("the reference server exited") from None
+            else:
+                raise RuntimeError("the reference server did not start")
 
             async def fire() -> None:
                 await http_get(bare_port, "/fire")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -19,16 +21,20 @@ from sidecar.embedded import free_port
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
 
-def _pg_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "sidecar-pg-*")))
+def _pg_dirs(tmp: Path) -> set[str]:
+    return set(glob.glob(os.path.join(tmp, "sidecar-pg-*")))
 
 
 async def test_demo_runs_from_any_directory_and_cleans_up(tmp_path):
-    before = _pg_dirs()
+    # a temporary directory of its own, so other processes' servers don't count (beside
+    # the system's, not under tmp_path: the server may run as another user)
+    private_tmp = Path(tempfile.mkdtemp(prefix="sidecar-demo-test-"))
+    private_tmp.chmod(0o1777)
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar.cli", "demo", "--port", str(port)],
         cwd=tmp_path,  # any working directory
+        env={**os.environ, "TMPDIR": str(private_tmp)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -78,4 +84,5 @@ async def test_demo_runs_from_any_directory_and_cleans_up(tmp_path):
             proc.kill()
             raise
     assert proc.returncode == 0
-    assert _pg_dirs() - before == set()  # the private server and its files are gone
+    assert _pg_dirs(private_tmp) == set()  # the private server and its files are gone
+    shutil.rmtree(private_tmp, ignore_errors=True)
