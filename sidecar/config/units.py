@@ -20,8 +20,9 @@ __all__ = ["parse_duration", "parse_rate", "parse_size"]
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"([0-9]+)(B|KB|MB|GB)")
+_SIZE = re.compile(r"([0-9]+)(B|KB|MB|GB|KiB|MiB|GiB)")
 _SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_SIZE_UNITS |= {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}  # the same, spelt as IEC does
 _RATE = re.compile(r"([0-9]+)/(s|m|h)")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -41,7 +42,8 @@ def parse_duration(value: object, *, allow_zero: bool = False) -> float:
 
 
 def parse_size(value: object) -> int:
-    """`100B`, `512KB`, `5MB`, `1GB` (binary units) or an integer of bytes → bytes."""
+    """`100B`, `512KB`, `5MB`, `1GB` (binary units; `KiB`, `MiB`, `GiB` too) or an integer
+    of bytes → bytes."""
     if isinstance(value, str) and (match := _SIZE.fullmatch(value)):
         size = int(match[1]) * _SIZE_UNITS[match[2]]
     elif isinstance(value, int) and not isinstance(value, bool):

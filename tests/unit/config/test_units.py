@@ -46,13 +46,24 @@ def test_duration_zero_is_allowed_only_where_it_makes_sense() -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("100B", 100), ("512KB", 512 * 1024), ("5MB", 5 * 1024 * 1024), ("1GB", 1024**3), (42, 42)],
+    [
+        ("100B", 100),
+        ("512KB", 512 * 1024),
+        ("5MB", 5 * 1024 * 1024),
+        ("1GB", 1024**3),
+        ("512KiB", 512 * 1024),
+        ("1MiB", 1024 * 1024),
+        ("2GiB", 2 * 1024**3),
+        (42, 42),
+    ],
 )
 def test_parse_size(text: object, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("bad", ["5mb", "5 MB", "5TB", "1.5MB", "0MB", 0, -1, 2.5, "-1B", True])
+@pytest.mark.parametrize(
+    "bad", ["5mb", "5 MB", "5TB", "5mib", "5Mib", "1.5MB", "0MB", 0, -1, 2.5, "-1B", True]
+)
 def test_parse_size_rejects(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_size(bad)
