@@ -35,15 +35,17 @@ from sidecar.preflight import (
 )
 from sidecar.pull import Puller, schema_version
 from sidecar.push import Pusher, PushResult
+from sidecar.push.breaker import Breaker, connect_probe, reporting_connection
 from sidecar.ratelimit import RateLimiter
 from sidecar.store.base import ChangeStore
 from sidecar.store.open import open_store
-from sidecar.values import configure_connection, session_options
+from sidecar.values import NETWORK_KWARGS, configure_connection, session_options
 
 log = structlog.get_logger("sidecar")
 
 PURGE_INTERVAL = 3600.0
 STORE_METRICS_EVERY = 2.0  # seconds between checks of the store gauges (counted on change)
+POOL_RECONNECT = 5.0  # the pool's attempts to replace a connection give up after this
 SLOT_METRICS_EVERY = 15.0  # seconds between reads of the slot's retained WAL
 
 
@@ -84,6 +86,44 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
     configure_connection(conn)
 
 
+def _ms(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+def _push_timeouts(config: Config) -> dict[str, str]:
+    """The push limits as the session settings of the push pool's connections."""
+    limits = config.limits
+    return {
+        "lock_timeout": _ms(limits.push_lock_timeout),
+        "statement_timeout": _ms(limits.push_statement_timeout),
+    }
+
+
+def _push_pool(config: Config, breaker: Breaker, timeouts: dict[str, str]) -> AsyncConnectionPool:
+    """The push pool: sessions with the push limits as `lock_timeout` and
+    `statement_timeout` (`timeouts`, read at each connect: a reload updates it and drains
+    the pool), connect and keepalive timeouts, each connection checked on checkout (a
+    terminated one is replaced, not handed to a push), a failure to connect opening the
+    breaker, and reconnection attempts that start over soon after an outage."""
+
+    def kwargs() -> dict[str, object]:
+        options = session_options(**timeouts)
+        return {"options": options, "application_name": "sidecar-push", **NETWORK_KWARGS}
+
+    return AsyncConnectionPool(
+        config.database.url,
+        min_size=1,
+        max_size=config.database.pool_size,
+        kwargs=kwargs,
+        connection_class=reporting_connection(breaker),
+        configure=_configure,
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=POOL_RECONNECT,
+        open=False,
+        name="sidecar-push",
+    )
+
+
 @dataclass
 class Service:
     config: Config
@@ -98,6 +138,7 @@ class Service:
     metrics: Metrics
     limiter: RateLimiter | None
     ip_limiter: RateLimiter | None
+    push_timeouts: dict[str, str] = field(default_factory=dict)  # the push pool's settings
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
     _next_routes: dict[str, Collection] | None = None  # set by a reload that adds collections
@@ -123,15 +164,9 @@ class Service:
             live_total=config.limits.live_total,
             cache_bytes=config.limits.page_cache,
         )
-        pool = AsyncConnectionPool(
-            config.database.url,
-            min_size=1,
-            max_size=config.database.pool_size,
-            kwargs={"options": session_options(), "application_name": "sidecar-push"},
-            configure=_configure,
-            open=False,
-            name="sidecar-push",
-        )
+        breaker = Breaker(connect_probe(config.database.url, **NETWORK_KWARGS))
+        timeouts = _push_timeouts(config)
+        pool = _push_pool(config, breaker, timeouts)
         await pool.open()
         pusher = Pusher(
             routes,
@@ -140,6 +175,8 @@ class Service:
             pool,
             user_claim=config.auth.claims.user,
             permissions=permissions,
+            breaker=breaker,
+            statement_timeout=config.limits.push_statement_timeout,
         )
         service = cls(
             config=config,
@@ -154,6 +191,7 @@ class Service:
             metrics=Metrics(),
             limiter=_limiter(config.limits.rate),
             ip_limiter=_limiter(config.limits.unauthenticated_rate),
+            push_timeouts=timeouts,
         )
         service.metrics.registry.register(StoreWeather(service._store_weather))
         service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
@@ -227,6 +265,10 @@ class Service:
         self.pusher.routes = dict(routes)
         self.pusher.permissions = permissions
         self.pusher.user_claim = new.auth.claims.user
+        self.pusher.statement_timeout = limits.push_statement_timeout
+        if _push_timeouts(new) != self.push_timeouts:  # new sessions get them
+            self.push_timeouts.update(_push_timeouts(new))
+            await self.pool.drain()
         self.auth = Authenticator(new.auth)
         if limits.rate != old.limits.rate:
             self.limiter = _limiter(limits.rate)
@@ -392,6 +434,7 @@ class Service:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.pusher.breaker.close()
         await self.pool.close()
         await self.capture.stop()
         self.store.close()

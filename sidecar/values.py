@@ -48,9 +48,23 @@ SESSION_SETTINGS: dict[str, str] = {
 }
 
 
-def session_options() -> str:
-    """The settings as a libpq `options` string (`-c name=value …`)."""
-    return " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in SESSION_SETTINGS.items())
+def session_options(**extra: str) -> str:
+    """The settings (and `extra` ones) as a libpq `options` string (`-c name=value …`)."""
+    settings = {**SESSION_SETTINGS, **extra}
+    return " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in settings.items())
+
+
+# Every connection to PostgreSQL gives up connecting after CONNECT_TIMEOUT seconds and
+# probes an idle socket with TCP keepalives, so a vanished peer (a frozen host, a network
+# partition) is noticed in about idle + interval × count seconds, not hours later.
+CONNECT_TIMEOUT = 5
+NETWORK_KWARGS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def _lenient(base: type[pg_abc.Loader]) -> type[Loader]:

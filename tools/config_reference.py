@@ -82,6 +82,16 @@ STATUS_NOTES: dict[str, str] = {
         "gives a caller another bucket): bursts up to the count, refilled evenly; past "
         "it, `429 rate_limited` with `Retry-After`."
     ),
+    "limits.push_lock_timeout": (
+        "The whole batch is rolled back (its transaction holds every mutation): retrying the "
+        "same mutations is safe. Set as PostgreSQL's `lock_timeout` in each push "
+        "transaction, so it also bounds waits on other locks (an `ALTER TABLE` in progress)."
+    ),
+    "limits.push_statement_timeout": (
+        "A database that stops answering (a frozen host, a network partition) is bounded by "
+        "this too: the sidecar stops waiting, drops the connection and opens its circuit "
+        "breaker (see docs/ops.md)."
+    ),
     "limits.pull_wait": (
         "Also bounds how long `after_lsn=` waits for the store to catch up (the request's "
         "`timeout=`, at least 1 second, capped to this)."

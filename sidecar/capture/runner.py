@@ -164,9 +164,9 @@ class CaptureRunner:
 
     @property
     def ready(self) -> bool:
-        """Pulls may be served: streaming, or paused by store trouble with a complete store."""
-        phase = self.status.phase
-        return phase == "streaming" or (phase == "paused" and self.store.state().snapshot_done)
+        """Pulls may be served: streaming, or paused or reconnecting with a complete store."""
+        phase, complete = self.status.phase, self.store.state().snapshot_done
+        return phase == "streaming" or (phase in ("paused", "reconnecting") and complete)
 
     def progress(self) -> dict[str, object]:
         return {

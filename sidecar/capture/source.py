@@ -19,7 +19,7 @@ from psycopg import sql
 from sidecar.capture.framing import standby_status
 from sidecar.errors import SidecarError
 from sidecar.lsn import lsn_to_str, str_to_lsn
-from sidecar.values import session_options
+from sidecar.values import NETWORK_KWARGS, session_options
 
 
 class ReplicationError(SidecarError):
@@ -72,6 +72,7 @@ class ReplicationStream:
             autocommit=True,
             options=session_options(),
             application_name="sidecar-capture",
+            **NETWORK_KWARGS,  # a silent peer is noticed (see also the runner's watchdog)
         )
 
     @property

@@ -113,6 +113,8 @@ class LimitsConfig:
     max_page_bytes: int = MIB  # a pull page's bytes (at least one change)
     rate: Rate | None = None
     pull_wait: float = 30.0
+    push_lock_timeout: float = 3.0  # a push waits this long for a locked row (then 503)
+    push_statement_timeout: float = 10.0  # bounds each statement of a push (then 503)
     live_per_subject: int = 16
     live_total: int = 20_000
     page_cache: int = 64 * MIB

@@ -298,6 +298,12 @@ class Builder:
             max_page_bytes=self.size(raw, ("limits", "max_page_bytes"), defaults.max_page_bytes),
             rate=self.rate(raw, ("limits", "rate")),
             pull_wait=self.duration(raw, ("limits", "pull_wait"), defaults.pull_wait),
+            push_lock_timeout=self.duration(
+                raw, ("limits", "push_lock_timeout"), defaults.push_lock_timeout
+            ),
+            push_statement_timeout=self.duration(
+                raw, ("limits", "push_statement_timeout"), defaults.push_statement_timeout
+            ),
             live_per_subject=_typed(raw, "live_per_subject", int, defaults.live_per_subject),
             live_total=_typed(raw, "live_total", int, defaults.live_total),
             page_cache=self.size(raw, ("limits", "page_cache"), defaults.page_cache),

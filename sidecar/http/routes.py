@@ -89,6 +89,16 @@ async def healthz(request: web.Request) -> web.Response:
 @public
 async def readyz(request: web.Request) -> web.Response:
     service = service_of(request)
+    breaker = service.pusher.breaker
+    progress = service.capture.progress()
+    if breaker.open:  # pushes are answered 503 at once; pulls are still served
+        raise Unavailable(
+            f"not ready: database unavailable for writes ({breaker.reason})",
+            retry_after=5,
+            progress=progress,
+        )
+    if service.capture.status.phase == "reconnecting":  # a complete store is still pulled
+        raise Unavailable(f"not ready: {progress['error']}", retry_after=5, progress=progress)
     paused = service.capture.status.store_reason()
     if paused is not None:  # capture waits for the store; pulls are still served
         raise Unavailable(f"not ready: {paused}; capture is paused", retry_after=5)

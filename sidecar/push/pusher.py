@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +36,7 @@ import psycopg
 import structlog
 from cachetools import TTLCache
 from psycopg import errors as pge
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sidecar import failpoints, write_sql
 from sidecar.auth import Principal
@@ -46,6 +46,7 @@ from sidecar.lsn import str_to_lsn
 from sidecar.mutations import Mutation, MutationResult, rejected
 from sidecar.permissions import Permissions
 from sidecar.push import conflicts
+from sidecar.push.breaker import Breaker
 from sidecar.push.plan import (
     Current,
     Plan,
@@ -64,6 +65,8 @@ log = structlog.get_logger("sidecar.push")
 
 CAPTURE_WAIT = 5.0  # seconds a push waits for capture before deciding on duplicates
 POOL_WAIT = 10.0  # seconds a push waits for a database connection before a 503
+DEADLINE_SLACK = 2.0  # a push's transaction gives up this long after statement_timeout
+LOCKED_RETRY = 1  # Retry-After (s) of a push refused for a locked row or a slow statement
 RETRIES = 3
 # What PostgreSQL says when a rule cannot be evaluated with the caller's claims (a claim
 # of another type than the column it is compared with: `text = boolean`).
@@ -104,6 +107,15 @@ class _Aborted(Exception):
     def __init__(self, result: MutationResult) -> None:
         super().__init__(result.status)
         self.result = result
+
+
+def _transient(exc: psycopg.Error, conn: psycopg.AsyncConnection) -> bool:
+    """An error of the moment, not of the mutation: a lock or statement timeout, the
+    server shutting down, a connection lost. The batch is answered 503 (retry)."""
+    return (
+        isinstance(exc, pge.LockNotAvailable | pge.QueryCanceled | pge.OperatorIntervention)
+        or conn.broken
+    )
 
 
 def _db_error(exc: psycopg.Error) -> SidecarError:
@@ -162,8 +174,14 @@ class Pusher:
         *,
         user_claim: str = "sub",
         permissions: Permissions | None = None,
+        breaker: Breaker | None = None,
+        statement_timeout: float = 10.0,
     ) -> None:
         self.permissions = permissions
+        self.breaker = breaker or Breaker(_never)
+        # the pool's sessions run with it as `statement_timeout`; a push's transaction
+        # as a whole is given up DEADLINE_SLACK later (a database that stopped answering)
+        self.statement_timeout = statement_timeout
         self.routes = routes
         self.store = store
         self.capture = capture
@@ -194,20 +212,69 @@ class Pusher:
             if bad:
                 raise _claims_refused(f"{', '.join(bad)}: not a string, number or boolean", name)
         for attempt in range(RETRIES):
+            self.breaker.check()  # the database is known to be gone: 503 at once
             try:
-                async with self.pool.connection(timeout=POOL_WAIT) as conn:
-                    result = await self._push_once(conn, principal, mutations, atomic)
+                async with asyncio.timeout(self.statement_timeout + DEADLINE_SLACK):
+                    async with self._connection() as conn:
+                        result = await self._push_once(conn, principal, mutations, atomic)
                 return PushResult(with_body_pointers(result.results), result.lsn, result.txid)
             except (pge.SerializationFailure, pge.DeadlockDetected):
                 await asyncio.sleep(0.01 * (attempt + 1))
-            except psycopg.OperationalError as exc:  # no connection, lost, shut down, …
-                log.warning("push: database unavailable", error=str(exc).strip()[:200])
+            except pge.LockNotAvailable:
+                raise Unavailable(
+                    "a row of this batch stayed locked by another transaction longer than "
+                    "limits.push_lock_timeout; nothing was applied — retry the same mutations",
+                    retry_after=LOCKED_RETRY,
+                ) from None
+            except pge.QueryCanceled:
+                raise Unavailable(
+                    "a statement of this push ran longer than limits.push_statement_timeout; "
+                    "nothing was applied — retry the same mutations",
+                    retry_after=LOCKED_RETRY,
+                ) from None
+            except PoolTimeout:  # every connection busy: the database itself may be fine
+                raise Unavailable(
+                    "no database connection free for this push (database.pool_size); "
+                    "nothing was applied — retry",
+                    retry_after=1,
+                ) from None
+            except (psycopg.OperationalError, TimeoutError) as exc:  # lost, shut down, silent
+                silent = isinstance(exc, TimeoutError)
+                error = "no answer" if silent else str(exc).strip()[:200]
+                log.warning("push: database unavailable", error=error)
+                self.breaker.failed(
+                    "the database stopped answering" if silent else "connection lost", error
+                )
                 raise Unavailable(
                     "the database is unavailable; retry the same mutations (one applied "
                     "before the connection was lost is then answered `duplicate`)",
-                    retry_after=5,
+                    retry_after=2,
                 ) from None
         raise Unavailable("the batch kept colliding with concurrent writes; retry", retry_after=1)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pool connection, waited for at most POOL_WAIT — or until the breaker opens
+        (the pool failed to connect meanwhile): then 503 at once."""
+        getting = asyncio.ensure_future(self.pool.getconn(timeout=POOL_WAIT))
+        opened = asyncio.ensure_future(self.breaker.wait_open())
+        try:
+            await asyncio.wait({getting, opened}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            opened.cancel()
+            if not getting.done():
+                getting.cancel()
+                with contextlib.suppress(BaseException):
+                    # got just before it was cancelled: back to the pool
+                    await self.pool.putconn(await getting)
+        if getting.cancelled():
+            self.breaker.check()
+            raise PoolTimeout("the breaker opened")
+        conn = getting.result()
+        try:
+            yield conn
+        finally:
+            await self.pool.putconn(conn)
 
     async def _push_once(
         self,
@@ -337,7 +404,9 @@ class Pusher:
                         rows[members[got[0]]] = got[1:]
         except (pge.SerializationFailure, pge.DeadlockDetected):
             raise
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            if _transient(exc, conn):
+                raise
             raise _SlowPath() from None
         out: dict[str, MutationResult] = {}
         records: list[MutationMessage] = []
@@ -373,6 +442,8 @@ class Pusher:
             except (pge.SerializationFailure, pge.DeadlockDetected):
                 raise
             except psycopg.Error as exc:
+                if _transient(exc, conn):
+                    raise
                 result = rejected(w.m.id, _db_error(exc))
                 if atomic:
                     raise _Aborted(result) from None
@@ -486,6 +557,11 @@ class Pusher:
                 row_json = loads_exact(image.row)
                 out[m.id] = Current(values, row_json, image.rev, bool(row[1]), bool(row[2]))
         return out
+
+
+async def _never() -> None:
+    """The probe of a pusher built without a breaker (tests): never connects."""
+    raise psycopg.OperationalError("no probe")
 
 
 async def _raw(conn: psycopg.AsyncConnection, st: write_sql.Statement) -> psycopg.AsyncRawCursor:
