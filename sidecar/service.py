@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +39,7 @@ from sidecar.push import Pusher, PushResult
 from sidecar.push.breaker import Breaker, connect_probe, reporting_connection
 from sidecar.ratelimit import RateLimiter
 from sidecar.store.base import ChangeStore
-from sidecar.store.open import open_store
+from sidecar.store.open import open_pending, open_store
 from sidecar.values import NETWORK_KWARGS, configure_connection, session_options
 
 log = structlog.get_logger("sidecar")
@@ -148,6 +149,7 @@ class Service:
         report = await asyncio.to_thread(prepare_database, config)
         routes = routes_for(config, report)
         store = open_store(config.store)
+        pending = open_pending(config.store)
         notifier = Notifier()
         permissions = Permissions(config.auth)
         capture = CaptureRunner(config, store, list(routes.values()), notifier)
@@ -177,6 +179,7 @@ class Service:
             permissions=permissions,
             breaker=breaker,
             statement_timeout=config.limits.push_statement_timeout,
+            pending=pending,
         )
         service = cls(
             config=config,
@@ -340,7 +343,25 @@ class Service:
                     log.info("purged tombstones", count=purged)
             except Exception:  # a failed purge must never stop the service
                 log.exception("tombstone purge failed")
+            await self._prune_pending()
             await asyncio.sleep(PURGE_INTERVAL)
+
+    async def _prune_pending(self) -> None:
+        """Drop the pending mutation ids capture has stored (the store answers for them)
+        and those older than the store keeps mutation ids (`store.tombstone_retention`)."""
+        pending = self.pusher.pending
+        if pending is None:
+            return
+        store = self.store
+
+        def captured(subject: str, mutation_id: str) -> bool:
+            return store.mutation(subject, mutation_id) is not None
+
+        cutoff = time.time() - self.config.store.tombstone_retention
+        try:
+            await asyncio.to_thread(pending.prune, captured, cutoff)
+        except Exception:  # pruning is housekeeping: never stops the service
+            log.exception("pending mutation ids: prune failed")
 
     def update_metrics(self) -> None:
         """The gauges read from memory, at each scrape (no database, no store query: the
@@ -438,3 +459,5 @@ class Service:
         await self.pool.close()
         await self.capture.stop()
         self.store.close()
+        if self.pusher.pending is not None:
+            self.pusher.pending.close()

@@ -2,12 +2,12 @@
 
 1. lock the mutation ids (advisory locks), then decide which ids were already applied.
    An id is the client's and unique only per subject: locks, the recent-push cache and
-   the store's records are all keyed by (subject, id), so the same id from another
-   subject is another mutation and nothing of theirs is ever answered. The ids applied:
-   the recent-push cache, then the store (fed by capture from the WAL messages), after
-   waiting (bounded) for capture to reach the current WAL position — so a retry whose
-   first attempt committed but was not yet captured is still recognised. That wait runs
-   while step 2 locks the rows and plans (no effect until step 3, which skips duplicates);
+   the records are all keyed by (subject, id), so the same id from another subject is
+   another mutation and nothing of theirs is ever answered. The ids applied: the
+   recent-push cache, then the ids recorded as pending before an earlier COMMIT, asked of
+   PostgreSQL (`pg_xact_status`), then the store (fed by capture) — `idempotency.py`; no
+   wait for capture. That check runs while step 2 locks the rows and plans (no effect
+   until step 3, which skips duplicates);
 2. lock the target rows (`SELECT … FOR UPDATE`), each tagged with whether it satisfies the
    caller's read rule, and compute its current `rev` exactly as the read path does; each
    mutation is decided against its row (`plan.py`, conflict strategies in `conflicts.py`);
@@ -15,7 +15,8 @@
    (ownership after the change) and the `check:` rule, both evaluated by PostgreSQL on the
    new row; then `pg_logical_emit_message(true, 'sidecar', …)` carrying mutation id,
    subject, device and client time — the idempotency record, audit trail and echo tag,
-   with no table added to the application's database.
+   with no table added to the application's database; and, just before COMMIT, the
+   applied ids recorded as pending with the transaction's id (fsynced).
 
 Writes are pipelined first (updates of the same columns share one statement); if a rule
 or the database refuses one, the transaction is rolled back and the batch runs again one
@@ -45,7 +46,7 @@ from sidecar.errors import Conflict, Forbidden, SidecarError, Unavailable, Valid
 from sidecar.lsn import str_to_lsn
 from sidecar.mutations import Mutation, MutationResult, rejected
 from sidecar.permissions import Permissions
-from sidecar.push import conflicts
+from sidecar.push import conflicts, idempotency
 from sidecar.push.breaker import Breaker
 from sidecar.push.plan import (
     Current,
@@ -57,7 +58,7 @@ from sidecar.push.plan import (
     verdict,
     with_body_pointers,
 )
-from sidecar.store.base import StoreReader
+from sidecar.store.base import PendingMutations, StoreReader
 from sidecar.values import loads_exact
 from sidecar.walmessage import MutationMessage
 
@@ -176,8 +177,12 @@ class Pusher:
         permissions: Permissions | None = None,
         breaker: Breaker | None = None,
         statement_timeout: float = 10.0,
+        pending: PendingMutations | None = None,
     ) -> None:
         self.permissions = permissions
+        # ids recorded before COMMIT (`idempotency.py`); without it, duplicates wait for
+        # capture to reach the database's WAL position
+        self.pending = pending
         self.breaker = breaker or Breaker(_never)
         # the pool's sessions run with it as `statement_timeout`; a push's transaction
         # as a whole is given up DEADLINE_SLACK later (a database that stopped answering)
@@ -310,7 +315,7 @@ class Pusher:
                 # Whether capture has seen these ids is learnt while the rows are locked
                 # and the mutations planned: planning has no effect, and a duplicate's
                 # plan is dropped before anything is written.
-                finding = asyncio.create_task(self._duplicates(subject, ids, lsn_now))
+                finding = asyncio.create_task(self._duplicates(conn, subject, ids, lsn_now))
                 try:
                     # A mutation this process applied recently is a duplicate: its row
                     # is not locked for nothing.
@@ -341,7 +346,12 @@ class Pusher:
                     done = await self._write_one_by_one(conn, principal, writes, atomic)
                 results.update(done)
                 written = [r for w in writes if (r := done[w.m.id]).status == "applied"]
-                if written and txid is None:
+                if written and self.pending is not None:
+                    xid = await idempotency.current_xid(conn)
+                    txid = xid & 0xFFFFFFFF if txid is None else txid
+                    await idempotency.record(self.pending, self.store, subject, written, xid)
+                    failpoints.hit("push.before_commit")  # tests: die with ids pending
+                elif written and txid is None:
                     cur = await conn.execute("SELECT pg_current_xact_id()::xid::text")
                     row = await cur.fetchone()
                     txid = int(row[0]) if row else None
@@ -499,7 +509,7 @@ class Pusher:
         return str_to_lsn(row[1])
 
     async def _duplicates(
-        self, subject: str, ids: list[str], lsn_now: int
+        self, conn: psycopg.AsyncConnection, subject: str, ids: list[str], lsn_now: int
     ) -> dict[str, MutationResult]:
         """The subject's ids already applied (`duplicate`), once capture has reached
         `lsn_now`, read after their locks were taken: any earlier attempt committed
@@ -513,6 +523,11 @@ class Pusher:
             else:
                 unknown.append(i)
         if not unknown:
+            return found
+        if self.pending is not None:  # no wait for capture
+            found.update(
+                await idempotency.applied_before(conn, self.pending, self.store, subject, unknown)
+            )
             return found
         if not await self.capture.wait_for_lsn(lsn_now, CAPTURE_WAIT):
             raise Unavailable(

@@ -21,7 +21,7 @@ A second store engine implements `ChangeStore`, is opened by `store/open.py`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -188,5 +188,40 @@ class StoreWriter(Protocol):
 
 class ChangeStore(StoreReader, StoreWriter, Protocol):
     """A full store: both roles, and `close` for its owner (the service)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord:
+    """A mutation a push wrote in a transaction not yet known to have committed: the
+    transaction's 64-bit id (`pg_current_xact_id()`), the `rev` the client was told, and
+    the database it was written on (`origin`: system id, database and lineage)."""
+
+    subject: str
+    id: str
+    xid: int
+    rev: str | None
+    origin: str
+
+
+class PendingMutations(Protocol):
+    """Mutation ids recorded durably by the push path just before COMMIT, so a retry is
+    recognised without waiting for capture: PostgreSQL's `pg_xact_status(xid)` then says
+    whether the first attempt committed. Written and read from any thread (each call is
+    its own transaction); a second store engine implements it beside `ChangeStore`."""
+
+    def record(self, records: Sequence[PendingRecord]) -> None:
+        """Durably (fsynced) before the caller commits its PostgreSQL transaction."""
+        ...
+
+    def lookup(self, subject: str, ids: Sequence[str]) -> dict[str, PendingRecord]: ...
+
+    def forget(self, subject: str, ids: Sequence[str]) -> None: ...
+
+    def prune(self, captured: Callable[[str, str], bool], older_than: float) -> int:
+        """Drop records capture has stored (`captured(subject, id)`) and any older than
+        `older_than` (a Unix time); how many were dropped."""
+        ...
 
     def close(self) -> None: ...

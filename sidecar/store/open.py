@@ -14,14 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config.model import StoreConfig
-from sidecar.store.base import ChangeStore
+from sidecar.store.base import ChangeStore, PendingMutations
 from sidecar.store.sqlite import SQLiteStore
+from sidecar.store.sqlite_pending import SQLitePending, pending_path
 from sidecar.store.sqlite_read import summary
 
 
 def open_store(config: StoreConfig) -> ChangeStore:
     """Open (creating it if need be) the store `config` names."""
     return SQLiteStore(Path(config.path))
+
+
+def open_pending(config: StoreConfig) -> PendingMutations:
+    """The pending mutation ids that go with the store `config` names (push writes them
+    before COMMIT; see `store/sqlite_pending.py`)."""
+    return SQLitePending(pending_path(Path(config.path)))
 
 
 def store_summary(config: StoreConfig) -> dict[str, Any] | None:

@@ -390,9 +390,13 @@ collections:
 """
     )
     # Dies on its own right after a COMMIT, before answering (the window that matters),
+    # and just before a COMMIT with the ids recorded as pending (a retry must apply them),
     # and is also killed from outside at random moments.
     side = SidecarProcess(
-        config, port, tmp_path / "sidecar.log", SIDECAR_FAILPOINTS="push.after_commit=0.25"
+        config,
+        port,
+        tmp_path / "sidecar.log",
+        SIDECAR_FAILPOINTS="push.after_commit=0.25,push.before_commit=0.1",
     )
     side.start()
     await side.wait_ready()

@@ -1,0 +1,99 @@
+"""The pending mutation ids of the embedded store, in a small SQLite file of their own
+beside the store (`<store>.pending`): the push path writes it (on a worker thread) while
+capture holds the store's single writer, so neither waits for the other.
+
+Each push that applies mutations records them here, fsynced, before its COMMIT. A retry
+finds the record and asks PostgreSQL whether that transaction committed
+(`pg_xact_status`), so idempotency never depends on capture having caught up. Records
+that capture has stored are pruned: from then on the store's `mutations` table answers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sidecar.store.base import PendingRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    subject TEXT NOT NULL,
+    id TEXT NOT NULL,
+    xid INTEGER NOT NULL,
+    rev TEXT,
+    origin TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (subject, id)
+);
+"""
+
+
+def pending_path(store_path: Path) -> Path:
+    """Where the pending ids of the store at `store_path` live."""
+    return store_path.with_name(store_path.name + ".pending")
+
+
+class SQLitePending:
+    """`PendingMutations` over one SQLite file (WAL mode, `synchronous=FULL`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def record(self, records: Sequence[PendingRecord]) -> None:
+        now = time.time()
+        rows = [(r.subject, r.id, r.xid, r.rev, r.origin, now) for r in records]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO pending (subject, id, xid, rev, origin, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def lookup(self, subject: str, ids: Sequence[str]) -> dict[str, PendingRecord]:
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, xid, rev, origin FROM pending WHERE subject = ? AND id IN ({marks})",
+                (subject, *ids),
+            ).fetchall()
+        return {r[0]: PendingRecord(subject, r[0], int(r[1]), r[2], r[3]) for r in rows}
+
+    def forget(self, subject: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM pending WHERE subject = ? AND id = ?", [(subject, i) for i in ids]
+            )
+
+    def prune(self, captured: Callable[[str, str], bool], older_than: float) -> int:
+        with self._lock:
+            rows = self._db.execute("SELECT subject, id, at FROM pending").fetchall()
+        gone = [(s, i) for s, i, at in rows if at < older_than or captured(s, i)]
+        if gone:
+            with self._lock:
+                self._db.executemany("DELETE FROM pending WHERE subject = ? AND id = ?", gone)
+        return len(gone)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
