@@ -24,6 +24,7 @@ from sidecar.capture.slots import read_slot_async
 from sidecar.collection import Collection, collection_shapes
 from sidecar.config.model import Config, Rate
 from sidecar.errors import ConfigError, ConfigProblem, PreflightError
+from sidecar.lsn import str_to_lsn
 from sidecar.mutations import Mutation
 from sidecar.notify import Notifier
 from sidecar.observability import Metrics, StoreWeather
@@ -38,7 +39,7 @@ from sidecar.pull import Puller, schema_version
 from sidecar.push import Pusher, PushResult
 from sidecar.push.breaker import Breaker, connect_probe, reporting_connection
 from sidecar.ratelimit import RateLimiter
-from sidecar.store.base import ChangeStore
+from sidecar.store.base import ChangeStore, PendingMutations
 from sidecar.store.open import open_pending, open_store
 from sidecar.values import NETWORK_KWARGS, configure_connection, session_options
 
@@ -125,6 +126,21 @@ def _push_pool(config: Config, breaker: Breaker, timeouts: dict[str, str]) -> As
     )
 
 
+async def _cover_pending(pool: AsyncConnectionPool, pending: PendingMutations) -> None:
+    """A new pending file covers the pushes from now on: a retry of an earlier commit (a
+    previous version, a lost pending file) waits for capture to pass this position."""
+    if pending.covered_from() is not None:
+        return
+    try:
+        async with pool.connection(timeout=10) as conn:
+            cur = await conn.execute("SELECT pg_current_wal_lsn()::text")
+            row = await cur.fetchone()
+    except psycopg.Error:
+        return  # not now: the first push's duplicate check waits for capture meanwhile
+    if row is not None:
+        pending.cover_from(str_to_lsn(row[0]))
+
+
 @dataclass
 class Service:
     config: Config
@@ -170,6 +186,7 @@ class Service:
         timeouts = _push_timeouts(config)
         pool = _push_pool(config, breaker, timeouts)
         await pool.open()
+        await _cover_pending(pool, pending)
         pusher = Pusher(
             routes,
             store,

@@ -13,7 +13,10 @@ transaction has ended — asks PostgreSQL about that transaction (`pg_xact_statu
   long ago, so the store's record answers.
 
 Ids the pending store does not know are looked up in the store (fed by capture): a
-mutation captured and pruned from the pending store is still a duplicate. A record made
+mutation captured and pruned from the pending store is still a duplicate. A commit from
+before the pending store covered pushes (`covered_from`: an older version, a lost pending
+file) has no record: for those the store must have caught up with that position first
+(a bounded wait, else 503), which it almost always has. A record made
 on another database (`origin`: system id, database, lineage — a failover or a restore)
 is not trusted, as the store's own ids are not across lineages.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Sequence
+from typing import Protocol
 
 import orjson
 import psycopg
@@ -66,12 +70,21 @@ async def record(
         ) from None
 
 
+class Capture(Protocol):
+    async def wait_for_lsn(self, lsn: int, timeout: float) -> bool: ...
+
+
+CAPTURE_WAIT = 5.0  # seconds to wait for capture to pass `covered_from`
+
+
 async def applied_before(
     conn: psycopg.AsyncConnection,
     pending: PendingMutations,
     store: StoreReader,
+    capture: Capture,
     subject: str,
     ids: Sequence[str],
+    lsn_now: int,
 ) -> dict[str, MutationResult]:
     """The subject's ids among `ids` already applied, as `duplicate` results. Call with
     the ids' advisory locks held."""
@@ -81,8 +94,12 @@ async def applied_before(
     trusted = {i: r for i, r in records.items() if r.origin == origin}
     verdicts: dict[str, str | None] = {}
     if trusted:
+        # a transaction id this server has not reached (a record of another server) is
+        # not asked about: pg_xact_status would raise
         cur = await conn.execute(
-            "SELECT i, pg_xact_status(x::xid8) FROM unnest(%s::text[], %s::text[]) AS t(i, x)",
+            "SELECT i, CASE WHEN x::xid8 < pg_snapshot_xmax(pg_current_snapshot()) "
+            "THEN pg_xact_status(x::xid8) ELSE 'future' END "
+            "FROM unnest(%s::text[], %s::text[]) AS t(i, x)",
             (list(trusted), [str(r.xid) for r in trusted.values()]),
         )
         verdicts = {row[0]: row[1] for row in await cur.fetchall()}
@@ -90,7 +107,7 @@ async def applied_before(
     for i, status in verdicts.items():
         if status == "committed":
             found[i] = MutationResult(i, "duplicate", rev=trusted[i].rev)
-        elif status == "aborted":
+        elif status in ("aborted", "future"):
             gone.append(i)
         elif status == "in progress":  # cannot hold the lock and be in progress; be safe
             raise Unavailable("an earlier attempt of this mutation is still running", retry_after=1)
@@ -98,6 +115,13 @@ async def applied_before(
         await asyncio.to_thread(pending.forget, subject, gone)
     rest = [i for i in ids if i not in found and i not in gone]
     if rest:
+        covered = pending.covered_from()
+        if not await capture.wait_for_lsn(lsn_now if covered is None else covered, CAPTURE_WAIT):
+            raise Unavailable(
+                "capture is behind the database; cannot tell yet whether these mutations "
+                "were already applied — retry",
+                retry_after=2,
+            )
         stored = await asyncio.to_thread(lambda: {i: store.mutation(subject, i) for i in rest})
         for i, rec in stored.items():
             if rec is not None:

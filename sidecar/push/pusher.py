@@ -526,7 +526,9 @@ class Pusher:
             return found
         if self.pending is not None:  # no wait for capture
             found.update(
-                await idempotency.applied_before(conn, self.pending, self.store, subject, unknown)
+                await idempotency.applied_before(
+                    conn, self.pending, self.store, self.capture, subject, unknown, lsn_now
+                )
             )
             return found
         if not await self.capture.wait_for_lsn(lsn_now, CAPTURE_WAIT):

@@ -219,6 +219,15 @@ class PendingMutations(Protocol):
 
     def forget(self, subject: str, ids: Sequence[str]) -> None: ...
 
+    def covered_from(self) -> int | None:
+        """The WAL position from which every push recorded its ids here (None: not yet
+        set). A commit before it may have no record: only the store can tell."""
+        ...
+
+    def cover_from(self, lsn: int) -> None:
+        """Set `covered_from` once (a later call keeps the first position)."""
+        ...
+
     def prune(self, captured: Callable[[str, str], bool], older_than: float) -> int:
         """Drop records capture has stored (`captured(subject, id)`) and any older than
         `older_than` (a Unix time); how many were dropped."""

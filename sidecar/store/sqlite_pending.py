@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS pending (
     at REAL NOT NULL,
     PRIMARY KEY (subject, id)
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -83,6 +84,17 @@ class SQLitePending:
         with self._lock:
             self._db.executemany(
                 "DELETE FROM pending WHERE subject = ? AND id = ?", [(subject, i) for i in ids]
+            )
+
+    def covered_from(self) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'covered_from'").fetchone()
+        return None if row is None else int(row[0])
+
+    def cover_from(self, lsn: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('covered_from', ?)", (str(lsn),)
             )
 
     def prune(self, captured: Callable[[str, str], bool], older_than: float) -> int:

@@ -68,3 +68,16 @@ def test_prune_drops_captured_and_old_records(pending: PendingMutations) -> None
     assert set(pending.lookup("u1", ["captured", "waiting"])) == {"waiting"}
     assert pending.prune(lambda s, i: False, older_than=time.time() + 1) == 1
     assert pending.lookup("u1", ["waiting"]) == {}
+
+
+def test_covered_from_is_set_once_and_survives_reopening(path: Path) -> None:
+    first = SQLitePending(path)
+    assert first.covered_from() is None
+    first.cover_from(1000)
+    first.cover_from(2000)  # the first position stays
+    first.close()
+    again = SQLitePending(path)
+    try:
+        assert again.covered_from() == 1000
+    finally:
+        again.close()

@@ -6,6 +6,7 @@ transaction and after a kill -9 before and after COMMIT. (Capture far behind a b
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
@@ -177,3 +178,43 @@ async def test_kill9_at_each_step_of_a_push_then_a_retry_applies_it_once(
         assert [r["status"] for r in body["results"]] == ["duplicate"] * 3
     finally:
         side.stop()
+
+
+async def test_a_commit_from_before_the_pending_records_is_not_applied_twice(
+    pg_dsn, pg_url, sidecar_factory, tmp_path
+):
+    """A push committed by a sidecar that kept no pending records (the version before
+    them, or a store restored without its pending file) and not captured yet: its retry
+    must not be applied again while capture is behind — 503 until capture has passed the
+    point the pending records start from, then `duplicate`."""
+    run_sql(pg_dsn, "CREATE TABLE items (id serial PRIMARY KEY, note text)")
+    sc = await sidecar_factory(pg_url, COLLECTIONS)
+    await sc.stop()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"store.db.pending{suffix}").unlink(missing_ok=True)
+    run_sql(  # what the older sidecar committed, answered to nobody
+        pg_dsn,
+        "BEGIN; INSERT INTO items (note) VALUES ('old-1'); "
+        "SELECT pg_logical_emit_message(true, 'sidecar', "
+        '\'{"id":"old-1","sub":"1","dev":null,'
+        '"outcome":{"status":"applied","rev":"abc"}}\'); COMMIT',
+    )
+    holder = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # capture cannot record it for now
+        await sc.start()
+        status, body = await sc.push([insert("old-1")])
+        assert count(pg_dsn, "old-1") == 1, "applied twice"
+        assert status == 503, body
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    deadline = time.monotonic() + 60
+    while True:
+        status, body = await sc.push([insert("old-1")])
+        if status != 503 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert status == 200, body
+    assert body["results"][0] == {"id": "old-1", "status": "duplicate", "rev": "abc"}
+    assert count(pg_dsn, "old-1") == 1
