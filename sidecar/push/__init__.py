@@ -8,6 +8,7 @@
 - `conflicts.py`: the conflict strategies, one function each, by name.
 """
 
-from sidecar.push.pusher import CAPTURE_WAIT, CaptureProgress, Pusher, PushResult
+from sidecar.push.idempotency import CAPTURE_WAIT, CaptureProgress
+from sidecar.push.pusher import Pusher, PushResult
 
 __all__ = ["CAPTURE_WAIT", "CaptureProgress", "PushResult", "Pusher"]

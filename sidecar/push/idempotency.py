@@ -70,7 +70,7 @@ async def record(
         ) from None
 
 
-class Capture(Protocol):
+class CaptureProgress(Protocol):
     async def wait_for_lsn(self, lsn: int, timeout: float) -> bool: ...
 
 
@@ -81,7 +81,7 @@ async def applied_before(
     conn: psycopg.AsyncConnection,
     pending: PendingMutations,
     store: StoreReader,
-    capture: Capture,
+    capture: CaptureProgress,
     subject: str,
     ids: Sequence[str],
     lsn_now: int,

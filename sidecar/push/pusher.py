@@ -30,9 +30,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
 import psycopg
 import structlog
 from cachetools import TTLCache
@@ -48,6 +47,7 @@ from sidecar.mutations import Mutation, MutationResult, rejected
 from sidecar.permissions import Permissions
 from sidecar.push import conflicts, idempotency
 from sidecar.push.breaker import Breaker
+from sidecar.push.idempotency import CaptureProgress
 from sidecar.push.plan import (
     Current,
     Plan,
@@ -64,7 +64,6 @@ from sidecar.walmessage import MutationMessage
 
 log = structlog.get_logger("sidecar.push")
 
-CAPTURE_WAIT = 5.0  # seconds a push waits for capture before deciding on duplicates
 POOL_WAIT = 10.0  # seconds a push waits for a database connection before a 503
 DEADLINE_SLACK = 2.0  # a push's transaction gives up this long after statement_timeout
 LOCKED_RETRY = 1  # Retry-After (s) of a push refused for a locked row or a slow statement
@@ -77,10 +76,6 @@ _CLAIM_TYPE_ERRORS = (
     pge.AmbiguousFunction,
     pge.IndeterminateDatatype,
 )
-
-
-class CaptureProgress(Protocol):
-    async def wait_for_lsn(self, lsn: int, timeout: float) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,12 +172,10 @@ class Pusher:
         permissions: Permissions | None = None,
         breaker: Breaker | None = None,
         statement_timeout: float = 10.0,
-        pending: PendingMutations | None = None,
+        pending: PendingMutations,
     ) -> None:
         self.permissions = permissions
-        # ids recorded before COMMIT (`idempotency.py`); without it, duplicates wait for
-        # capture to reach the database's WAL position
-        self.pending = pending
+        self.pending = pending  # ids recorded before COMMIT (`idempotency.py`)
         self.breaker = breaker or Breaker(_never)
         # the pool's sessions run with it as `statement_timeout`; a push's transaction
         # as a whole is given up DEADLINE_SLACK later (a database that stopped answering)
@@ -346,15 +339,11 @@ class Pusher:
                     done = await self._write_one_by_one(conn, principal, writes, atomic)
                 results.update(done)
                 written = [r for w in writes if (r := done[w.m.id]).status == "applied"]
-                if written and self.pending is not None:
+                if written:
                     xid = await idempotency.current_xid(conn)
                     txid = xid & 0xFFFFFFFF if txid is None else txid
                     await idempotency.record(self.pending, self.store, subject, written, xid)
                     failpoints.hit("push.before_commit")  # tests: die with ids pending
-                elif written and txid is None:
-                    cur = await conn.execute("SELECT pg_current_xact_id()::xid::text")
-                    row = await cur.fetchone()
-                    txid = int(row[0]) if row else None
         except _Aborted as abort:
             refused = aborted(mutations, abort.result, results)
             for m, r in zip(mutations, refused, strict=True):
@@ -511,9 +500,9 @@ class Pusher:
     async def _duplicates(
         self, conn: psycopg.AsyncConnection, subject: str, ids: list[str], lsn_now: int
     ) -> dict[str, MutationResult]:
-        """The subject's ids already applied (`duplicate`), once capture has reached
-        `lsn_now`, read after their locks were taken: any earlier attempt committed
-        before it. Another subject's mutation of the same id is not a duplicate."""
+        """The subject's ids already applied (`duplicate`), read after their locks were
+        taken: this process's recent pushes, then `idempotency.applied_before`. Another
+        subject's mutation of the same id is not a duplicate."""
         found: dict[str, MutationResult] = {}
         unknown = []
         for i in ids:
@@ -524,26 +513,11 @@ class Pusher:
                 unknown.append(i)
         if not unknown:
             return found
-        if self.pending is not None:  # no wait for capture
-            found.update(
-                await idempotency.applied_before(
-                    conn, self.pending, self.store, self.capture, subject, unknown, lsn_now
-                )
+        found.update(
+            await idempotency.applied_before(
+                conn, self.pending, self.store, self.capture, subject, unknown, lsn_now
             )
-            return found
-        if not await self.capture.wait_for_lsn(lsn_now, CAPTURE_WAIT):
-            raise Unavailable(
-                "capture is behind the database; cannot tell yet whether these mutations "
-                "were already applied — retry",
-                retry_after=2,
-            )
-        records = await asyncio.to_thread(
-            lambda: {i: self.store.mutation(subject, i) for i in unknown}
         )
-        for i, rec in records.items():
-            if rec is not None:
-                outcome = orjson.loads(rec.outcome)
-                found[i] = MutationResult(i, "duplicate", rev=outcome.get("rev"))
         return found
 
     # -- current rows --------------------------------------------------------------------

@@ -202,6 +202,9 @@ async def test_committed_but_unanswered_mutation_is_recognised(sc, pg_dsn):
         '\'{"id":"lost-1","sub":"1","dev":null,'
         '"outcome":{"status":"applied","rev":"abc"}}\'); COMMIT',
     )
+    # written here without the pending record a push makes before COMMIT (that path:
+    # test_push_exactly_once.py), so the store must hold it first: capture records it
+    await sc.caught_up(pg_dsn)
     _, body = await sc.push(
         [{"id": "lost-1", "collection": "todos", "op": "insert", "data": {"title": "ghost"}}]
     )

@@ -41,12 +41,12 @@ def test_the_pusher_refuses_routes_with_an_unknown_strategy() -> None:
         conflict = ConflictStrategy(kind)  # type: ignore[arg-type]
         return {"c": SimpleNamespace(config=SimpleNamespace(conflict=conflict))}
 
-    pusher = Pusher(routes("merge"), None, None, None)  # type: ignore[arg-type]
+    pusher = Pusher(routes("merge"), None, None, None, pending=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no conflict strategy 'newest'"):
         pusher.routes = routes("newest")
     assert pusher.routes["c"].config.conflict.kind == "merge"  # the old routes stay
     with pytest.raises(ValueError, match="no conflict strategy"):
-        Pusher(routes("newest"), None, None, None)  # type: ignore[arg-type]
+        Pusher(routes("newest"), None, None, None, pending=None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", ["reject", "server_wins"])
