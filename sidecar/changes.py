@@ -9,9 +9,11 @@ from typing import Any, NamedTuple
 
 from sidecar.errors import InvalidRequest
 
-__all__ = ["Cursor", "Image", "Page", "rev_of"]
+__all__ = ["Cursor", "GrantChange", "Image", "Page", "rev_of"]
 
-_CURSOR = re.compile(r"^([0-9a-f]{8})-([0-9]{1,19})$")
+_CURSOR = re.compile(
+    r"^([0-9a-f]{8})-([0-9]{1,19})(?:-([0-9]{1,19})(?:-([0-9]{1,19})-([0-9]{1,19}))?)?$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,13 +21,35 @@ class Cursor:
     """A position in one store: its epoch (changes when the store is rebuilt) and a version.
 
     Rendered as `<epoch>-<version>`, e.g. `3fa9c2d1-1042`; clients treat it as opaque.
+    Under a membership rule a cursor may name more (see `views.py`): the version the
+    client's scopes were read at, `<epoch>-<version>-<scopes_at>` (the client holds every
+    change up to `version` of the scopes it had at `scopes_at`), and, while the rows of
+    scopes it gained are being sent (a move-in over several pages), the version of the
+    scopes it is moving to and how far the move-in has come:
+    `<epoch>-<version>-<scopes_at>-<target>-<moved>`.
     """
 
     epoch: str
     version: int
+    scopes_at: int | None = None  # None: the scopes of `version`
+    target: int | None = None  # a move-in in progress: to the scopes of this version
+    moved: int = 0  # ... its rows up to this version are sent
+
+    def __post_init__(self) -> None:
+        if self.scopes_at == self.version and self.target is None:
+            object.__setattr__(self, "scopes_at", None)  # one spelling of each position
 
     def __str__(self) -> str:
-        return f"{self.epoch}-{self.version}"
+        if self.target is not None:
+            return f"{self.epoch}-{self.version}-{self.scopes_version}-{self.target}-{self.moved}"
+        if self.scopes_at is None:
+            return f"{self.epoch}-{self.version}"
+        return f"{self.epoch}-{self.version}-{self.scopes_at}"
+
+    @property
+    def scopes_version(self) -> int:
+        """The version at which the client's scopes were read."""
+        return self.version if self.scopes_at is None else self.scopes_at
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
@@ -36,7 +60,10 @@ class Cursor:
                 "or omit it for an initial sync",
                 parameter="cursor",
             )
-        return cls(m.group(1), int(m.group(2)))
+        at, target, moved = m.group(3), m.group(4), m.group(5)
+        if target is not None:
+            return cls(m.group(1), int(m.group(2)), int(at), int(target), int(moved))
+        return cls(m.group(1), int(m.group(2)), None if at is None else int(at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +96,12 @@ class Image(NamedTuple):
 def rev_of(row_json: bytes) -> str:
     """The short hash clients use as the row's revision (read and write paths agree)."""
     return hashlib.blake2b(row_json, digest_size=8).hexdigest()
+
+
+class GrantChange(NamedTuple):
+    """What one row of a membership table grants through one lookup after a change, in
+    stream order (`membership.py` makes them, the store keeps their history)."""
+
+    lookup: str  # `Lookup.id`
+    ident: str  # JSON object of the membership row's identity
+    pairs: tuple[tuple[str, str], ...]  # (scope, value) pairs; () after a delete

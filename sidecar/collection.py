@@ -34,7 +34,7 @@ from psycopg.pq import Format
 from sidecar.catalog import TableInfo
 from sidecar.changes import Image, rev_of
 from sidecar.config.model import CollectionConfig
-from sidecar.rules.scopes import ReadRule, compile_read_rule
+from sidecar.rules.scopes import Grants, Lookup, ReadRule, compile_read_rule
 from sidecar.unchanged import UNCHANGED
 from sidecar.values import (
     JSON_OIDS,
@@ -89,7 +89,13 @@ class PendingImage:
 class Collection:
     """The compiled mapping of one collection onto one table."""
 
-    def __init__(self, config: CollectionConfig, table: TableInfo) -> None:
+    def __init__(
+        self,
+        config: CollectionConfig,
+        table: TableInfo,
+        tables: Mapping[str, TableInfo] | None = None,
+    ) -> None:
+        """`tables`: the tables the read rule's sub-selects name, by name as written."""
         self.name = config.name
         self.config = config
         self.table = table
@@ -102,7 +108,23 @@ class Collection:
         else:
             self.ident_columns = self.key
         types = {c.name: c.type_name for c in table.columns}
-        self.read: ReadRule = compile_read_rule(config.read, types)
+        found: dict[str, TableInfo] = {}
+
+        def table_types(name: str) -> tuple[str, Mapping[str, str]]:
+            info = (tables or {}).get(name)
+            if info is None:
+                raise config.read.error(
+                    f"table {name} does not exist (or the sidecar's role cannot see it)",
+                    config.read.node,
+                )
+            found[str(info.ref)] = info
+            return str(info.ref), {c.name: c.type_name for c in info.columns}
+
+        self.read: ReadRule = compile_read_rule(config.read, types, table_types)
+        # each lookup of the rule (nested ones too) with the table it reads
+        self.lookup_tables: tuple[tuple[Lookup, TableInfo], ...] = tuple(
+            (lookup, found[lookup.table]) for lookup in self.read.lookups
+        )
         extra = [
             c
             for c in (*self.key, *self.ident_columns, *sorted(self.read.columns))
@@ -301,8 +323,19 @@ class Collection:
         """The image of a row given typed values by column name (e.g. from a SELECT)."""
         return self.image_of_typed([values.get(c) for c in self.needed])
 
-    def request_scopes(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
-        return tuple(self._prefix + s for s in self.read.request_scopes(claims))
+    def request_scopes(
+        self,
+        claims: Mapping[str, Any],
+        grants: Grants | None = None,
+        watch: set[str] | None = None,
+    ) -> tuple[str, ...]:
+        """The caller's scopes (prefixed); see `ReadRule.request_scopes`."""
+        return tuple(self._prefix + s for s in self.read.request_scopes(claims, grants, watch))
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether a caller's scopes depend on captured rows (a membership rule)."""
+        return bool(self.lookup_tables)
 
 
 def collection_shapes(routes: Sequence[Collection]) -> dict[str, str]:
@@ -319,6 +352,12 @@ def collection_shapes(routes: Sequence[Collection]) -> dict[str, str]:
                     [(c, r.table.column(c).type_name) for c in r.needed],  # type: ignore[union-attr]
                     list(r.exposed),
                     r.config.read.text,
+                    # membership tables' shapes (only when there are: others keep theirs)
+                    *(
+                        [[(lk.id, [(c.name, c.type_name) for c in t.columns]) for lk, t in lookups]]
+                        if (lookups := r.lookup_tables)
+                        else []
+                    ),
                 ]
             ),
             digest_size=8,

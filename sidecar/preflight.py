@@ -7,16 +7,17 @@ DBA can act on one report. Used at start-up and by `sidecar check`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
 from sidecar.catalog import TableInfo, load_table
 from sidecar.collection import Collection
-from sidecar.config.expressions import ExpressionError
-from sidecar.config.model import CollectionConfig, Config
+from sidecar.config.expressions import Expression, ExpressionError
+from sidecar.config.model import CollectionConfig, Config, TableRef
 from sidecar.hazards import config_warnings
+from sidecar.membership import source_name
 from sidecar.rules.scopes import ReadRule
 
 
@@ -24,9 +25,16 @@ from sidecar.rules.scopes import ReadRule
 class PreflightReport:
     problems: tuple[str, ...]
     warnings: tuple[str, ...]
-    tables: dict[str, TableInfo]  # collection name → table (those found)
+    tables: dict[str, TableInfo]  # collection name → table (those found); membership
+    # tables too, under `membership.source_name` (published and copied like the others)
     publication_exists: bool
     publication_adds: tuple[TableInfo, ...] = ()  # mapped tables to add to the publication
+    sources: dict[str, TableInfo] = field(default_factory=dict)  # rule sub-selects' tables,
+    # by name as written in the rules
+
+    def collection(self, coll: CollectionConfig) -> Collection:
+        """The collection compiled over its table (and membership tables) as found."""
+        return Collection(coll, self.tables[coll.name], self.sources)
 
     @property
     def ok(self) -> bool:
@@ -279,13 +287,69 @@ def _can_create_publication(
         )
 
 
+def _subquery_tables(expr: Expression) -> list[str]:
+    """The tables a rule's sub-selects name (nested ones too), as written."""
+    out: list[str] = []
+    for sub in expr.subqueries:
+        out.append(sub.table_name)
+        out.extend(_subquery_tables(sub.where))
+    return out
+
+
+def _table_ref(name: str) -> TableRef:
+    schema, _, table = name.rpartition(".")
+    return TableRef(schema or "public", table)
+
+
+def _membership_checks(
+    conn: psycopg.Connection,
+    config: Config,
+    tables: dict[str, TableInfo],
+    sources: dict[str, TableInfo],
+    problems: list[str],
+) -> None:
+    """The tables the read rules' sub-selects name: captured like mapped tables, so they
+    must exist, be readable and have a replica identity; each joins `tables` (to be
+    published and copied) and `sources` (by name as written)."""
+    role = None
+    for coll in config.collections.values():
+        for name in _subquery_tables(coll.read):
+            if name in sources:
+                continue
+            info = load_table(conn, _table_ref(name))
+            where = f"collection {coll.name!r}: the read rule's sub-select table {name}"
+            if info is None:
+                problems.append(f"{where} does not exist (or the sidecar's role cannot see it)")
+                continue
+            sources[name] = info
+            tables.setdefault(source_name(info), info)
+            if role is None:
+                role = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+            ok = conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (info.oid,)).fetchone()
+            if not (ok and ok[0]):
+                problems.append(
+                    f"{where}: role {role!r} lacks SELECT on {info.ref}: run GRANT SELECT ON "
+                    f"{info.ref.qualified} TO {_q(role)};"
+                )
+            if info.updates_need_identity or not (info.identity_index or info.primary_key):
+                problems.append(
+                    f"{where} has no replica identity (no primary key): its deletes could not "
+                    "be captured, and once it is published the application's own UPDATE and "
+                    f"DELETE statements would fail. Fix: {_identity_fix(conn, info)}"
+                )
+
+
 def _read_rule(
-    config: Config, coll: CollectionConfig, info: TableInfo, problems: list[str]
+    config: Config,
+    coll: CollectionConfig,
+    info: TableInfo,
+    sources: dict[str, TableInfo],
+    problems: list[str],
 ) -> ReadRule | None:
     """The collection compiled over its table as `sidecar run` compiles it (so `check`
     reports what would stop `run`); a read rule it cannot turn into scopes is a problem."""
     try:
-        return Collection(coll, info).read
+        return Collection(coll, info, sources).read
     except ExpressionError as error:
         near = f" (near {error.token!r})" if error.token else ""
         number = coll.read_line if coll.read_line is not None else coll.line
@@ -302,6 +366,8 @@ def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
     if not _server_checks(conn, problems):
         return PreflightReport(tuple(problems), (), tables, False)
     rules: dict[str, ReadRule] = {}
+    sources: dict[str, TableInfo] = {}
+    _membership_checks(conn, config, tables, sources, problems)
     for coll in config.collections.values():
         info = load_table(conn, coll.table)
         if info is None:
@@ -314,13 +380,13 @@ def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
         before = len(problems)
         _collection_checks(conn, coll, info, problems)
         if len(problems) == before:
-            rule = _read_rule(config, coll, info, problems)
+            rule = _read_rule(config, coll, info, sources, problems)
             if rule is not None:
                 rules[coll.name] = rule
     adds: list[TableInfo] = []
     exists = _publication_checks(conn, config, tables, problems, warnings, adds)
     warnings.extend(config_warnings(config, rules))
-    return PreflightReport(tuple(problems), tuple(warnings), tables, exists, tuple(adds))
+    return PreflightReport(tuple(problems), tuple(warnings), tables, exists, tuple(adds), sources)
 
 
 def publication_statement(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
@@ -26,7 +27,9 @@ from sidecar.errors import CursorExpired, Forbidden, InvalidRequest, Unauthorize
 from sidecar.notify import Notifier, wait_event
 from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
+from sidecar.rules.scopes import Grants
 from sidecar.store.base import StoreReader
+from sidecar.views import read_view
 
 log = structlog.get_logger("sidecar.pull")
 
@@ -177,7 +180,7 @@ class Puller:
                 for name, r in self.routes.items()
                 if (
                     self.permissions.can_read(principal, r.config)
-                    and r.request_scopes(principal.claims)
+                    and (r.dynamic or r.request_scopes(principal.claims))
                 )
                 or (self.permissions.can_write(principal, r.config) and r.config.write.ops)
             },
@@ -202,12 +205,14 @@ class Puller:
                 "this cursor is from an earlier store (it was rebuilt); resync from scratch "
                 "by pulling without a cursor"
             )
-        if cursor.version < state.purged_version:
+        oldest = min(cursor.version, cursor.scopes_version)
+        if oldest < state.purged_version:
             raise CursorExpired(
                 "this cursor is older than the tombstone retention; resync from scratch by "
                 "pulling without a cursor"
             )
-        if cursor.version > state.version:
+        newest = max(cursor.version, cursor.scopes_version, cursor.target or 0)
+        if newest > state.version or cursor.moved > cursor.version:
             raise CursorExpired("this cursor is ahead of the store; resync from scratch")
         return cursor.version
 
@@ -217,6 +222,40 @@ class Puller:
         if req.max_bytes is not None:
             bound = min(bound, req.max_bytes)
         return max(1, bound - ENVELOPE)
+
+    async def _read(
+        self,
+        principal: Principal,
+        routes: Sequence[Collection],
+        cursor: Cursor | None,
+        limit: int,
+        budget: int,
+    ) -> tuple[Page, tuple[str, ...]]:
+        """A page after `cursor` (checked) and what a live wait for the next one watches:
+        the caller's scopes, and the grants they come from under a membership rule."""
+        if not any(r.dynamic for r in routes):
+            scopes = self.scopes_for(principal, routes)
+            after = 0 if cursor is None else cursor.version
+            return await self.cache.page(scopes, after, limit, budget), tuple(scopes)
+        for route in routes:
+            self._note_missing_claims(principal, route)
+        claims = principal.claims
+
+        def scopes_of(grants: Grants, watch: set[str] | None) -> list[str]:
+            found = [s for r in routes for s in r.request_scopes(claims, grants, watch)]
+            return list(dict.fromkeys(found))
+
+        epoch = self.store.state().epoch
+        read = functools.partial(
+            read_view,
+            scopes_of=scopes_of,
+            epoch=epoch,
+            cursor=cursor,
+            limit=limit,
+            max_bytes=budget,
+        )
+        view = await asyncio.to_thread(self.store.view, read)
+        return Page(view.lines, view.cursor, view.has_more), view.watch
 
     async def pull(self, principal: Principal, req: PullRequest) -> Page:
         self._check_ready()
@@ -228,21 +267,22 @@ class Puller:
                 raise Unavailable(
                     "the store has not caught up with after_lsn yet; retry", retry_after=1
                 )
-        after = self._start_version(req.cursor)
+        self._start_version(req.cursor)
         routes = self.select_routes(principal, req.collections)
-        scopes = self.scopes_for(principal, routes)
-        if not (req.live and scopes):
-            return await self.cache.page(scopes, after, limit, budget)
+        page, watch = await self._read(principal, routes, req.cursor, limit, budget)
+        if not req.live or not watch or page.lines or page.has_more:
+            return page
         timeout = max(0.0, min(req.timeout, self.max_wait))
         left = seconds_left(principal)
         if left is not None:  # a live wait ends when the token does
             if left <= 0:
                 raise Unauthorized("token expired: get a new one")
             timeout = min(timeout, left)
-        with self._live_slot(principal.subject), self.notifier.watch(scopes) as changed:
-            page = await self.cache.page(scopes, after, limit, budget)
+        with self._live_slot(principal.subject), self.notifier.watch(watch) as changed:
+            # read again once watching: a commit since the first read is not missed
+            page, _ = await self._read(principal, routes, req.cursor, limit, budget)
             if not page.lines and not page.has_more and await wait_event(changed, timeout):
-                page = await self.cache.page(scopes, page.cursor.version, limit, budget)
+                page, _ = await self._read(principal, routes, page.cursor, limit, budget)
         return page
 
     async def batch(self, principal: Principal, req: PullRequest, most: int) -> Page:
@@ -279,21 +319,25 @@ class Puller:
         limit = max(1, min(req.limit, self.max_page))
         budget = self.byte_budget(req)
         epoch = self.store.state().epoch
-        after = self._start_version(req.cursor)
-        scopes = self.scopes_for(principal, self.select_routes(principal, req.collections))
+        self._start_version(req.cursor)
+        routes = self.select_routes(principal, req.collections)
+        cursor = req.cursor
         expires = principal.claims.get("exp")
         first = True
         with self._live_slot(principal.subject):
             while True:
-                with self.notifier.watch(scopes) as changed:
+                page, watch = await self._read(principal, routes, cursor, limit, budget)
+                with self.notifier.watch(watch) as changed:
                     if self.store.state().epoch != epoch:
                         yield StreamEvent("resync", detail="the store was rebuilt; resync")
                         return
-                    page = await self.cache.page(scopes, after, limit, budget)
+                    if self.store.state().version != page.cursor.version and not page.has_more:
+                        # a commit since the read: read again, now that it is watched
+                        page, _ = await self._read(principal, routes, cursor, limit, budget)
                     if page.lines or first:
                         yield StreamEvent("changes", page)
                         first = False
-                    after = page.cursor.version
+                    cursor = page.cursor
                     if page.has_more:
                         continue
                     left = heartbeat

@@ -75,9 +75,7 @@ def prepare_database(config: Config) -> PreflightReport:
 
 def routes_for(config: Config, report: PreflightReport) -> dict[str, Collection]:
     """Each collection's route over its table as the preflight found it."""
-    return {
-        name: Collection(coll, report.tables[name]) for name, coll in config.collections.items()
-    }
+    return {name: report.collection(coll) for name, coll in config.collections.items()}
 
 
 def _limiter(rate: Rate | None) -> RateLimiter | None:

@@ -16,6 +16,9 @@ TOASTed value sent as "unchanged" is filled in by the store from the row's store
 Several collections may map one table (different rules or columns): every row change and
 every truncate of the table goes to each of them, in config order, each against its own
 stored rows (the store keys rows by collection).
+
+A membership table (named by read rules' sub-selects, `membership.py`) gives grant
+changes instead, written after the batch's row changes (`StoreWriter.apply_grants`).
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ import structlog
 
 from sidecar.capture import pgoutput_messages as po
 from sidecar.capture.pgoutput import Decoder
-from sidecar.changes import Image
+from sidecar.changes import GrantChange, Image
 from sidecar.collection import Collection
 from sidecar.errors import SidecarError
 from sidecar.lsn import lsn_to_str
+from sidecar.membership import MembershipSource, membership_sources
 from sidecar.store.base import MutationRecord, PreparedLoad, RowChange, StoreWriter
 from sidecar.walmessage import PREFIX, MalformedMessage, MutationMessage
 
@@ -67,6 +71,15 @@ class _RelMap:
 
 
 @dataclass(slots=True)
+class _SourceMap:
+    source: MembershipSource
+    positions: tuple[int, ...]  # index in the relation tuple of each of source.needed
+
+    def needed(self, row: Sequence[Any]) -> list[Any]:
+        return [row[p] for p in self.positions]
+
+
+@dataclass(slots=True)
 class BatchResult:
     committed_lsn: int | None  # the store committed up to this LSN (None: nothing new)
     touched: set[str] = field(default_factory=set)
@@ -96,10 +109,15 @@ class Ingest:
         self._txn_lsn = 0
         self._txn_xid = 0
         # Every collection of a table, in config order: each gets every change of it.
+        self.routes = list(routes)
         self.routes_by_oid: dict[int, tuple[Collection, ...]] = {}
-        for r in routes:
+        for r in self.routes:
             self.routes_by_oid[r.table.oid] = (*self.routes_by_oid.get(r.table.oid, ()), r)
         self.relations: dict[int, tuple[_RelMap, ...]] = {}
+        self.sources = membership_sources(self.routes)
+        self.sources_by_oid = {s.table.oid: s for s in self.sources}
+        self.source_maps: dict[int, _SourceMap] = {}
+        self._grants: list[GrantChange] = []
         self.decoder = Decoder()
         self.skip_through = skip_through  # commits ending at or before this are applied
         self._writer = writer
@@ -121,6 +139,18 @@ class Ingest:
     # -- relation map ----------------------------------------------------------------------
 
     def _on_relation(self, rel: po.Relation) -> None:
+        source = self.sources_by_oid.get(rel.relid)
+        if source is not None:
+            names = [c.name for c in rel.columns]
+            missing = [c for c in source.needed if c not in names]
+            if missing:
+                raise SchemaChanged(
+                    f"membership table {source.table.ref} no longer has column(s) "
+                    f"{', '.join(missing)} that a read rule's sub-select uses"
+                )
+            self.source_maps[rel.relid] = _SourceMap(
+                source, tuple(names.index(c) for c in source.needed)
+            )
         routes = self.routes_by_oid.get(rel.relid)
         if not routes:
             return  # a table of the publication that no collection maps
@@ -206,12 +236,26 @@ class Ingest:
 
     def _on_row(self, msg: po.Insert | po.Update | po.Delete) -> None:
         maps = self.relations.get(msg.relid)
+        if self.source_maps and msg.relid in self.source_maps:
+            self._grant_row(self.source_maps[msg.relid], msg)
+        elif msg.relid in self.sources_by_oid:
+            raise SchemaChanged(f"row change for relation {msg.relid} before its Relation")
         if maps is None:
             if msg.relid in self.routes_by_oid:
                 raise SchemaChanged(f"row change for relation {msg.relid} before its Relation")
             return
         for rm in maps:  # every collection of the table
             self._route_row(rm, msg)
+
+    def _grant_row(self, sm: _SourceMap, msg: po.Insert | po.Update | po.Delete) -> None:
+        source = sm.source
+        if type(msg) is po.Delete:
+            self._grants.extend(source.deleted(source.ident_of(sm.needed(msg.old))))
+            return
+        gone = None
+        if type(msg) is po.Update and msg.old is not None:
+            gone = source.ident_of(sm.needed(msg.old))
+        self._grants.extend(source.changed(sm.needed(msg.new), gone))
 
     def _route_row(self, rm: _RelMap, msg: po.Insert | po.Update | po.Delete) -> None:
         route = rm.route
@@ -234,6 +278,10 @@ class Ingest:
         if type(msg) is po.Truncate:
             self._flush()
             for relid in msg.relids:
+                source = self.sources_by_oid.get(relid)
+                if source is not None:
+                    lookups = [lookup.id for lookup in source.lookups]
+                    self._touched |= self._on_writer(self.store.truncate_grants, lookups)
                 for rm in self.relations.get(relid, ()):
                     if self._txn_lsn >= self.backfilled.get(rm.route.name, 0):
                         self._touched |= self._on_writer(self.store.truncate, rm.route.name)
@@ -260,13 +308,15 @@ class Ingest:
     # -- writing -------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Hand the pending row changes to the writer, in order."""
-        if not self._changes:
-            return
-        changes, self._changes = self._changes, []
-        self._batch_bytes = 0
-        self._submit(self.store.apply, changes)
-        self.rows_applied += len(changes)
+        """Hand the pending row changes (then grant changes) to the writer, in order."""
+        if self._changes:
+            changes, self._changes = self._changes, []
+            self._batch_bytes = 0
+            self._submit(self.store.apply, changes)
+            self.rows_applied += len(changes)
+        if self._grants:
+            grants, self._grants = self._grants, []
+            self._submit(self.store.apply_grants, grants)
 
     def _submit(self, fn: Callable[..., set[str]], *args: Any) -> None:
         """Run `fn` on the writer after what was handed to it before; keep going meanwhile
@@ -292,8 +342,14 @@ class Ingest:
 
     # -- initial copy --------------------------------------------------------------------
 
-    def snapshot_rows(self, route: Collection, rows: Sequence[Sequence[Any]]) -> None:
+    def snapshot_rows(
+        self, route: Collection | MembershipSource, rows: Sequence[Sequence[Any]]
+    ) -> None:
         """Insert rows read by the initial copy (typed values of route.needed, in order)."""
+        if isinstance(route, MembershipSource):
+            self._submit(self.store.apply_grants, route.copied(rows))
+            self.rows_applied += len(rows)
+            return
         images = route.copied_images(rows)
         self._submit(self._load, self.store.prepare_load(route.name, images))
         self.rows_applied += len(rows)

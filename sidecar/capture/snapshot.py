@@ -23,6 +23,7 @@ from psycopg import sql
 
 from sidecar.capture.ingest import Ingest
 from sidecar.collection import Collection
+from sidecar.membership import MembershipSource, membership_sources
 from sidecar.values import ADAPTERS, session_options
 
 log = structlog.get_logger("sidecar.snapshot")
@@ -55,7 +56,7 @@ class CopyProgress:
         }
 
 
-def _estimate(conn: psycopg.Connection, routes: Sequence[Collection]) -> int:
+def _estimate(conn: psycopg.Connection, routes: Sequence[Collection | MembershipSource]) -> int:
     total = 0
     for r in routes:
         row = conn.execute(
@@ -74,7 +75,9 @@ def copy_tables(
     progress: CopyProgress,
     on_batch: Callable[[], None] | None = None,
 ) -> int:
-    """Copy every route's table into the store (uncommitted); returns rows copied."""
+    """Copy every route's table into the store (uncommitted), and the membership tables
+    their rules read; returns rows copied."""
+    tables: list[Collection | MembershipSource] = [*routes, *membership_sources(routes)]
     started = time.monotonic()
     with psycopg.connect(
         dsn,
@@ -86,9 +89,9 @@ def copy_tables(
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if snapshot_name:
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-        progress.tables_total = len(routes)
-        progress.estimated_rows = _estimate(conn, routes)
-        for route in routes:
+        progress.tables_total = len(tables)
+        progress.estimated_rows = _estimate(conn, tables)
+        for route in tables:
             progress.table = route.name
             table = sql.Identifier(route.table.ref.schema, route.table.ref.name)
             columns = sql.SQL(", ").join(sql.Identifier(c) for c in route.needed)

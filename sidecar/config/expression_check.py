@@ -5,8 +5,12 @@ allowed is refused with a located `ExpressionError`, and the column names it ref
 are collected. The allowed subset: unqualified column references, `:claim` parameters,
 constants (integer, numeric, string, boolean, NULL), comparisons `= <> != < <= > >=`,
 `IS [NOT] DISTINCT FROM`, AND/OR/NOT, `IN (list)`, `= ANY(:claim)` and
-`= ANY(ARRAY[<literals>])`, `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`, `[NOT] BETWEEN`
-(not SYMMETRIC), `[NOT] [I]LIKE` with a constant pattern (no ESCAPE clause), arithmetic
+`= ANY(ARRAY[<literals>])`, `<column> IN (SELECT <column> FROM <table> [WHERE <condition>])`
+(a membership sub-select: one bare column of one table, a condition over that table's
+columns, claims and literals, itself allowed one more such sub-select: `MAX_SUBQUERY_DEPTH`
+levels; collected as `SubqueryInfo`), `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`,
+`[NOT] BETWEEN` (not SYMMETRIC), `[NOT] [I]LIKE` with a constant pattern (no ESCAPE clause),
+arithmetic
 `+ - * /`, string concatenation `||`, casts to the types of `ALLOWED_CASTS` (no typmods, no
 arrays; `cast_target`), `coalesce` and the functions of `sidecar.rules.functions.FUNCTIONS`
 (optionally qualified `pg_catalog.`), at most `MAX_DEPTH` levels deep and `max_nodes` nodes
@@ -17,6 +21,7 @@ boolean is expected, and a boolean operand of arithmetic or of a function.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -39,12 +44,17 @@ __all__ = [
     "CONCAT_OPERATOR",
     "MAX_DEPTH",
     "MAX_NODES",
+    "MAX_SUBQUERY_DEPTH",
     "Checker",
+    "SubqueryInfo",
     "cast_target",
 ]
 
 MAX_DEPTH = 100  # nesting of the expression tree (keeps every later walk far from recursion limits)
 MAX_NODES = 1000  # nodes of the expression tree (bounds the work of evaluating it per row)
+MAX_SUBQUERY_DEPTH = 3  # IN (SELECT ...) within IN (SELECT ...): organisation → project → task
+
+_SUBQUERY_FORM = "<column> IN (SELECT <column> FROM <table> WHERE <condition>)"
 
 #: type name as the parser spells it (after `pg_catalog.`) -> canonical PostgreSQL name
 ALLOWED_CASTS: dict[str, str] = {
@@ -71,6 +81,22 @@ ARITHMETIC_OPERATORS = frozenset({"+", "-", "*", "/"})
 CONCAT_OPERATOR = "||"
 
 _SUBQUERY_KEYWORDS = frozenset({"SELECT", "VALUES", "TABLE", "WITH"})
+
+
+@dataclass(slots=True)
+class SubqueryInfo:
+    """One `<column> IN (SELECT <value> FROM <table> WHERE <where>)` as checked: the outer
+    column, the table as written, the selected column, the WHERE node (None: no WHERE),
+    the columns the WHERE names, and the sub-selects inside it."""
+
+    node: Any
+    column: str
+    schema: str | None
+    table: str
+    value: str
+    where: Any
+    columns: set[str] = field(default_factory=set)
+    nested: list[SubqueryInfo] = field(default_factory=list)
 
 
 class _Kind(Enum):
@@ -103,7 +129,9 @@ class Checker:
         self.max_nodes = max_nodes
         self.nodes = 0
         self.columns: set[str] = set()
+        self.subqueries: list[SubqueryInfo] = []
         self._path: list[Any] = []  # the nodes being checked, outermost first
+        self._depth = 0  # sub-selects being checked
 
     # errors
 
@@ -275,6 +303,88 @@ class Checker:
             )
         raise self._fail("the pattern of LIKE must be a constant string", node)
 
+    # membership sub-selects
+
+    def sub_link(self, node: ast.SubLink) -> _Kind:
+        """`<column> IN (SELECT <column> FROM <table> [WHERE <condition>])`, nothing else."""
+        names = _strings(node.operName)
+        if node.subLinkType != enums.SubLinkType.ANY_SUBLINK or names not in ([], ["="]):
+            raise self._fail(
+                f"this sub-select is not allowed; a rule may only use {_SUBQUERY_FORM}", node
+            )
+        if not isinstance(node.testexpr, ast.ColumnRef):
+            raise self._fail(
+                "the left side of IN (SELECT ...) must be one column of the table: "
+                + _SUBQUERY_FORM,
+                node.testexpr if node.testexpr is not None else node,
+            )
+        self.column_ref(node.testexpr)
+        if self._depth >= MAX_SUBQUERY_DEPTH:
+            raise self._fail(f"sub-selects nested more than {MAX_SUBQUERY_DEPTH} levels deep", node)
+        select = node.subselect
+        if not isinstance(select, ast.SelectStmt):  # pragma: no cover - the grammar
+            raise self._fail(f"a rule may only use {_SUBQUERY_FORM}", node)
+        self._select_shape(node, select)
+        target = _items(select.targetList)[0].val
+        table = _items(select.fromClause)[0]
+        info = SubqueryInfo(
+            node=node,
+            column=_strings(node.testexpr.fields)[0],
+            schema=table.schemaname,
+            table=str(table.relname),
+            value=_strings(target.fields)[0],
+            where=select.whereClause,
+        )
+        outer_columns, outer_subqueries = self.columns, self.subqueries
+        self.columns, self.subqueries = {info.value}, info.nested
+        self._depth += 1
+        try:
+            if select.whereClause is not None:
+                self.check_boolean(select.whereClause)
+            info.columns = self.columns
+        finally:
+            self._depth -= 1
+            self.columns, self.subqueries = outer_columns, outer_subqueries
+        self.subqueries.append(info)
+        return _Kind.BOOL
+
+    def _select_shape(self, node: ast.SubLink, select: ast.SelectStmt) -> None:
+        """One bare column FROM one plain table, an optional WHERE, no other clause."""
+        for name in select:  # a pglast node iterates over its field names
+            value = getattr(select, name, None)
+            if name in ("targetList", "fromClause", "whereClause") or value in (None, False, ()):
+                continue
+            if isinstance(value, Enum) and not value.value:
+                continue
+            raise self._fail(
+                f"{_CLAUSE_NAMES.get(name, name)} is not allowed in a rule's sub-select: write "
+                f"{_SUBQUERY_FORM} (a plain list of values; membership is decided row by row)",
+                node,
+            )
+        targets = _items(select.targetList)
+        target = targets[0].val if len(targets) == 1 else None
+        if not isinstance(target, ast.ColumnRef) or len(_items(target.fields)) != 1:
+            raise self._fail(
+                "a rule's sub-select selects exactly one bare column (no aggregate, expression or "
+                f"'*'): {_SUBQUERY_FORM}",
+                node,
+            )
+        if any(isinstance(f, ast.A_Star) for f in _items(target.fields)):
+            raise self._fail(f"'*' is not allowed: name one column ({_SUBQUERY_FORM})", node, "*")
+        tables = _items(select.fromClause)
+        if len(tables) != 1 or not isinstance(tables[0], ast.RangeVar):
+            raise self._fail(
+                "joins, several tables and derived tables are not allowed in a rule's sub-select: "
+                f"select from one table, and nest another sub-select for the next level "
+                f"({_SUBQUERY_FORM})",
+                node,
+            )
+        table = tables[0]
+        if table.alias is not None or table.catalogname or not table.inh:
+            raise self._fail(
+                "name the sub-select's table as schema.table (no alias, ONLY or catalog)", node
+            )
+
     # functions and casts
 
     def func_call(self, node: ast.FuncCall) -> _Kind:
@@ -332,6 +442,22 @@ _HANDLERS: dict[type, Any] = {
     ast.FuncCall: Checker.func_call,
     ast.CoalesceExpr: Checker.coalesce,
     ast.TypeCast: Checker.type_cast,
+    ast.SubLink: Checker.sub_link,
+}
+
+_CLAUSE_NAMES = {
+    "distinctClause": "DISTINCT",
+    "groupClause": "GROUP BY (an aggregate)",
+    "havingClause": "HAVING",
+    "sortClause": "ORDER BY",
+    "limitCount": "LIMIT",
+    "limitOffset": "OFFSET",
+    "lockingClause": "FOR UPDATE/SHARE",
+    "withClause": "WITH",
+    "windowClause": "WINDOW",
+    "intoClause": "INTO",
+    "valuesLists": "VALUES",
+    "op": "UNION/INTERSECT/EXCEPT",
 }
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
-from sidecar.config.expression_check import MAX_NODES, Checker
+from sidecar.config.expression_check import MAX_NODES, Checker, SubqueryInfo
 from sidecar.config.expression_source import (
     LPAREN,
     PREFIX,
@@ -58,6 +58,7 @@ __all__ = [
     "ExpressionError",
     "ExpressionTooLarge",
     "SourceMap",
+    "Subquery",
     "parse_expression",
 ]
 
@@ -89,7 +90,9 @@ class Expression:
     """A parsed, checked rule expression.
 
     `node` is the pglast node of the boolean expression (read-only), where claim `n` is
-    the parameter `$n` and `params[n - 1]` is its claim name.
+    the parameter `$n` and `params[n - 1]` is its claim name. `columns` are the table's
+    own columns it names; `subqueries` its membership sub-selects (`x IN (SELECT ...)`,
+    outermost ones; each has its own), whose columns are the sub-select's table's.
     """
 
     text: str
@@ -98,6 +101,7 @@ class Expression:
     claims: frozenset[str]
     params: tuple[str, ...] = ()
     source_map: SourceMap = field(default=SourceMap(), compare=False, repr=False)
+    subqueries: tuple[Subquery, ...] = field(default=(), compare=False, repr=False)
 
     def locate(self, node: Any) -> tuple[str | None, int | None]:
         """(token, position) in `text` of a node of `self.node`, for error messages.
@@ -114,6 +118,62 @@ class Expression:
         """An `ExpressionError` located at `node`."""
         token, position = self.locate(node)
         return ExpressionError(message, token, position)
+
+
+@dataclass(frozen=True, slots=True)
+class Subquery:
+    """`column IN (SELECT value FROM schema.table WHERE where)` in a rule: `where` is an
+    `Expression` over the sub-select table's columns (TRUE when there is no WHERE), in the
+    same text and with the same claim numbering as the rule it is part of."""
+
+    node: Any = field(hash=False, compare=False)
+    column: str
+    schema: str | None
+    table: str
+    value: str
+    where: Expression
+
+    @property
+    def table_name(self) -> str:
+        """The table as written (`schema.table` or `table`)."""
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+
+_TRUE = ast.A_Const(val=ast.Boolean(boolval=True))
+
+
+def _subquery(info: SubqueryInfo, outer: Expression) -> Subquery:
+    where = outer.__class__(
+        text=outer.text,
+        node=_TRUE if info.where is None else info.where,
+        columns=frozenset(info.columns),
+        claims=frozenset(
+            outer.params[n.number - 1]
+            for n in _walk_nodes(info.where)
+            if isinstance(n, ast.ParamRef) and n.number
+        ),
+        params=outer.params,
+        source_map=outer.source_map,
+    )
+    where = _with_subqueries(where, info.nested)
+    return Subquery(info.node, info.column, info.schema, info.table, info.value, where)
+
+
+def _with_subqueries(expr: Expression, infos: Sequence[SubqueryInfo]) -> Expression:
+    if not infos:
+        return expr
+    object.__setattr__(expr, "subqueries", tuple(_subquery(i, expr) for i in infos))
+    return expr
+
+
+def _walk_nodes(node: Any) -> list[Any]:
+    out: list[Any] = []
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(_children(n))
+    return out
 
 
 def _children(node: Any) -> list[Any]:
@@ -156,7 +216,7 @@ def parse_expression(
     where = _parse_where(text, tokens, rewritten, source_map)
     checker = Checker(text, source_map, params, max_nodes)
     checker.check_boolean(where)
-    return Expression(
+    expr = Expression(
         text=text,
         node=where,
         columns=frozenset(checker.columns),
@@ -164,6 +224,7 @@ def parse_expression(
         params=params,
         source_map=source_map,
     )
+    return _with_subqueries(expr, checker.subqueries)
 
 
 def _parse_where(text: str, tokens: Sequence[Token], rewritten: str, source_map: SourceMap) -> Any:

@@ -17,6 +17,7 @@ from sidecar.rules.functions import FUNCTIONS
 from sidecar.rules.pgvalues import EvaluationError, Unknown, check_numeric, parse_int
 
 __all__ = [
+    "SUBQUERY_PARAM",
     "column_name",
     "function_name",
     "is_constant",
@@ -30,8 +31,12 @@ __all__ = [
 
 
 def walk(node: Any) -> Iterator[Any]:
-    """`node` and every pglast node under it."""
+    """`node` and every pglast node under it, but not into a membership sub-select: of
+    `x IN (SELECT ...)`, only `x` belongs to the rule's own table (see `subquery_of`)."""
     yield node
+    if isinstance(node, ast.SubLink):
+        yield from walk(node.testexpr)
+        return
     for name in getattr(type(node), "__slots__", ()):
         value = getattr(node, name, None)
         for item in value if isinstance(value, tuple | list) else (value,):
@@ -95,8 +100,14 @@ def literal(node: ast.A_Const) -> Any:
     return Unknown(val.sval)
 
 
+# A membership sub-select depends on the caller (through captured rows) as a claim does:
+# `refs` counts it as this parameter number, so a rule's normal form treats it like one.
+SUBQUERY_PARAM = 0
+
+
 def refs(node: Any) -> tuple[set[str], set[int]]:
-    """The column names and claim parameter numbers under `node`."""
+    """The column names and claim parameter numbers under `node` (a membership sub-select
+    counts as parameter `SUBQUERY_PARAM`)."""
     columns: set[str] = set()
     params: set[int] = set()
     for n in walk(node):
@@ -104,4 +115,6 @@ def refs(node: Any) -> tuple[set[str], set[int]]:
             columns.add(column_name(n))
         elif isinstance(n, ast.ParamRef):
             params.add(int(n.number or 0))
+        elif isinstance(n, ast.SubLink):
+            params.add(SUBQUERY_PARAM)
     return columns, params

@@ -11,26 +11,34 @@ value is NULL; a request's scopes are the same strings built from its claim valu
 to the columns' types, when its claim atoms are TRUE; a branch without partition atoms
 gives `'i:'`. Visible ⇔ the two sets intersect ⇔ `evaluator.evaluate(...) is True` (with
 the same column types).
+
+A membership sub-select `column IN (SELECT value FROM t WHERE cond)` is a partition atom
+whose request side is not a claim but a `Lookup`: the values of `t.value` over the rows
+of `t` that `cond` admits for the caller. `cond` is itself a read rule over `t` (compiled
+the same way, possibly with its own lookup): a row of `t` *grants* its value (canonical
+in the outer column's kind) to each of its `cond` scopes (`Lookup.pairs`); the caller's
+values are the grants of its `cond` request scopes, read from the store at the version a
+pull serves (`request_scopes(claims, grants)`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
-from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
 import orjson
 from pglast import ast, enums
 from pglast.stream import RawStream
 
 from sidecar.config.expressions import Expression, ExpressionError
+from sidecar.rules.canonical import canonical
 from sidecar.rules.closures import EMPTY, Claims, Fn, Row
 from sidecar.rules.evaluator import Compiler
 from sidecar.rules.nodes import (
+    SUBQUERY_PARAM,
     column_name,
     function_name,
     is_constant,
@@ -40,126 +48,71 @@ from sidecar.rules.nodes import (
     refs,
     walk,
 )
-from sidecar.rules.pgcasts import cast_datetime
 from sidecar.rules.pgvalues import (
     INT_RANGES,
-    NUMBERS,
-    NUMERIC,
     EvaluationError,
-    Unknown,
     as_bool,
-    check_range,
     column_kind,
-    exact,
-    parse_kind,
 )
 
-__all__ = ["MAX_BRANCHES", "ReadRule", "Scopes", "compile_read_rule"]
+__all__ = [
+    "MAX_BRANCHES",
+    "Grants",
+    "Lookup",
+    "ReadRule",
+    "Scopes",
+    "TableTypes",
+    "compile_read_rule",
+]
 
 MAX_BRANCHES = 32
 
 _A = enums.A_Expr_Kind
-_NO_VALUE = object()
-
-
-# -- partition values: canonical per column kind -----------------------------------------
-
-
-def _partition_value(value: Any, kind: str) -> Any:
-    """`value` as a value of a column of `kind`, or `_NO_VALUE` when it equals none.
-
-    Mirrors `pgvalues.compare`: unknown strings take the column type's input syntax, exact
-    numbers and doubles meet through the double's shortest decimal form, dates are midnight.
-    """
-    try:
-        return _to_kind(value, kind)
-    except (EvaluationError, ValueError, ArithmeticError, OverflowError):
-        return _NO_VALUE
-
-
-def _to_kind(value: Any, kind: str) -> Any:
-    vtype = type(value)
-    if vtype is Unknown:
-        return parse_kind(value, kind)
-    if kind == "text":
-        return value if vtype is str else _NO_VALUE
-    if vtype is str:
-        return _NO_VALUE  # typed text never equals a non-text column
-    if kind == "bool":
-        return value if vtype is bool else _NO_VALUE
-    if vtype in NUMBERS:
-        return _number_to_kind(value, kind)
-    if vtype in (date, datetime) and kind in ("date", "timestamp", "timestamptz"):
-        return _time_to_kind(value, kind)
-    if vtype is UUID and kind == "uuid":
-        return value
-    return _NO_VALUE
-
-
-def _number_to_kind(value: Any, kind: str) -> Any:
-    if kind == "float":
-        return value  # exact numbers meet doubles through the double's shortest decimal
-    if kind not in INT_RANGES and kind != "numeric":
-        return _NO_VALUE
-    number = exact(value)
-    if kind == "numeric":
-        return number
-    if not number.is_finite() or number != number.to_integral_value():
-        return _NO_VALUE
-    return check_range(int(number), kind)
-
-
-def _time_to_kind(value: date | datetime, kind: str) -> Any:
-    if kind == "date":
-        if type(value) is date:
-            return value
-        assert isinstance(value, datetime)
-        naive = cast_datetime(value, aware=False)
-        return naive.date() if naive.time() == time() else _NO_VALUE
-    return cast_datetime(value, aware=kind == "timestamptz")
-
-
-def _canonical(value: Any, kind: str) -> str | None:
-    """A string equal for equal values of a column of `kind` (None: matches nothing)."""
-    if value is None:
-        return None
-    vtype = type(value)
-    if vtype is int and kind in INT_RANGES:  # fast path: a row's own integer column
-        return str(value) if -INT_RANGES[kind] <= value < INT_RANGES[kind] else None
-    if vtype is str and kind == "text":  # fast path: a row's own text column
-        return value
-    value = _partition_value(value, kind)
-    if value is _NO_VALUE or value is None:
-        return None
-    if kind == "numeric" or kind == "float" or kind in INT_RANGES:
-        return _number_key(exact(value))
-    if kind == "timestamptz":
-        return str(value.astimezone(UTC).isoformat())
-    if kind in ("date", "timestamp"):
-        return str(value.isoformat())
-    if kind == "bool":
-        return "t" if value else "f"
-    return str(value)
-
-
-def _number_key(value: Decimal) -> str:
-    """Equal for numerically equal values: NaN equals NaN (as in PostgreSQL), -0 is 0."""
-    if value.is_nan():
-        return "NaN"
-    if not value.is_finite():
-        return "-Infinity" if value < 0 else "Infinity"
-    if value == 0:
-        return "0"
-    return format(value.normalize(NUMERIC), "f")
 
 
 @dataclass(frozen=True, slots=True)
 class _Partition:
-    """`column = <claim values>`: the row side reads `column`, the request side `values`."""
+    """`column = <claim values>`: the row side reads `column`, the request side `values`
+    (or, for `column IN (SELECT ...)`, the grants of `lookup`)."""
 
     column: str
     kind: str
     values: Callable[[Claims], list[Any]]
+    lookup: Lookup | None = None
+
+
+# (lookup id, its `cond` request scopes) → the values granted to them (canonical strings)
+Grants = Callable[[str, Sequence[str]], Iterable[str]]
+# a table as a rule's sub-select names it → (its qualified name, column → type name)
+TableTypes = Callable[[str], tuple[str, Mapping[str, str]]]
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """`IN (SELECT value FROM table WHERE rule)` of a read rule: `id` names its grants in
+    the store (stable while the table, column, condition and kind stay the same)."""
+
+    id: str
+    table: str  # qualified: schema.name
+    value: str
+    kind: str  # of the outer column: grants are canonical in it
+    rule: ReadRule
+
+    @property
+    def columns(self) -> frozenset[str]:
+        """The columns of `table` a row's grants depend on."""
+        return frozenset({self.value, *self.rule.columns})
+
+    def pairs(self, row: Row) -> tuple[tuple[str, str], ...]:
+        """What one row of `table` grants: (scope of `rule`, value) pairs."""
+        value = canonical(row.get(self.value), self.kind)
+        if value is None:
+            return ()
+        return tuple((scope, value) for scope in self.rule.row_scopes(row))
+
+    def all(self) -> tuple[Lookup, ...]:
+        """This lookup and those its condition uses, innermost last."""
+        return (self, *self.rule.lookups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +140,8 @@ def _one_partition(head: str, index: int, kind: str) -> Callable[[Sequence[Any]]
         value = values[index]
         if type(value) is int and -limit <= value < limit:  # an integer column's own value
             return (f'{head}["{value}"]',)  # digits need no JSON escaping: as _encode
-        canonical = _canonical(value, kind)
-        return () if canonical is None else (head + _encode([canonical]),)
+        text = canonical(value, kind)
+        return () if text is None else (head + _encode([text]),)
 
     return scopes
 
@@ -200,6 +153,17 @@ class ReadRule:
     expression: Expression
     columns: frozenset[str]
     branches: tuple[_Branch, ...] = field(default=(), repr=False)
+
+    @property
+    def lookups(self) -> tuple[Lookup, ...]:
+        """Every lookup of the rule, nested ones included (each once)."""
+        found: dict[str, Lookup] = {}
+        for branch in self.branches:
+            for part in branch.partitions:
+                if part.lookup is not None:
+                    for lookup in part.lookup.all():
+                        found.setdefault(lookup.id, lookup)
+        return tuple(found.values())
 
     def row_scopes(self, row: Row) -> tuple[str, ...]:
         """The scopes of one row (values as psycopg loads them; missing columns are NULL)."""
@@ -213,10 +177,10 @@ class ReadRule:
                 continue
             values: list[str] = []
             for part in branch.partitions:
-                canonical = _canonical(row.get(part.column), part.kind)
-                if canonical is None:
+                text = canonical(row.get(part.column), part.kind)
+                if text is None:
                     break
-                values.append(canonical)
+                values.append(text)
             else:
                 scopes.append(branch.prefix + _encode(values))
         return tuple(scopes)
@@ -258,16 +222,23 @@ class ReadRule:
             if not branch.partitions and not branch.claim_tests
         )
 
-    def request_scopes(self, claims: Claims) -> tuple[str, ...]:
-        """The scopes a caller with `claims` may read."""
+    def request_scopes(
+        self, claims: Claims, grants: Grants | None = None, watch: set[str] | None = None
+    ) -> tuple[str, ...]:
+        """The scopes a caller with `claims` may read. A branch with a lookup reads its
+        values from `grants` (none without it); `watch` collects `<lookup id>|<scope>`
+        of every lookup scope asked about: a change of their grants changes the result."""
         scopes: list[str] = []
         for branch in self.branches:
             if not all(test(claims) for test in branch.claim_tests):
                 continue
             choices: list[list[str]] = []
             for part in branch.partitions:
-                found = {_canonical(v, part.kind) for v in part.values(claims)}
-                found.discard(None)
+                if part.lookup is not None:
+                    found = _granted(part.lookup, claims, grants, watch)
+                else:
+                    found = {canonical(v, part.kind) for v in part.values(claims)}
+                    found.discard(None)
                 if not found:
                     break
                 choices.append(sorted(found))  # type: ignore[arg-type]
@@ -277,6 +248,17 @@ class ReadRule:
                     for c in itertools.product(*choices)
                 )
         return tuple(scopes)
+
+
+def _granted(
+    lookup: Lookup, claims: Claims, grants: Grants | None, watch: set[str] | None
+) -> set[str | None]:
+    if grants is None:
+        return set()
+    cond = lookup.rule.request_scopes(claims, grants, watch)
+    if watch is not None:
+        watch.update(f"{lookup.id}|{c}" for c in cond)
+    return set(grants(lookup.id, cond)) if cond else set()
 
 
 # -- normal form --------------------------------------------------------------------------
@@ -364,10 +346,14 @@ def _mix_error(expr: Expression, node: Any) -> ExpressionError:
 
 
 class _RuleCompiler:
-    def __init__(self, expr: Expression, column_types: Mapping[str, str]) -> None:
+    def __init__(
+        self, expr: Expression, column_types: Mapping[str, str], tables: TableTypes | None
+    ) -> None:
         self.expr = expr
         self.column_types = column_types
+        self.tables = tables
         self.compiler = Compiler(expr.params, column_types)
+        self.subqueries = {id(sub.node): sub for sub in expr.subqueries}
 
     def constant(self, node: Any) -> bool | None:
         try:
@@ -393,6 +379,14 @@ class _RuleCompiler:
     def partition(self, literal: _Literal) -> _Partition | None:
         """The partition of a `column = claims` atom, or None if it is not one."""
         node = literal.node
+        if isinstance(node, ast.SubLink):
+            if literal.negated:
+                raise self.expr.error(
+                    "a sub-select cannot be negated (NOT ... IN (SELECT ...)): a rule says "
+                    "which rows a membership grants, not which it hides",
+                    node,
+                )
+            return self.lookup(node)
         if literal.negated or not isinstance(node, ast.A_Expr) or operator(node) != "=":
             return None
         if node.kind == _A.AEXPR_OP:
@@ -416,7 +410,39 @@ class _RuleCompiler:
 
     def _claims_only(self, node: Any) -> bool:
         columns, params = refs(node)
-        return not columns and bool(params)
+        return not columns and bool(params) and SUBQUERY_PARAM not in params
+
+    def lookup(self, node: ast.SubLink) -> _Partition:
+        """The partition of `column IN (SELECT value FROM table WHERE cond)`."""
+        sub = self.subqueries[id(node)]
+        if self.tables is None:
+            raise self.expr.error("a sub-select is not allowed here", node)
+        table, types = self.tables(sub.table_name)
+        where = sub.where
+        for name in (sub.value, *sorted(where.columns)):
+            if name not in types:
+                raise self.expr.error(
+                    f"{table} has no column {name} (a sub-select names only its own table's "
+                    "columns: correlated sub-selects are not supported)",
+                    node,
+                )
+        kind = column_kind(self.column_types[sub.column])
+        if kind is None:
+            raise self.expr.error(
+                f"column {sub.column} of type {self.column_types[sub.column]} cannot be "
+                "matched by a sub-select (use a number, text, boolean, date, timestamp or "
+                "uuid column)",
+                node,
+            )
+        rule = compile_read_rule(where, types, self.tables)
+        params = sorted(refs_params(where.node))
+        ident = orjson.dumps(
+            [table, sub.value, kind, RawStream()(where.node), [where.params[p - 1] for p in params]]
+        )
+        lookup = Lookup(
+            hashlib.blake2b(ident, digest_size=6).hexdigest(), table, sub.value, kind, rule
+        )
+        return _Partition(sub.column, kind, _no_values, lookup)
 
     def _make(
         self, column: ast.ColumnRef, atom: Any, fns: tuple[Fn, ...], array: bool
@@ -476,15 +502,38 @@ def _check_columns(expr: Expression, column_types: Mapping[str, str]) -> None:
             )
 
 
-def compile_read_rule(expr: Expression, column_types: Mapping[str, str]) -> ReadRule:
+def _no_values(claims: Claims) -> list[Any]:
+    return []
+
+
+def refs_params(node: Any) -> set[int]:
+    """Claim parameter numbers anywhere under `node`, sub-selects included."""
+    out: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.ParamRef) and n.number:
+            out.add(int(n.number))
+        for name in getattr(type(n), "__slots__", ()):
+            value = getattr(n, name, None)
+            for item in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(item, ast.Node):
+                    stack.append(item)
+    return out
+
+
+def compile_read_rule(
+    expr: Expression, column_types: Mapping[str, str], tables: TableTypes | None = None
+) -> ReadRule:
     """Compile a read rule into scopes (see the module docstring).
 
-    `column_types` maps each column of the table to its type as format_type() prints it.
+    `column_types` maps each column of the table to its type as format_type() prints it;
+    `tables` gives the same of a table a sub-select names (no sub-select without it).
     Raises `ExpressionError` (located) for unknown columns, now(), a column compared to a
     claim other than by =/IN/= ANY, partitions on unsupported types, or too many branches.
     """
     _check_columns(expr, column_types)
-    rules = _RuleCompiler(expr, column_types)
+    rules = _RuleCompiler(expr, column_types, tables)
     formula = _nnf(expr.node, False, rules.constant)
     branches = tuple(rules.branch(i, lits) for i, lits in enumerate(_dnf(formula, expr)))
     return ReadRule(expression=expr, columns=expr.columns, branches=branches)

@@ -21,11 +21,13 @@ A second store engine implements `ChangeStore`, is opened by `store/open.py`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-from sidecar.changes import Image
+from sidecar.changes import GrantChange, Image
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,46 @@ class PreparedLoad:
     chunks: tuple[tuple[int, bytes, bytes | None], ...]  # (rows, their JSON, entries' JSON)
 
 
+class StoreView(Protocol):
+    """One consistent snapshot of a store, as a pull under membership rules reads it
+    (`views.read_view`): grants at any version since the purge, changes, move-ins and
+    what a client may hold of a scope."""
+
+    @property
+    def version(self) -> int:
+        """The store's version in this snapshot."""
+        ...
+
+    def grants(self, lookup: str, scopes: Sequence[str], at: int) -> list[str]:
+        """The values granted to `scopes` of `lookup` at version `at`."""
+        ...
+
+    def grants_changed(self, keys: Sequence[str], after: int, upto: int) -> bool:
+        """Whether a grant of any `<lookup>|<scope>` key began or ended in (after, upto]."""
+        ...
+
+    def changes(
+        self, scopes: Sequence[str], after: int, limit: int, max_bytes: int | None
+    ) -> PageData:
+        """As `StoreReader.pull`."""
+        ...
+
+    def live(
+        self, scopes: Sequence[str], after: int, upto: int, limit: int, max_bytes: int | None
+    ) -> PageData:
+        """The live rows of `scopes` whose version is in (after, upto], in version order."""
+        ...
+
+    def held(self, scope: str, after: int) -> Iterable[tuple[int, str, str, bytes, str, Any]]:
+        """(version, collection, ident, key, rev, the row's scopes now as JSON or None
+        when it is deleted) of each row a client may hold of `scope` at `after`."""
+        ...
+
+    def delete_line(self, version: int, collection: str, key: bytes, rev: str) -> bytes:
+        """The change line of a delete."""
+        ...
+
+
 class StoreReader(Protocol):
     """What the read path (pull, page cache), push (duplicate ids), the audit trail and
     the service's metrics read. Any thread; each read sees committed data only."""
@@ -129,6 +171,10 @@ class StoreReader(Protocol):
         `last_version` is then the last included change's, so the next page goes on
         exactly after it. A store reads rows in order and stops at the bound: it never
         holds more than the page and the one row that did not fit."""
+        ...
+
+    def view(self, read: Callable[[StoreView], T]) -> T:
+        """`read` run over one consistent snapshot of the store."""
         ...
 
     def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:
@@ -178,6 +224,8 @@ class StoreWriter(Protocol):
     def prepare_load(self, collection: str, images: Sequence[Image]) -> PreparedLoad: ...
     def load_prepared(self, batch: PreparedLoad) -> None: ...
     def truncate(self, collection: str) -> set[str]: ...
+    def apply_grants(self, changes: Sequence[GrantChange]) -> set[str]: ...
+    def truncate_grants(self, lookups: Sequence[str]) -> set[str]: ...
     def record_mutations(self, records: Sequence[MutationRecord]) -> None: ...
     def commit(self, lsn: int | None = None, *, snapshot_done: bool | None = None) -> None: ...
     def note_acked(self, lsn: int) -> bool: ...

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.changes import Image
+from sidecar.changes import GrantChange, Image
 from sidecar.store.base import (
     MutationRecord,
     PreparedLoad,
@@ -41,6 +41,7 @@ from sidecar.store.base import (
 )
 from sidecar.store.netting import Netting, RowState, Stored
 from sidecar.store.sqlite_errors import as_unavailable, writes
+from sidecar.store.sqlite_grants import apply_grants, close_grants
 from sidecar.store.sqlite_read import SQLiteReader
 from sidecar.store.sqlite_sql import (
     ENTRIES_DELETE,
@@ -478,6 +479,26 @@ class SQLiteStore(SQLiteReader):
             touched |= self.apply([RowChange(collection, i, None) for i in idents])
 
     @writes(batch=True)
+    def apply_grants(self, changes: Sequence[GrantChange]) -> set[str]:
+        """Membership rows' grants after their changes (see `sqlite_grants`); returns the
+        `<lookup>|<scope>` keys whose grants changed."""
+        self._begin()
+        self._ensure_indexes()
+        touched = apply_grants(self._w, changes, self._version + 1)
+        if touched:
+            self._version += 1
+        return touched
+
+    @writes(batch=True)
+    def truncate_grants(self, lookups: Sequence[str]) -> set[str]:
+        """Every grant of `lookups` ends (their membership table was truncated)."""
+        self._begin()
+        touched = close_grants(self._w, lookups, self._version + 1) if lookups else set()
+        if touched:
+            self._version += 1
+        return touched
+
+    @writes(batch=True)
     def record_mutations(self, records: Sequence[MutationRecord]) -> None:
         if not records:
             return
@@ -562,6 +583,7 @@ class SQLiteStore(SQLiteReader):
             return 0
         self._w.execute("BEGIN IMMEDIATE")
         cur = self._w.execute("DELETE FROM entries WHERE deleted = 1 AND version <= ?", (cutoff,))
+        self._w.execute("DELETE FROM grants WHERE removed IS NOT NULL AND removed <= ?", (cutoff,))
         self._w.execute("DELETE FROM marks WHERE version < ?", (cutoff,))
         self._w.execute("DELETE FROM mutations WHERE at < ?", (cutoff_at,))
         purged = max(cutoff, int(self._meta("purged_version") or 0))

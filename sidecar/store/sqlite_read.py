@@ -10,13 +10,16 @@ from __future__ import annotations
 import heapq
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sidecar.store.base import MutationRecord, PageData
+from sidecar.store.base import MutationRecord, PageData, StoreView
 from sidecar.store.lines import ChangeLines
+from sidecar.store.sqlite_grants import SQLiteView
 from sidecar.store.sqlite_sql import PULL
+
+T = TypeVar("T")
 
 
 class SQLiteReader:
@@ -91,6 +94,15 @@ class SQLiteReader:
             lines.append(line)
             last = r[0]
         return PageData(lines, last, False)
+
+    def view(self, read: Callable[[StoreView], T]) -> T:
+        """`read` run over one consistent snapshot of the store (a read transaction)."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return read(SQLiteView(conn, self._lines))
+        finally:
+            conn.execute("COMMIT")
 
     def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:
         row = (

@@ -14,6 +14,10 @@ Tables:
 - `mutations`: applied mutation ids and their first outcome, per subject: a mutation id is
   the client's, unique only among its subject's mutations (the same id from two subjects
   is two mutations);
+- `grants`: what rows of membership tables grant through each lookup of the read rules
+  (`membership.py`), with history: (lookup, row identity, scope, value) from version
+  `added` until version `removed` (NULL: still granted). A caller's values at version x
+  are those granted at x, so a pull can tell what a client's scopes were at its cursor;
 - `meta`: epoch, last applied LSN, version counter, snapshot state, slot identity.
 """
 
@@ -22,8 +26,8 @@ from __future__ import annotations
 # Bumped when the file layout or the stored JSON of a value changes; a store of another
 # format is rebuilt, except a format `MIGRATIONS` knows how to bring up to this one.
 # 4: mutation ids keyed by (subject, id); json/jsonb values stored as PostgreSQL's own
-# text (exact numbers, any depth), which changes their rows' rev.
-FORMAT = "4"
+# text (exact numbers, any depth), which changes their rows' rev. 5: the grants table.
+FORMAT = "5"
 
 # Tables are plain rowid tables so that the initial copy appends; their indexes are built
 # after it (a bulk load runs without them).
@@ -59,6 +63,14 @@ CREATE TABLE IF NOT EXISTS mutations (
     at REAL NOT NULL,
     PRIMARY KEY (subject, id)
 );
+CREATE TABLE IF NOT EXISTS grants (
+    lookup TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    value TEXT NOT NULL,
+    added INTEGER NOT NULL,
+    removed INTEGER
+);
 """
 
 # Formats brought up to `FORMAT` (statements run in one transaction). Format 3 keyed
@@ -84,6 +96,9 @@ INSERT OR IGNORE INTO mutations (subject, id, device, lsn, outcome, at)
 DROP TABLE mutations_v3;
 UPDATE meta SET value = '0' WHERE key = 'snapshot_done';
 """,
+    # 4 → 5: the grants table, which SCHEMA creates (a format-4 store has no membership
+    # rule: a config that adds one changes the collections' shape and copies them again)
+    "4": "",
 }
 
 INDEXES = """
@@ -93,11 +108,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_scope ON entries (scope, version);
 CREATE UNIQUE INDEX IF NOT EXISTS entries_tombstone ON entries (collection, ident, scope)
     WHERE deleted = 1;
 CREATE INDEX IF NOT EXISTS entries_purge ON entries (version) WHERE deleted = 1;
+CREATE INDEX IF NOT EXISTS grants_scope ON grants (lookup, scope, added);
+CREATE INDEX IF NOT EXISTS grants_open ON grants (lookup, ident) WHERE removed IS NULL;
+CREATE INDEX IF NOT EXISTS grants_removed ON grants (removed) WHERE removed IS NOT NULL;
 CREATE INDEX IF NOT EXISTS mutations_row
     ON mutations (json_extract(outcome, '$.collection'), json_extract(outcome, '$.key'));
 """
 
-TABLES = ("rows", "entries", "marks", "mutations", "meta")
+TABLES = ("rows", "entries", "marks", "mutations", "grants", "meta")
 
 # Batched statements take their rows as one JSON array parameter (json_each): a batch is
 # then a single sqlite3_step, which runs without the GIL, instead of one step per row
@@ -192,4 +210,63 @@ FROM entries e LEFT JOIN rows r
     ON e.deleted = 0 AND r.collection = e.collection AND r.ident = e.ident
 WHERE e.scope = ?1 AND e.version > ?2
 ORDER BY 1 LIMIT ?3
+"""
+
+# -- grants (membership tables) ------------------------------------------------------------
+# The open grants of some rows: [lookup, ident] pairs in, [lookup, ident, scope, value] out.
+GRANTS_OPEN = """
+SELECT json_group_array(json_array(g.lookup, g.ident, g.scope, g.value))
+FROM json_each(?1) v CROSS JOIN grants g
+    ON g.lookup = v.value ->> 0 AND g.ident = v.value ->> 1 AND g.removed IS NULL
+"""
+# [lookup, ident, scope, value] granted no more from version ?2
+GRANTS_CLOSE = """
+UPDATE grants SET removed = ?2 WHERE rowid IN (
+    SELECT g.rowid FROM json_each(?1) v CROSS JOIN grants g
+    ON g.lookup = v.value ->> 0 AND g.ident = v.value ->> 1 AND g.removed IS NULL
+        AND g.scope = v.value ->> 2 AND g.value = v.value ->> 3)
+"""
+GRANTS_ADD = """
+INSERT INTO grants (lookup, ident, scope, value, added)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?2 FROM json_each(?1)
+"""
+# The values granted to some scopes of a lookup at a version.
+GRANTS_AT = """
+SELECT DISTINCT g.value FROM json_each(?2) s CROSS JOIN grants g
+    ON g.lookup = ?1 AND g.scope = s.value AND g.added <= ?3
+WHERE g.removed IS NULL OR g.removed > ?3
+"""
+# Whether any of some [lookup, scope] pairs gained or lost a grant in (?2, ?3].
+GRANTS_CHANGED = """
+SELECT 1 FROM json_each(?1) k CROSS JOIN grants g
+    ON g.lookup = k.value ->> 0 AND g.scope = k.value ->> 1
+WHERE (g.added > ?2 AND g.added <= ?3) OR (g.removed > ?2 AND g.removed <= ?3)
+LIMIT 1
+"""
+# The scopes among ?1 with a change after version ?2 (a pull over many scopes reads
+# only those).
+ACTIVE_SCOPES = """
+SELECT s.value FROM json_each(?1) s
+WHERE EXISTS (SELECT 1 FROM rows WHERE scope = s.value AND version > ?2)
+    OR EXISTS (SELECT 1 FROM entries WHERE scope = s.value AND version > ?2)
+"""
+# A scope's live rows in (?2, ?4]: a move-in (rows a client gains with a scope).
+PULL_LIVE = """
+SELECT version, 0, collection, key, rev, row FROM rows
+WHERE scope = ?1 AND version > ?2 AND version <= ?4
+UNION ALL
+SELECT e.version, 0, e.collection, r.key, r.rev, r.row
+FROM entries e JOIN rows r ON r.collection = e.collection AND r.ident = e.ident
+WHERE e.scope = ?1 AND e.version > ?2 AND e.version <= ?4 AND e.deleted = 0
+ORDER BY 1 LIMIT ?3
+"""
+# What a client may hold of a scope it lost: its rows now, and those that left it after
+# version ?2; each with the scopes the row is in now (NULL: deleted).
+SCOPE_HELD = """
+SELECT version, collection, ident, key, rev, scopes FROM rows WHERE scope = ?1
+UNION ALL
+SELECT e.version, e.collection, e.ident, coalesce(e.key, r.key), coalesce(e.rev, r.rev),
+    r.scopes
+FROM entries e LEFT JOIN rows r ON r.collection = e.collection AND r.ident = e.ident
+WHERE e.scope = ?1 AND (e.deleted = 0 OR e.version > ?2)
 """

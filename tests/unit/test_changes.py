@@ -32,7 +32,7 @@ def test_the_text_is_epoch_dash_version() -> None:
         "3fa9c2d1",
         "3fa9c2d1-",
         "-1042",
-        "3fa9c2d1-1042-1",
+        "3fa9c2d1-1042-1-2",  # a scopes version, then a target without its progress
         "3FA9C2D1-1042",  # the epoch is lower-case hex
         "3fa9c2d-1042",  # 7 hex digits
         "3fa9c2d1a-1042",  # 9

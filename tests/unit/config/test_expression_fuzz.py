@@ -11,7 +11,7 @@ import contextlib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pglast import ast, parse_sql
+from pglast import ast, enums, parse_sql
 
 from sidecar.config.expression_sql import render_sql
 from sidecar.config.expressions import ExpressionError, parse_expression
@@ -101,7 +101,29 @@ UNSAFE_NODES = (
 )
 
 
+def _membership_parts(node: ast.SubLink) -> tuple[object, object]:
+    """The only sub-select a rule may hold, `col IN (SELECT col FROM t [WHERE ...])`: its
+    test column and WHERE (what is left to check); anything else fails the test."""
+    select = node.subselect
+    assert node.subLinkType == enums.SubLinkType.ANY_SUBLINK
+    assert isinstance(node.testexpr, ast.ColumnRef)
+    assert isinstance(select, ast.SelectStmt)
+    (target,) = select.targetList
+    assert isinstance(target.val, ast.ColumnRef) and len(target.val.fields) == 1
+    (table,) = select.fromClause
+    assert isinstance(table, ast.RangeVar) and table.alias is None
+    for name in select:
+        if name not in ("targetList", "fromClause", "whereClause", "limitOption", "op"):
+            assert getattr(select, name) in (None, False, ()), name
+    assert select.op == enums.SetOperation.SETOP_NONE
+    return node.testexpr, select.whereClause
+
+
 def _walk(node: object):
+    if isinstance(node, ast.SubLink):
+        for part in _membership_parts(node):
+            yield from _walk(part)
+        return
     if isinstance(node, ast.Node):
         yield node
         for name in node:
@@ -154,7 +176,15 @@ def _atoms() -> st.SearchStrategy[str]:
     plain = st.builds(lambda c, o, v: f"{c} {o} {v}", COLUMN, OP, VALUE)
     called = st.builds(lambda f, c, o, v: f"{f}({c}) {o} {v}", FUNC, COLUMN, OP, VALUE)
     listed = st.builds(lambda c, v: f"{c} IN ({v}, 2)", COLUMN, VALUE)
-    return st.one_of(plain, called, listed, st.sampled_from(FRAGMENTS))
+    member = st.builds(
+        lambda c, d, o, v, tail: f"{c} IN (SELECT {d} FROM members WHERE {d} {o} {v}{tail})",
+        COLUMN,
+        COLUMN,
+        OP,
+        VALUE,
+        st.sampled_from(["", " LIMIT 1", " ORDER BY 1", " GROUP BY 1", ") OR (true"]),
+    )
+    return st.one_of(plain, called, listed, member, st.sampled_from(FRAGMENTS))
 
 
 EXPRESSIONS = st.recursive(

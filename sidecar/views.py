@@ -1,0 +1,157 @@
+"""Pulls under membership rules: a caller's scopes change with captured rows.
+
+A caller's scopes at version x, S(x), come from the grants the store held at x. The
+invariant: when `has_more` is false, a client's folded state at cursor C equals what the
+rules admit at C. A cursor says what the client holds (see `changes.Cursor`):
+
+- `(w, g)`: every change up to version w of the scopes S(g);
+- `(w, g, t, m)`: the same, while it moves to S(t): the rows of the scopes it gains are
+  being sent, those up to version m already (a move-in spans pages).
+
+A pull at store version V over `(w, g)`:
+1. S(g) = S(V) (no grant the caller depends on began or ended in (g, V], or g = V):
+   the changes of S(V) after w, as a pull without membership rules;
+2. otherwise a move starts to t = V: **move-out**, a delete for each row the client may
+   hold of a scope it lost (its rows now, and those that left it after w) unless the
+   row is visible through S(V) now; all in this page, whatever `limit` says (deletes are
+   small), so that the next page no longer needs S(g). Then
+3. **move-in** (also how `(w, g, t, m)` goes on): the live rows of the gained scopes
+   S(t) − S(g) with versions in (m, w], in version order, page by page — rows changed
+   after w come with step 4;
+4. then, in the same page if it has room, the changes of S(t) after w, and the cursor
+   is `(w', t)`: from there on, step 1 or 2 again.
+
+No HTTP and no SQL here: `read_view` runs over a `StoreView` (one consistent snapshot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from sidecar.changes import Cursor
+from sidecar.store.base import PageData, StoreView
+
+__all__ = ["ScopesOf", "ViewPage", "read_view"]
+
+# The caller's scopes given how to read grants, adding `<lookup>|<scope>` keys of the
+# grants they depend on to the set given (if any).
+ScopesOf = Callable[[Callable[[str, Sequence[str]], list[str]], set[str] | None], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPage:
+    lines: list[bytes]
+    cursor: Cursor
+    has_more: bool
+    version: int  # the snapshot's
+    watch: tuple[str, ...] = field(default=())  # scopes and grant keys that change the view
+
+
+class _Reader:
+    def __init__(self, view: StoreView, scopes_of: ScopesOf) -> None:
+        self.view = view
+        self.scopes_of = scopes_of
+
+    def scopes(self, at: int, watch: set[str] | None = None) -> list[str]:
+        return self.scopes_of(lambda lookup, sc: self.view.grants(lookup, sc, at), watch)
+
+
+def read_view(
+    view: StoreView,
+    scopes_of: ScopesOf,
+    epoch: str,
+    cursor: Cursor | None,
+    limit: int,
+    max_bytes: int | None,
+) -> ViewPage:
+    """One page of changes for a caller whose scopes `scopes_of` computes (see the
+    module docstring). `cursor` is already checked against the store's epoch and purge."""
+    reader = _Reader(view, scopes_of)
+    version = view.version
+    keys: set[str] = set()
+    now = reader.scopes(version, keys)
+    watch = (*now, *sorted(keys))
+    if cursor is None:
+        page = view.changes(now, 0, limit, max_bytes)
+        return _plain(page, epoch, version, version, watch)
+    w, g = cursor.version, cursor.scopes_version
+    if cursor.target is not None:
+        target = cursor.target
+        gained = _minus(reader.scopes(target), reader.scopes(g))
+        lines: list[bytes] = []
+        moved = cursor.moved
+    elif g == version or not view.grants_changed(sorted(keys), g, version):
+        page = view.changes(now, w, limit, max_bytes)
+        return _plain(page, epoch, version, version, watch)
+    else:
+        before = reader.scopes(g)
+        target, moved = version, 0
+        gained = _minus(now, before)
+        lines = _move_out(view, _minus(before, now), set(now), w)
+    return _move_in(reader, epoch, cursor, target, moved, gained, lines, limit, max_bytes, watch)
+
+
+def _plain(
+    page: PageData, epoch: str, version: int, scopes_at: int, watch: tuple[str, ...]
+) -> ViewPage:
+    last = page.last_version if page.has_more else max(page.last_version, version)
+    return ViewPage(page.lines, Cursor(epoch, last, scopes_at), page.has_more, version, watch)
+
+
+def _minus(a: Sequence[str], b: Sequence[str]) -> list[str]:
+    drop = set(b)
+    return [s for s in a if s not in drop]
+
+
+def _move_out(view: StoreView, lost: Sequence[str], now: set[str], after: int) -> list[bytes]:
+    """A delete for each row the client may hold of the `lost` scopes and cannot see
+    through the scopes it has `now`."""
+    lines: list[bytes] = []
+    seen: set[tuple[str, str]] = set()
+    for scope in lost:
+        for version, collection, ident, key, rev, scopes in view.held(scope, after):
+            if (collection, ident) in seen:
+                continue
+            seen.add((collection, ident))
+            if scopes is not None and not now.isdisjoint(orjson.loads(scopes)):
+                continue  # still visible through another scope
+            lines.append(view.delete_line(version, collection, key, rev))
+    return lines
+
+
+def _move_in(
+    reader: _Reader,
+    epoch: str,
+    cursor: Cursor,
+    target: int,
+    moved: int,
+    gained: Sequence[str],
+    lines: list[bytes],
+    limit: int,
+    max_bytes: int | None,
+    watch: tuple[str, ...],
+) -> ViewPage:
+    view, w, g = reader.view, cursor.version, cursor.scopes_version
+    version = view.version
+    used = sum(len(line) + 1 for line in lines)
+    room, budget = limit - len(lines), None if max_bytes is None else max_bytes - used
+    if gained and w > moved:
+        if room <= 0 or (budget is not None and budget <= 0):
+            return ViewPage(lines, Cursor(epoch, w, g, target, moved), True, version, watch)
+        page = view.live(gained, moved, w, room, budget)
+        lines = lines + page.lines
+        if page.has_more:
+            return ViewPage(
+                lines, Cursor(epoch, w, g, target, page.last_version), True, version, watch
+            )
+        used += sum(len(line) + 1 for line in page.lines)
+        room, budget = limit - len(lines), None if max_bytes is None else max_bytes - used
+    # the move is done: the client holds S(target) up to w; then the changes after w
+    if room <= 0 or (budget is not None and budget <= 0):
+        return ViewPage(lines, Cursor(epoch, w, target), True, version, watch)
+    page = view.changes(reader.scopes(target), w, room, budget if lines else max_bytes)
+    rest = _plain(page, epoch, version, target, watch)
+    return ViewPage(lines + rest.lines, rest.cursor, rest.has_more, version, watch)
