@@ -59,7 +59,8 @@ class PageCache:
 
     async def _read(self, key: _Key, floor: int) -> Page:
         scopes, after, limit, max_bytes, epoch, _ = key
-        data = await asyncio.to_thread(self.store.pull, scopes, after, limit, max_bytes)
+        # a client at version 0 holds nothing: it needs no tombstones (an initial sync)
+        data = await asyncio.to_thread(self.store.pull, scopes, after, limit, max_bytes, after == 0)
         version = data.last_version if data.has_more else max(data.last_version, floor)
         page = Page(data.lines, Cursor(epoch, version), data.has_more)
         if _size(page) <= self._pages.maxsize // 8:  # one huge page must not evict the rest

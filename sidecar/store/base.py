@@ -162,9 +162,15 @@ class StoreReader(Protocol):
         ...
 
     def pull(
-        self, scopes: Sequence[str], after: int, limit: int, max_bytes: int | None = None
+        self,
+        scopes: Sequence[str],
+        after: int,
+        limit: int,
+        max_bytes: int | None = None,
+        live_only: bool = False,
     ) -> PageData:
-        """Changes after version `after` in any of `scopes`, in version order, at most
+        """Changes after version `after` in any of `scopes` (without tombstones when
+        `live_only`: a client that holds nothing needs none), in version order, at most
         `limit` (each row once, in its latest state) and, when `max_bytes` is given, no
         more change lines than fit in it, each counted with one separator byte — but
         always at least one. `has_more` is true when the page was cut, by either bound;

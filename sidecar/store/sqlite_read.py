@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 from sidecar.store.base import MutationRecord, PageData, StoreView
 from sidecar.store.lines import ChangeLines
 from sidecar.store.sqlite_grants import SQLiteView
-from sidecar.store.sqlite_sql import PULL
+from sidecar.store.sqlite_sql import PULL, PULL_LIVE
 
 T = TypeVar("T")
+_NO_END = 1 << 62  # an upper bound on versions for PULL_LIVE
 
 
 class SQLiteReader:
@@ -52,15 +53,22 @@ class SQLiteReader:
         return conn
 
     def pull(
-        self, scopes: Sequence[str], after: int, limit: int, max_bytes: int | None = None
+        self,
+        scopes: Sequence[str],
+        after: int,
+        limit: int,
+        max_bytes: int | None = None,
+        live_only: bool = False,
     ) -> PageData:
         """Changes after `after` in any of `scopes`, in version order, at most `limit`, and
         at most `max_bytes` of change lines (each counted with one separator byte) unless
-        the first line alone is larger. Rows are stepped through one at a time (the pull
-        statements merge index scans, no sort): a big page is never read whole to be cut."""
+        the first line alone is larger; `live_only`: no tombstones (an initial sync). Rows
+        are stepped through one at a time (the pull statements merge index scans, no sort):
+        a big page is never read whole to be cut."""
         conn = self._reader()
+        sql, more = (PULL_LIVE, (_NO_END,)) if live_only else (PULL, ())
         if len(scopes) == 1:
-            cursor = conn.execute(PULL, (scopes[0], after, limit + 1))
+            cursor = conn.execute(sql, (scopes[0], after, limit + 1, *more))
             try:
                 return self._page(cursor, after, limit, max_bytes)
             finally:
@@ -68,7 +76,9 @@ class SQLiteReader:
         conn.execute("BEGIN")  # one snapshot across the scopes
         cursors: list[sqlite3.Cursor] = []
         try:
-            cursors += [conn.execute(PULL, (s, after, limit + 1)) for s in dict.fromkeys(scopes)]
+            cursors += [
+                conn.execute(sql, (s, after, limit + 1, *more)) for s in dict.fromkeys(scopes)
+            ]
             # Each scope's rows come in version order: merged, a version shared by several
             # scopes (a row in several of them) comes once, its upsert before a tombstone.
             merged = heapq.merge(*cursors, key=_version_then_upsert)

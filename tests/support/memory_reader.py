@@ -51,7 +51,12 @@ class MemoryReader:
         )
 
     def pull(
-        self, scopes: Sequence[str], after: int, limit: int, max_bytes: int | None = None
+        self,
+        scopes: Sequence[str],
+        after: int,
+        limit: int,
+        max_bytes: int | None = None,
+        live_only: bool = False,
     ) -> PageData:
         self.pulls.append((tuple(scopes), after, limit))
         if self.hold:
