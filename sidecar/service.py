@@ -436,9 +436,10 @@ class Service:
                     self.config.database.url,
                     autocommit=True,
                     application_name="sidecar-metrics",
-                    connect_timeout=5,
+                    **NETWORK_KWARGS,
                 )
-            slot = await read_slot_async(conn, self.config.database.slot)
+            async with asyncio.timeout(SLOT_METRICS_EVERY):  # a database that went silent
+                slot = await read_slot_async(conn, self.config.database.slot)
         except (psycopg.Error, OSError):
             if conn is not None:
                 await conn.close()

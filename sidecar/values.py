@@ -20,10 +20,13 @@ replication stream produce the same text for the same value: `SESSION_SETTINGS`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import math
+import os
 import re
+import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -65,6 +68,14 @@ NETWORK_KWARGS: dict[str, Any] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
+
+
+def shut_down(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Cut a connection whose server stopped answering: its socket is shut down (the
+    descriptor stays valid), so whatever waits on it sees the connection lost at once —
+    no query cancellation, which would need an answer from that same server."""
+    with contextlib.suppress(Exception), socket.socket(fileno=os.dup(conn.pgconn.socket)) as s:
+        s.shutdown(socket.SHUT_RDWR)
 
 
 def _lenient(base: type[pg_abc.Loader]) -> type[Loader]:

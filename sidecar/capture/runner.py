@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import secrets
 import threading
 import time
@@ -37,88 +36,35 @@ from sidecar.capture.framing import (
     XLogData,
     parse_copy_data,
 )
+from sidecar.capture.inbox import Inbox, tune_gc
 from sidecar.capture.ingest import Ingest, SchemaChanged
-from sidecar.capture.pgoutput import BEGIN_TAG, COMMIT_TAG
 from sidecar.capture.slots import SlotState, read_slot_async
 from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream, SystemInfo
 from sidecar.capture.status import CaptureStatus
+from sidecar.capture.watchdog import ReplicationSilent, Silence, reply_every, sender_timeout, watch
 from sidecar.capture.weather import Backoff, wait_out
 from sidecar.collection import Collection, collection_shapes
 from sidecar.config.model import Config
 from sidecar.lsn import covers, lsn_to_str
 from sidecar.notify import Notifier
 from sidecar.store.base import StoreUnavailable, StoreWriter
+from sidecar.values import NETWORK_KWARGS
 
 log = structlog.get_logger("sidecar.capture")
 
 T = TypeVar("T")
 
 STATUS_INTERVAL = 1.0
-GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
 IDLE_REPLY_INTERVAL = 10.0  # when idle, ask the server for its position this often
 ACK_PERSIST_INTERVAL = 1.0  # seconds between store writes of an idle acknowledged position
+STEP_TIMEOUT = 30.0  # a session's set-up queries (identify, slot, start) give up after this
 
 
 def _cancelling() -> bool:
     """The current task itself is being cancelled (not just something it awaited)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _tune_gc() -> None:
-    """Make the cyclic garbage collector run less often (process-wide).
-
-    Capture allocates several container objects per row change, millions per second while
-    catching up. With CPython's default threshold (700 allocations) a young collection
-    runs every hundred rows or so, and older ones keep walking the batches in flight:
-    measured, a fifth of the capture time. Nearly everything here is freed by reference
-    counting the moment it is dropped, so collecting less often costs no memory to speak
-    of.
-    """
-    young, older, oldest = gc.get_threshold()
-    if young < GC_YOUNG_THRESHOLD:
-        gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
-class _Inbox:
-    """Payloads read from the stream and not yet handed to the writer (bounded)."""
-
-    LIMIT = 100_000
-
-    def __init__(self) -> None:
-        self.payloads: list[bytes] = []
-        self.keepalive_pos = 0
-        self.wire_in_txn = False  # a Begin was read whose Commit was not
-        self.ready = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
-
-    def extend(self, payloads: list[bytes]) -> None:
-        self.payloads.extend(payloads)
-        for payload in reversed(payloads):  # the last Begin or Commit tells
-            tag = payload[0]
-            if tag in (BEGIN_TAG, COMMIT_TAG):
-                self.wire_in_txn = tag == BEGIN_TAG
-                break
-        if len(self.payloads) >= self.LIMIT:
-            self.room.clear()
-
-    def keepalive(self, pos: int) -> None:
-        self.keepalive_pos = max(self.keepalive_pos, pos)
-
-    async def wait(self) -> None:
-        await self.ready.wait()
-
-    async def wait_for_room(self) -> None:
-        await self.room.wait()
-
-    def take(self) -> tuple[list[bytes], int, bool]:
-        out = (self.payloads, self.keepalive_pos, self.wire_in_txn)
-        self.payloads, self.keepalive_pos = [], 0
-        self.ready.clear()
-        self.room.set()
-        return out
 
 
 class CaptureRunner:
@@ -211,7 +157,7 @@ class CaptureRunner:
 
     async def run(self) -> None:
         """Capture until cancelled; reconnects with backoff after connection errors."""
-        _tune_gc()
+        tune_gc()
         try:
             while not self._stopping:
                 try:
@@ -235,6 +181,8 @@ class CaptureRunner:
                         return
                     delay = self.backoff.next_delay(time.monotonic())
                     self.status.phase, self.status.error = "reconnecting", str(exc)
+                    if isinstance(exc, ReplicationSilent):  # until it streams again
+                        self.status.silent = exc.limit
                     log.warning(
                         "replication interrupted; reconnecting", error=str(exc), retry_in=delay
                     )
@@ -290,11 +238,14 @@ class CaptureRunner:
         )
         self._source = source
         await source.connect()
-        system = await source.identify_system()
+        async with asyncio.timeout(STEP_TIMEOUT):  # a server that stops answering
+            system = await source.identify_system()
+            silence = Silence(await sender_timeout(source.conn))
+            slot = await self._slot()
         db = self.config.database
         target = Target(db.slot, system.system_id, system.dbname, self._shapes)
         state = self.store.state()
-        start = plan(state, await self._slot(), target)
+        start = plan(state, slot, target)
         if start.rebuild is not None:
             await self._rebuild(source, start.rebuild, system)
         elif start.backfill:
@@ -307,32 +258,38 @@ class CaptureRunner:
             writer=self.writer,
             backfilled=backfilled(state),
         )
-        await source.start(state.lsn)
-        self.status.phase, self.status.error = "streaming", None
+        async with asyncio.timeout(STEP_TIMEOUT):
+            await source.start(state.lsn)
+        self.status.phase, self.status.error, self.status.silent = "streaming", None, None
         self.backoff.connected(time.monotonic())
         self.status.flushed_lsn = max(self.status.flushed_lsn, state.lsn)
         self.status.acked_lsn = max(self.status.acked_lsn, state.lsn, state.acked_lsn)
         self._lsn_changed.set()
         self._ready.set()
         log.info("streaming", slot=self.config.database.slot, from_lsn=lsn_to_str(state.lsn))
-        feedback = asyncio.create_task(self._feedback(source))
+        every = reply_every(silence.limit, self.idle_reply_interval)
+        helpers = [
+            asyncio.create_task(self._feedback(source, every)),
+            asyncio.create_task(watch(silence, source)),
+        ]
         try:
-            await self._stream(source, ingest)
+            await self._stream(source, ingest, silence)
         finally:
-            feedback.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await feedback
+            for task in helpers:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             await source.close()
             self._source = None
 
-    async def _stream(self, source: ReplicationStream, ingest: Ingest) -> None:
+    async def _stream(self, source: ReplicationStream, ingest: Ingest, silence: Silence) -> None:
         """Read on the loop while the writer thread applies the previous batch.
 
         The reader keeps filling the inbox while a batch is being written, so batches grow
         with the load (group commit) and stay small when idle (low latency).
         """
-        inbox = _Inbox()
-        reader = asyncio.create_task(self._read(source, inbox))
+        inbox = Inbox()
+        reader = asyncio.create_task(self._read(source, inbox, silence))
         st = self.status
         try:
             while True:
@@ -378,14 +335,17 @@ class CaptureRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _read(self, source: ReplicationStream, inbox: _Inbox) -> None:
+    async def _read(self, source: ReplicationStream, inbox: Inbox, silence: Silence) -> None:
         st = self.status
         try:
             while True:
                 await inbox.wait_for_room()
                 payloads: list[bytes] = []
                 last_xlog = None
-                for buf in await source.read_batch(20_000):
+                silence.waiting()  # the watchdog counts from here (not while out of room)
+                batch = await source.read_batch(20_000)
+                silence.heard()
+                for buf in batch:
                     first = buf[0]
                     if first == XLOG_DATA_TAG:  # a 24-byte header, then one pgoutput message
                         if len(buf) < XLOG_HEADER:
@@ -415,13 +375,14 @@ class CaptureRunner:
             max(st.received_lsn, st.acked_lsn), st.acked_lsn, st.acked_lsn, reply
         )
 
-    async def _feedback(self, source: ReplicationStream) -> None:
-        """Status on a timer; when idle, ask for a keepalive so idle slots advance."""
+    async def _feedback(self, source: ReplicationStream, reply_every: float) -> None:
+        """Status on a timer; ask for a keepalive every `reply_every` seconds, so idle
+        slots advance and a healthy server is heard from (watchdog.py)."""
         last_reply = time.monotonic()
         while True:
-            await asyncio.sleep(min(STATUS_INTERVAL, self.idle_reply_interval))
+            await asyncio.sleep(min(STATUS_INTERVAL, reply_every))
             now = time.monotonic()
-            reply = now - last_reply >= self.idle_reply_interval
+            reply = now - last_reply >= reply_every
             if reply:
                 last_reply = now
             with contextlib.suppress(ReplicationError, OSError):
@@ -431,7 +392,7 @@ class CaptureRunner:
 
     async def _slot(self) -> SlotState | None:
         async with await psycopg.AsyncConnection.connect(
-            self.config.database.url, autocommit=True
+            self.config.database.url, autocommit=True, **NETWORK_KWARGS
         ) as conn:
             return await read_slot_async(conn, self.config.database.slot)
 
@@ -494,7 +455,7 @@ class CaptureRunner:
                 f"{slot.active_pid}; is another sidecar running with the same slot?"
             )
         async with await psycopg.AsyncConnection.connect(
-            self.config.database.url, autocommit=True
+            self.config.database.url, autocommit=True, **NETWORK_KWARGS
         ) as conn:
             if slot is not None:
                 await conn.execute(
@@ -581,7 +542,7 @@ class CaptureRunner:
         slot = self.config.database.slot
         try:
             async with await psycopg.AsyncConnection.connect(
-                self.config.database.url, autocommit=True
+                self.config.database.url, autocommit=True, **NETWORK_KWARGS
             ) as conn:
                 await conn.execute(
                     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "

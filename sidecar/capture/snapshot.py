@@ -24,7 +24,7 @@ from psycopg import sql
 from sidecar.capture.ingest import Ingest
 from sidecar.collection import Collection
 from sidecar.membership import MembershipSource, membership_sources
-from sidecar.values import ADAPTERS, session_options
+from sidecar.values import ADAPTERS, NETWORK_KWARGS, session_options
 
 log = structlog.get_logger("sidecar.snapshot")
 
@@ -85,6 +85,7 @@ def copy_tables(
         options=session_options(),
         application_name="sidecar-copy",
         context=ADAPTERS,
+        **NETWORK_KWARGS,
     ) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if snapshot_name:

@@ -19,7 +19,7 @@ from psycopg import sql
 from sidecar.capture.framing import standby_status
 from sidecar.errors import SidecarError
 from sidecar.lsn import lsn_to_str, str_to_lsn
-from sidecar.values import NETWORK_KWARGS, session_options
+from sidecar.values import NETWORK_KWARGS, session_options, shut_down
 
 
 class ReplicationError(SidecarError):
@@ -64,6 +64,7 @@ class ReplicationStream:
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._reader_fd: int | None = None
+        self._aborted: ReplicationError | None = None
 
     async def connect(self) -> None:
         self._conn = await psycopg.AsyncConnection.connect(
@@ -72,7 +73,7 @@ class ReplicationStream:
             autocommit=True,
             options=session_options(),
             application_name="sidecar-capture",
-            **NETWORK_KWARGS,  # a silent peer is noticed (see also the runner's watchdog)
+            **NETWORK_KWARGS,  # a silent peer is noticed (see also watchdog.py)
         )
 
     @property
@@ -127,8 +128,18 @@ class ReplicationStream:
             message = res.error_message.decode(errors="replace")
         raise ReplicationError(f"replication stream ended by the server: {message or 'no reason'}")
 
+    def abort(self, error: ReplicationError) -> None:
+        """End the stream from the outside (a silent server): the socket is shut down, so
+        nothing waits on it any more, and the reader raises `error`."""
+        self._aborted = error
+        if self._conn is not None:
+            shut_down(self._conn)
+        self._readable.set()
+
     async def read_batch(self, max_messages: int = 10_000) -> list[bytes]:
         """Every message available now (up to max_messages); waits while there is none."""
+        if self._aborted is not None:
+            raise self._aborted
         pgconn = self.conn.pgconn
         out: list[bytes] = []
         while True:
@@ -154,6 +165,8 @@ class ReplicationStream:
             if nbytes < 0:
                 self._check_copy_end(nbytes)
             await self._readable.wait()
+            if self._aborted is not None:
+                raise self._aborted
             try:
                 pgconn.consume_input()
             except psycopg.OperationalError as exc:

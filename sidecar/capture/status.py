@@ -48,12 +48,20 @@ class CaptureStatus:
     # store commits again; and every failed store write, by kind.
     store_trouble: str | None = None
     store_errors: dict[str, int] = field(default_factory=dict)
+    # The limit (s) past which the last stream went silent (watchdog.py), until capture
+    # streams again.
+    silent: float | None = None
 
     def public_error(self) -> str | None:
         """`error` as clients may see it (`/readyz`, a pull's 503): without the database's
         host, port or socket path, which only the logs show."""
         if self.error is None:
             return None
+        if self.phase == "reconnecting" and self.silent is not None:
+            return (
+                f"the replication stream went silent (nothing from the database for "
+                f"{self.silent:g}s, wal_sender_timeout); reconnecting (see the logs)"
+            )
         if self.phase == "reconnecting":
             return "the replication connection to the database failed; retrying (see the logs)"
         text = _WHERE.sub("to the database", self.error)

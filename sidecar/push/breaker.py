@@ -18,19 +18,23 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
 
 from sidecar.errors import Unavailable
+from sidecar.values import shut_down
 
 log = structlog.get_logger("sidecar.push")
 
 FIRST_PROBE = 0.25  # seconds after the breaker opens
 MAX_PROBE_DELAY = 5.0  # backoff between probes stops growing here
 PROBE_TIMEOUT = 5.0  # one probe (connect + SELECT 1) gives up after this
+SEVER_GRACE = 2.0  # a severed attempt is given this long to unwind before it is left
+
+T = TypeVar("T")
 
 
 class Breaker:
@@ -107,6 +111,42 @@ class Breaker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def within(
+    work: Callable[[list[psycopg.AsyncConnection[Any]]], Coroutine[Any, Any, T]],
+    seconds: float,
+) -> T:
+    """`work(held)` within `seconds`, or `TimeoutError` — whatever the database does.
+
+    `work` appends the connection it uses to `held`. A server-side `statement_timeout`
+    cannot end a statement on a server that receives nothing (a frozen host, a network
+    partition), and cancelling the task would make psycopg ask that server to cancel the
+    query and wait for it; so at the deadline the held connection is cut (`values.shut_down`)
+    and the attempt, which then fails at once, is given `SEVER_GRACE` to unwind (return
+    its connection, which the pool drops); one still not done is cancelled and left."""
+    held: list[psycopg.AsyncConnection[Any]] = []
+    task = asyncio.ensure_future(work(held))
+    task.add_done_callback(_retrieve)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    for conn in held:
+        shut_down(conn)
+    await asyncio.wait({task}, timeout=SEVER_GRACE)
+    if not task.done():
+        task.cancel()
+    raise TimeoutError(f"no answer from the database within {seconds:g}s")
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """A task left to finish on its own: its outcome is not an unretrieved exception."""
+    if not task.cancelled():
+        task.exception()
 
 
 def connect_probe(url: str, **kwargs: Any) -> Callable[[], Awaitable[None]]:

@@ -46,7 +46,7 @@ from sidecar.lsn import str_to_lsn
 from sidecar.mutations import Mutation, MutationResult, rejected
 from sidecar.permissions import Permissions
 from sidecar.push import conflicts, idempotency
-from sidecar.push.breaker import Breaker
+from sidecar.push.breaker import Breaker, within
 from sidecar.push.idempotency import CaptureProgress
 from sidecar.push.plan import (
     Current,
@@ -212,9 +212,10 @@ class Pusher:
         for attempt in range(RETRIES):
             self.breaker.check()  # the database is known to be gone: 503 at once
             try:
-                async with asyncio.timeout(self.statement_timeout + DEADLINE_SLACK):
-                    async with self._connection() as conn:
-                        result = await self._push_once(conn, principal, mutations, atomic)
+                result = await within(
+                    lambda held: self._attempt(held, principal, mutations, atomic),
+                    self.statement_timeout + DEADLINE_SLACK,
+                )
                 return PushResult(with_body_pointers(result.results), result.lsn, result.txid)
             except (pge.SerializationFailure, pge.DeadlockDetected):
                 await asyncio.sleep(0.01 * (attempt + 1))
@@ -249,6 +250,18 @@ class Pusher:
                     retry_after=2,
                 ) from None
         raise Unavailable("the batch kept colliding with concurrent writes; retry", retry_after=1)
+
+    async def _attempt(
+        self,
+        held: list[psycopg.AsyncConnection],
+        principal: Principal,
+        mutations: Sequence[Mutation],
+        atomic: bool,
+    ) -> PushResult:
+        """One attempt on a pool connection, which `held` shows to `within`."""
+        async with self._connection() as conn:
+            held.append(conn)
+            return await self._push_once(conn, principal, mutations, atomic)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
