@@ -93,8 +93,19 @@ class Image(NamedTuple):
     hidden: bytes  # JSON object of columns the collection needs but does not expose
 
 
+# A member whose value is null: `"name":null` then `,` (or, last, `,"name":null` then `}`).
+_NULL_MEMBER = re.compile(rb'"(?:[^"\\]|\\.)*":null,')
+_LAST_NULL_MEMBER = re.compile(rb',?"(?:[^"\\]|\\.)*":null}')
+
+
 def rev_of(row_json: bytes) -> str:
-    """The short hash clients use as the row's revision (read and write paths agree)."""
+    """The short hash clients use as the row's revision (read and write paths agree).
+
+    Members whose value is null do not count: a column added to a table without a
+    default (NULL in every row) changes no row's rev, so no row is sent again and a
+    client's `base_rev` from before still matches."""
+    if b":null" in row_json:
+        row_json = _LAST_NULL_MEMBER.sub(b"}", _NULL_MEMBER.sub(b"", row_json))
     return hashlib.blake2b(row_json, digest_size=8).hexdigest()
 
 

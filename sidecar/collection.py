@@ -347,6 +347,7 @@ def collection_shapes(routes: Sequence[Collection]) -> dict[str, str]:
             orjson.dumps(
                 [
                     str(r.table.ref),
+                    r.table.oid,  # a table dropped and created again is another table
                     list(r.key),
                     list(r.ident_columns),
                     [(c, r.table.column(c).type_name) for c in r.needed],  # type: ignore[union-attr]

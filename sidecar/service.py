@@ -48,7 +48,9 @@ log = structlog.get_logger("sidecar")
 PURGE_INTERVAL = 3600.0
 STORE_METRICS_EVERY = 2.0  # seconds between checks of the store gauges (counted on change)
 POOL_RECONNECT = 5.0  # the pool's attempts to replace a connection give up after this
-SLOT_METRICS_EVERY = 15.0  # seconds between reads of the slot's retained WAL
+SLOT_METRICS_EVERY = 15.0  # seconds between reads of the slot's retained WAL (and checks
+# that the synced tables are still the ones the routes were made for)
+RETRY_FIT = 10.0  # seconds between reads of the catalog while the config does not fit it
 
 
 def preflight(config: Config) -> PreflightReport:
@@ -240,10 +242,7 @@ class Service:
             )
             if a != b
         ]
-        removed = [c for c in old.collections if c not in new.collections]
-        if removed:
-            fixed.append(f"collections removed ({', '.join(removed)})")
-        added: list[str] = []
+        reshaped: list[str] = []
         if not fixed:
             report = await asyncio.to_thread(preflight, new)
             if not report.ok:
@@ -253,9 +252,9 @@ class Service:
                 collection_shapes(list(routes.values())),
                 collection_shapes(list(self.routes.values())),
             )
-            if any(now[c] != h for c, h in before.items()):
-                fixed.append("collections (tables, keys, columns or read rules)")
-            added = [c for c in now if c not in before]
+            # added, removed or changed (table, key, columns, read rule): the store is
+            # reconciled with them by a new capture runner (capture/reconcile.py)
+            reshaped = sorted(c for c in {*now, *before} if now.get(c) != before.get(c))
         if fixed:
             raise ConfigError(
                 [
@@ -270,8 +269,11 @@ class Service:
             )
         permissions = Permissions(new.auth)
         limits = new.limits
-        self.routes = routes
-        self.puller.routes = dict(routes)
+        if not reshaped:  # else the new routes serve once the store is reconciled
+            self.routes = routes
+            self.puller.routes = dict(routes)
+            self.pusher.routes = dict(routes)
+            self.puller.schema_version = schema_version(list(routes.values()))
         self.puller.permissions = permissions
         self.puller.max_page, self.puller.max_wait = limits.max_page, limits.pull_wait
         self.puller.max_page_bytes = limits.max_page_bytes
@@ -279,8 +281,6 @@ class Service:
             limits.live_per_subject,
             limits.live_total,
         )
-        self.puller.schema_version = schema_version(list(routes.values()))
-        self.pusher.routes = dict(routes)
         self.pusher.permissions = permissions
         self.pusher.user_claim = new.auth.claims.user
         self.pusher.statement_timeout = limits.push_statement_timeout
@@ -298,11 +298,11 @@ class Service:
             for f in dataclasses.fields(new)
             if f.name != "file" and getattr(old, f.name) != getattr(new, f.name)
         ]
-        if added:  # capture starts again with the new routes and copies only these
-            await asyncio.to_thread(prepare_database, new)  # adds them to the publication
+        if reshaped:  # capture starts again with the new routes and reconciles these
+            await asyncio.to_thread(prepare_database, new)  # adds tables to the publication
             self._next_routes = routes
             await self.capture.stop()
-        log.info("config reloaded", changed=changed, collections_added=added)
+        log.info("config reloaded", changed=changed, collections_reconciled=reshaped)
         return changed
 
     async def _run_capture(self) -> None:
@@ -320,34 +320,49 @@ class Service:
             if self.capture.status.phase != "schema_changed":
                 return
             detail = self.capture.status.error
-            try:
-                report = await asyncio.to_thread(preflight, self.config)
-            except psycopg.Error as exc:
-                self.capture.status.error = f"{detail}; and the catalog cannot be read: {exc}"
-                self.capture.status.phase = "failed"
-                return
-            if not report.ok:
-                self.capture.status.phase = "failed"
-                self.capture.status.error = f"{detail}; the config no longer fits: " + "; ".join(
-                    report.problems
-                )
-                log.error("capture stopped", error=self.capture.status.error)
-                return
+            report = await self._until_it_fits(detail)
             routes = routes_for(self.config, report)
             await self.capture.stop()
             await self._swap_capture(routes)
             log.warning("re-initialising capture for the new table shape", detail=detail)
 
+    async def _until_it_fits(self, detail: str | None) -> PreflightReport:
+        """The catalog as it is now (tables re-created are added to the publication); while
+        the config does not fit it, capture says why and the last good state keeps being
+        served, and it is read again every RETRY_FIT seconds (a reload or a fix in the
+        database lets capture go on by itself)."""
+        while True:
+            try:
+                report = await asyncio.to_thread(prepare_database, self.config)
+                return report
+            except PreflightError as exc:
+                why = "the config no longer fits: " + "; ".join(exc.problems)
+            except psycopg.Error as exc:
+                why = f"the catalog cannot be read: {exc}"
+            self.capture.status.phase = "failed"
+            self.capture.status.error = f"{detail}; {why}"
+            log.error("capture stopped; retrying", error=self.capture.status.error)
+            await asyncio.sleep(RETRY_FIT)
+
     async def _swap_capture(self, routes: dict[str, Collection]) -> None:
-        """A new capture runner for `routes` (the old one is stopped), wired everywhere."""
+        """A new capture runner for `routes` (the old one is stopped), wired everywhere.
+        Pulls and pushes go on with the old routes over the store's last committed state
+        until the new runner has reconciled the store with the new ones and streams."""
         self.store.rollback()  # whatever the old runner left half-written
         self.capture = CaptureRunner(self.config, self.store, list(routes.values()), self.notifier)
-        self.routes = routes
-        self.puller.routes = dict(routes)
         self.puller.capture = self.capture
-        self.puller.schema_version = schema_version(list(routes.values()))
-        self.pusher.routes = dict(routes)
         self.pusher.capture = self.capture
+        runner = self.capture
+
+        async def serve_when_ready() -> None:
+            await runner.wait_ready()
+            if self.capture is runner:
+                self.routes = routes
+                self.puller.routes = dict(routes)
+                self.puller.schema_version = schema_version(list(routes.values()))
+                self.pusher.routes = dict(routes)
+
+        self.tasks.append(asyncio.create_task(serve_when_ready(), name="routes"))
 
     async def _purge_loop(self) -> None:
         await self.capture.wait_ready()
@@ -446,7 +461,33 @@ class Service:
             return None
         if slot is not None and slot.retained_bytes is not None:
             self.metrics.retained_wal.set(int(slot.retained_bytes))
+        try:
+            async with asyncio.timeout(SLOT_METRICS_EVERY):
+                await self._check_tables(conn)
+        except (psycopg.Error, OSError, TimeoutError):
+            log.debug("synced tables not checked", exc_info=True)
         return conn
+
+    async def _check_tables(self, conn: psycopg.AsyncConnection) -> None:
+        """A synced table dropped (or dropped and created again) leaves the publication
+        without a word on the stream: seen here, in the catalog, it ends the capture
+        session as a change of shape does (the store is then reconciled)."""
+        if self.capture.status.phase != "streaming":
+            return
+        tables = {
+            info.ref.qualified: info
+            for route in self.routes.values()
+            for info in (route.table, *(t for _, t in route.lookup_tables))
+        }
+        cur = await conn.execute(
+            "SELECT x, to_regclass(x)::oid FROM unnest(%s::text[]) x", (list(tables),)
+        )
+        for name, oid in await cur.fetchall():
+            info = tables[name]
+            if oid != info.oid:
+                what = "dropped" if oid is None else "dropped and created again"
+                self.capture.table_changed(f"table {info.ref} was {what}")
+                return
 
     def _store_weather(self) -> tuple[dict[str, int], str | None]:
         """Failed store writes of capture by kind, and what keeps it paused (metrics)."""

@@ -1,10 +1,19 @@
 """Does the store agree with the slot? The capture runner's start-up decision, as pure code.
 
 At every session start the runner reads the store's state and the slot's row, then asks
-:func:`plan`: rebuild the store from a new slot (and why), or continue from the store's
-LSN, first copying the collections added to the config since the store was made. After
-that, :func:`backfilled` says which collections' copies are newer than the store's LSN
-(their older changes on the stream are in the copy already). No I/O here.
+:func:`plan`:
+
+- **rebuild** (a new epoch: clients resync) only when the store holds no completed copy;
+- **resync**: the store cannot continue from the slot (missing, invalidated, behind what
+  it acknowledged, another database, a new timeline, a store ahead of the server): a new
+  slot's snapshot is *reconciled* with the store — only the differences become new
+  versions, in the same epoch, and streaming goes on from the new slot;
+- otherwise continue from the store's LSN, first reconciling the collections whose shape
+  changed (table re-created, columns, types, key, read rule), dropping those removed and
+  copying those added (all under one temporary slot's snapshot).
+
+After that, :func:`backfilled` says which collections' copies are newer than the store's
+LSN (their older changes on the stream are in the copy already). No I/O here.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from sidecar.capture.slots import SlotState
 from sidecar.lsn import lsn_to_str
 from sidecar.store.base import StoreState
 
-__all__ = ["Plan", "Target", "backfilled", "plan", "stored_shapes"]
+__all__ = ["Plan", "Target", "backfilled", "plan", "resync_reason", "stored_shapes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +39,21 @@ class Target:
     system_id: str
     dbname: str
     shapes: Mapping[str, str]
+    timeline: int | None = None  # the server's (IDENTIFY_SYSTEM), None: not known
+    position: int | None = None  # the server's current WAL position, None: not known
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """``rebuild``: why the store must be made again (None: it continues from the slot);
-    ``backfill``: the collections to copy first when it continues (in config order)."""
+    """``rebuild``: why the store must be made again (None: it need not); ``resync``: why
+    it must be reconciled with a new slot; else it continues from the slot after copying
+    ``backfill``, reconciling ``reconcile`` and dropping ``drop`` (config order)."""
 
     rebuild: str | None
     backfill: tuple[str, ...] = ()
+    resync: str | None = None
+    reconcile: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
 
 
 def stored_shapes(text: str | None) -> dict[str, str] | None:
@@ -52,25 +67,34 @@ def stored_shapes(text: str | None) -> dict[str, str] | None:
     return value if isinstance(value, dict) else None
 
 
-def rebuild_reason(state: StoreState, slot: SlotState | None, target: Target) -> str | None:
-    """Why the store cannot continue from the slot (None: it can)."""
+def rebuild_reason(state: StoreState) -> str | None:
+    """Why the store must be made from scratch (None: it holds a completed copy)."""
     if not state.snapshot_done:
         return "the store has no completed initial copy"
+    return None
+
+
+def resync_reason(state: StoreState, slot: SlotState | None, target: Target) -> str | None:
+    """Why the store cannot continue from the slot (None: it can)."""
     if (state.slot, state.system_id, state.database) != (
         target.slot,
         target.system_id,
         target.dbname,
     ):
         return "the store was made for another database or slot"
-    stored = stored_shapes(state.shape)
-    if stored is None:
+    if stored_shapes(state.shape) is None:
         return "the store does not record its collections' shapes (an older format)"
-    current = target.shapes
-    changed = sorted(c for c, h in stored.items() if current.get(c) != h)
-    if changed:
+    timeline = state.lineage.partition(":")[0]
+    if target.timeline is not None and timeline and timeline != str(target.timeline):
         return (
-            f"collection(s) {', '.join(changed) or '(all)'} changed (table, key, columns, "
-            "types or read rule) or were removed since the store was made"
+            f"the database is on timeline {target.timeline}, the store was made on "
+            f"{timeline} (a failover or a restore)"
+        )
+    if target.position is not None and state.lsn > target.position:
+        return (
+            f"the store ({lsn_to_str(state.lsn)}) is ahead of the database "
+            f"({lsn_to_str(target.position)}): a failover to a standby that was behind, or "
+            "a database restored from a backup"
         )
     if slot is None:
         return f"replication slot {target.slot!r} is missing"
@@ -91,12 +115,22 @@ def rebuild_reason(state: StoreState, slot: SlotState | None, target: Target) ->
 
 
 def plan(state: StoreState, slot: SlotState | None, target: Target) -> Plan:
-    """Rebuild (and why), or continue and copy the collections the store does not hold."""
-    reason = rebuild_reason(state, slot, target)
+    """Rebuild, resync (and why), or continue: copy the collections the store does not
+    hold, reconcile those whose shape changed, drop those no longer configured."""
+    reason = rebuild_reason(state)
     if reason is not None:
         return Plan(reason)
+    resync = resync_reason(state, slot, target)
+    if resync is not None:
+        return Plan(None, resync=resync)
     stored = stored_shapes(state.shape) or {}
-    return Plan(None, tuple(c for c in target.shapes if c not in stored))
+    current = target.shapes
+    return Plan(
+        None,
+        backfill=tuple(c for c in current if c not in stored),
+        reconcile=tuple(c for c in current if c in stored and stored[c] != current[c]),
+        drop=tuple(c for c in stored if c not in current),
+    )
 
 
 def backfilled(state: StoreState) -> dict[str, int]:

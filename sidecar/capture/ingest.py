@@ -33,6 +33,7 @@ import structlog
 
 from sidecar.capture import pgoutput_messages as po
 from sidecar.capture.pgoutput import Decoder
+from sidecar.capture.source import ReplicationError
 from sidecar.changes import GrantChange, Image
 from sidecar.collection import Collection
 from sidecar.errors import SidecarError
@@ -57,6 +58,14 @@ _IN_FLIGHT = 2  # batches handed to the writer and not yet written, at most
 
 class SchemaChanged(SidecarError):
     code, status, title = "schema_changed", 500, "A synced table changed shape"
+
+
+class TableChanged(ReplicationError):
+    """A synced table dropped, or dropped and created again, as the catalog shows it (the
+    stream says nothing of a table that left the publication): ends the stream as a
+    change of shape does."""
+
+    code, status, title = "schema_changed", 500, "A synced table changed"
 
 
 @dataclass(slots=True)
@@ -111,6 +120,7 @@ class Ingest:
         # Every collection of a table, in config order: each gets every change of it.
         self.routes = list(routes)
         self.routes_by_oid: dict[int, tuple[Collection, ...]] = {}
+        self.routes_by_name = {(r.table.ref.schema, r.table.ref.name): r.name for r in self.routes}
         for r in self.routes:
             self.routes_by_oid[r.table.oid] = (*self.routes_by_oid.get(r.table.oid, ()), r)
         self.relations: dict[int, tuple[_RelMap, ...]] = {}
@@ -118,6 +128,9 @@ class Ingest:
         self.sources_by_oid = {s.table.oid: s for s in self.sources}
         self.source_maps: dict[int, _SourceMap] = {}
         self._grants: list[GrantChange] = []
+        # Collections (and membership tables) the initial copy reconciles with what the
+        # store holds, rather than loads into an empty store (capture/reconcile.py).
+        self.reconciling: frozenset[str] = frozenset()
         self.decoder = Decoder()
         self.skip_through = skip_through  # commits ending at or before this are applied
         self._writer = writer
@@ -153,6 +166,12 @@ class Ingest:
             )
         routes = self.routes_by_oid.get(rel.relid)
         if not routes:
+            named = self.routes_by_name.get((rel.namespace, rel.name))
+            if named is not None and self._txn_lsn >= self.backfilled.get(named, 0):
+                raise SchemaChanged(
+                    f"table {rel.namespace}.{rel.name} was dropped and created again "
+                    f"(collection {named!r} maps it)"
+                )
             return  # a table of the publication that no collection maps
         self.relations[rel.relid] = tuple(self._rel_map(route, rel) for route in routes)
 
@@ -347,12 +366,26 @@ class Ingest:
     ) -> None:
         """Insert rows read by the initial copy (typed values of route.needed, in order)."""
         if isinstance(route, MembershipSource):
-            self._submit(self.store.apply_grants, route.copied(rows))
+            grants = route.copied(rows)
+            if route.name in self.reconciling:
+                self._submit(self.store.reconcile_grants, route.name, grants)
+            else:
+                self._submit(self.store.apply_grants, grants)
             self.rows_applied += len(rows)
             return
         images = route.copied_images(rows)
+        if route.name in self.reconciling:
+            self._submit(self.store.reconcile_rows, route.name, images)
+            self.rows_applied += len(rows)
+            return
         self._submit(self._load, self.store.prepare_load(route.name, images))
         self.rows_applied += len(rows)
+
+    def take_touched(self) -> set[str]:
+        """The scopes (and grant keys) written since the last call, once all is written."""
+        self.drain()
+        touched, self._touched = self._touched, set()
+        return touched
 
     def _load(self, batch: PreparedLoad) -> set[str]:
         self.store.load_prepared(batch)

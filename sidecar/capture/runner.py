@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -37,7 +36,8 @@ from sidecar.capture.framing import (
     parse_copy_data,
 )
 from sidecar.capture.inbox import Inbox, tune_gc
-from sidecar.capture.ingest import Ingest, SchemaChanged
+from sidecar.capture.ingest import Ingest, SchemaChanged, TableChanged
+from sidecar.capture.reconcile import refresh, resync
 from sidecar.capture.slots import SlotState, read_slot_async
 from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream, SystemInfo
@@ -112,7 +112,9 @@ class CaptureRunner:
     def ready(self) -> bool:
         """Pulls may be served: streaming, or paused or reconnecting with a complete store."""
         phase, complete = self.status.phase, self.store.state().snapshot_done
-        return phase == "streaming" or (phase in ("paused", "reconnecting") and complete)
+        return phase == "streaming" or (
+            phase in ("paused", "reconnecting", "reconciling") and complete
+        )
 
     def progress(self) -> dict[str, object]:
         return {
@@ -163,7 +165,7 @@ class CaptureRunner:
                 try:
                     if await self._run_task(self._session()):
                         return  # stop() ended the session; the caller goes on
-                except SchemaChanged as exc:
+                except (SchemaChanged, TableChanged) as exc:
                     # The service re-reads the catalog and starts a new runner (see
                     # Service._run_capture); this one stops here, nothing acknowledged.
                     self.status.phase, self.status.error = "schema_changed", exc.detail
@@ -196,6 +198,12 @@ class CaptureRunner:
                     raise
         finally:
             await self._close_source()
+
+    def table_changed(self, detail: str) -> None:
+        """A synced table was dropped or created again (the service saw it in the
+        catalog): the session ends as for a change of shape."""
+        if self._source is not None:
+            self._source.abort(TableChanged(detail))
 
     async def _run_task(self, work: Coroutine[Any, Any, None]) -> bool:
         """Run a session (or a pause) as the task `stop()` cancels: True if it did."""
@@ -243,13 +251,17 @@ class CaptureRunner:
             silence = Silence(await sender_timeout(source.conn))
             slot = await self._slot()
         db = self.config.database
-        target = Target(db.slot, system.system_id, system.dbname, self._shapes)
+        target = Target(
+            db.slot, system.system_id, system.dbname, self._shapes, system.timeline, system.xlogpos
+        )
         state = self.store.state()
         start = plan(state, slot, target)
         if start.rebuild is not None:
             await self._rebuild(source, start.rebuild, system)
-        elif start.backfill:
-            await self._backfill([r for r in self.routes if r.name in start.backfill])
+        elif start.resync is not None:
+            await resync(self, source, start.resync, system)
+        elif start.backfill or start.reconcile or start.drop:
+            await refresh(self, start)
         state = self.store.state()
         ingest = Ingest(
             self.store,
@@ -400,73 +412,12 @@ class CaptureRunner:
         """The collections' shapes as the store records them."""
         return orjson.dumps(self._shapes, option=orjson.OPT_SORT_KEYS).decode()
 
-    async def _backfill(self, routes: list[Collection]) -> None:
-        """Copy collections added to the config, leaving the others as they are.
-
-        A temporary slot exports a snapshot at its consistent point C: the copy holds every
-        transaction committed before C. The main stream then skips these collections'
-        changes committed before C and applies the later ones (their tables were added to
-        the publication before C), so each change lands exactly once."""
-        names = [r.name for r in routes]
-        log.info("copying collections added to the config", collections=names)
-        temp = ReplicationStream(
-            self.config.database.url,
-            f"{self.config.database.slot}_fill_{secrets.token_hex(3)}",
-            self.config.database.publication,
-        )
-        await temp.connect()
-        try:
-            info = await temp.create_slot(export_snapshot=True, temporary=True)
-            self.status.phase = "copying"
-            self.status.copy = CopyProgress()
-            state = self.store.state()
-            backfill = {
-                **orjson.loads(state.backfill or "{}"),
-                **dict.fromkeys(names, info.consistent_point),
-            }
-
-            def commit() -> None:
-                self.store.set_layout(self._shape_json(), orjson.dumps(backfill).decode())
-                self.store.commit()  # the stream's position stays where it was
-
-            try:
-                await self._copy(info.snapshot_name, routes)
-                await self._in_writer(commit)
-            except BaseException:
-                await self._in_writer(self.store.rollback)
-                raise
-        finally:
-            await temp.close()  # a temporary slot goes with its connection
-        log.info(
-            "collections copied",
-            collections=names,
-            snapshot_lsn=lsn_to_str(info.consistent_point),
-        )
-
     async def _rebuild(self, source: ReplicationStream, reason: str, system: SystemInfo) -> None:
         state = self.store.state()
         if state.snapshot_done:
             log.warning("rebuilding the store; clients will resync (410)", reason=reason)
             self.status.rebuilds += 1
-        slot = await self._slot()
-        if slot is not None and slot.active:
-            raise ReplicationError(
-                f"replication slot {self.config.database.slot!r} is in use by process "
-                f"{slot.active_pid}; is another sidecar running with the same slot?"
-            )
-        async with await psycopg.AsyncConnection.connect(
-            self.config.database.url, autocommit=True, **NETWORK_KWARGS
-        ) as conn:
-            if slot is not None:
-                await conn.execute(
-                    "SELECT pg_drop_replication_slot(%s)", (self.config.database.slot,)
-                )
-                log.info("dropped replication slot", slot=self.config.database.slot)
-            cur = await conn.execute(
-                "SELECT oid FROM pg_database WHERE datname = %s", (system.dbname,)
-            )
-            row = await cur.fetchone()
-        lineage = f"{system.timeline}:{row[0]}" if row else ""
+        lineage = await self._drop_slot(system)
         await self._in_writer(
             lambda: self.store.reset(
                 slot=self.config.database.slot,
@@ -494,12 +445,44 @@ class CaptureRunner:
             await self._drop_unused_slot()
             raise
 
-    async def _copy(self, snapshot_name: str | None, routes: Sequence[Collection]) -> int:
-        """Copy the routes' tables into the store's open batch (uncommitted).
+    async def _drop_slot(self, system: SystemInfo) -> str:
+        """Drop the configured slot (refused while another process streams from it);
+        returns the database's lineage, `<timeline>:<database OID>`."""
+        slot = await self._slot()
+        if slot is not None and slot.active:
+            raise ReplicationError(
+                f"replication slot {self.config.database.slot!r} is in use by process "
+                f"{slot.active_pid}; is another sidecar running with the same slot?"
+            )
+        async with await psycopg.AsyncConnection.connect(
+            self.config.database.url, autocommit=True, **NETWORK_KWARGS
+        ) as conn:
+            if slot is not None:
+                await conn.execute(
+                    "SELECT pg_drop_replication_slot(%s)", (self.config.database.slot,)
+                )
+                log.info("dropped replication slot", slot=self.config.database.slot)
+            cur = await conn.execute(
+                "SELECT oid FROM pg_database WHERE datname = %s", (system.dbname,)
+            )
+            row = await cur.fetchone()
+        return f"{system.timeline}:{row[0]}" if row else ""
+
+    async def _copy(
+        self,
+        snapshot_name: str | None,
+        routes: Sequence[Collection],
+        reconciling: frozenset[str] = frozenset(),
+        touched: set[str] | None = None,
+    ) -> int:
+        """Copy the routes' tables into the store's open batch (uncommitted); those named
+        in `reconciling` are compared with what the store holds (`capture/reconcile.py`),
+        the scopes they change added to `touched`.
 
         The router thread reads COPY and builds the rows' images while the writer thread
         inserts the previous batch: two cores, as when streaming."""
         ingest = Ingest(self.store, self.routes, skip_through=0, writer=self.writer)
+        ingest.reconciling = reconciling
         cancelled = threading.Event()
 
         def stop_if_cancelled() -> None:
@@ -508,7 +491,7 @@ class CaptureRunner:
 
         def copy() -> int:
             try:
-                return copy_tables(
+                rows = copy_tables(
                     self.config.database.url,
                     snapshot_name,
                     routes,
@@ -516,6 +499,9 @@ class CaptureRunner:
                     self.status.copy,
                     on_batch=stop_if_cancelled,
                 )
+                if touched is not None:
+                    touched.update(ingest.take_touched())
+                return rows
             except BaseException:
                 with contextlib.suppress(Exception):
                     ingest.drain()  # nothing of it may reach the writer after a rollback

@@ -41,6 +41,7 @@ class CaptureStatus:
     commits_applied: int = 0
     last_commit_at: float | None = None
     rebuilds: int = 0
+    resyncs: int = 0  # the store reconciled with a new slot (cursors kept)
     batches: int = 0
     writer_seconds: float = 0.0
     behind_since: float | None = None  # monotonic time the store fell behind the server

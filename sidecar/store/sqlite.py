@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.changes import GrantChange, Image
+from sidecar.changes import Image
 from sidecar.store.base import (
     MutationRecord,
     PreparedLoad,
@@ -41,8 +41,8 @@ from sidecar.store.base import (
 )
 from sidecar.store.netting import Netting, RowState, Stored
 from sidecar.store.sqlite_errors import as_unavailable, writes
-from sidecar.store.sqlite_grants import apply_grants, close_grants
 from sidecar.store.sqlite_read import SQLiteReader
+from sidecar.store.sqlite_reconcile import SQLiteReconcile
 from sidecar.store.sqlite_sql import (
     ENTRIES_DELETE,
     ENTRIES_INSERT,
@@ -86,7 +86,7 @@ def _text(blob: bytes | None) -> str | None:
     return None if blob is None else blob.decode()
 
 
-class SQLiteStore(SQLiteReader):
+class SQLiteStore(SQLiteReconcile, SQLiteReader):
     """ChangeStore on one SQLite file. Writer methods must be called from one thread;
     the reader methods (`SQLiteReader`) from any."""
 
@@ -477,26 +477,6 @@ class SQLiteStore(SQLiteReader):
             if not idents:
                 return touched
             touched |= self.apply([RowChange(collection, i, None) for i in idents])
-
-    @writes(batch=True)
-    def apply_grants(self, changes: Sequence[GrantChange]) -> set[str]:
-        """Membership rows' grants after their changes (see `sqlite_grants`); returns the
-        `<lookup>|<scope>` keys whose grants changed."""
-        self._begin()
-        self._ensure_indexes()
-        touched = apply_grants(self._w, changes, self._version + 1)
-        if touched:
-            self._version += 1
-        return touched
-
-    @writes(batch=True)
-    def truncate_grants(self, lookups: Sequence[str]) -> set[str]:
-        """Every grant of `lookups` ends (their membership table was truncated)."""
-        self._begin()
-        touched = close_grants(self._w, lookups, self._version + 1) if lookups else set()
-        if touched:
-            self._version += 1
-        return touched
 
     @writes(batch=True)
     def record_mutations(self, records: Sequence[MutationRecord]) -> None:
