@@ -19,9 +19,10 @@
    applied ids recorded as pending with the transaction's id (fsynced).
 
 The whole transaction is pipelined first (`pipelined.py`: four round trips; updates of
-the same columns share one statement); if a rule or the database refuses one, the transaction is rolled back and the batch runs again one
-savepoint per mutation, so a refused one never blocks the others. `atomic: true` is all
-or nothing. Serialization failures and deadlocks retry the whole batch.
+the same columns share one statement); if a rule or the database refuses one, the
+transaction is rolled back and the batch runs again one savepoint per mutation, so a
+refused one never blocks the others. `atomic: true` is all or nothing. Serialization
+failures and deadlocks retry the whole batch.
 """
 
 from __future__ import annotations
