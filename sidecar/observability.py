@@ -82,6 +82,11 @@ _REDACTIONS = (
     ),
 )
 REDACTED = "[redacted]"
+# Every pattern above needs one of these words (case aside): text without any is left as
+# it is after one search instead of a substitution per pattern (a log line has a dozen
+# strings; the push path writes a line per mutation).
+_PLAIN = frozenset({int, float, bool, type(None)})  # nothing to redact in these
+_TRIGGERS = re.compile(r"(?i)bearer|eyJ|postgres|password|authorization|cookie|x-api-key")
 
 
 class Redactor:
@@ -92,11 +97,14 @@ class Redactor:
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
-        for key, value in list(event.items()):
-            event[key] = self.clean(value)
+        for key, value in event.items():  # values replaced, no key added: allowed
+            if value is not None and type(value) not in _PLAIN:
+                event[key] = self.clean(value)
         return event
 
     def clean(self, value: Any, depth: int = 0) -> Any:
+        if type(value) in _PLAIN:
+            return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, bytes):
@@ -111,7 +119,10 @@ class Redactor:
 
     def text(self, text: str) -> str:
         for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        if _TRIGGERS.search(text) is None:
+            return text
         for pattern, replacement in _REDACTIONS:
             text = pattern.sub(replacement, text)
         return text

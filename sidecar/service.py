@@ -8,6 +8,7 @@ goes through `Service.push`, which counts the outcomes).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import time
@@ -110,7 +111,13 @@ def _push_pool(config: Config, breaker: Breaker, timeouts: dict[str, str]) -> As
 
     def kwargs() -> dict[str, object]:
         options = session_options(**timeouts)
-        return {"options": options, "application_name": "sidecar-push", **NETWORK_KWARGS}
+        return {
+            "options": options,
+            "application_name": "sidecar-push",
+            # BEGIN and COMMIT are sent by the push (pipelined with its statements)
+            "autocommit": True,
+            **NETWORK_KWARGS,
+        }
 
     return AsyncConnectionPool(
         config.database.url,
@@ -500,10 +507,12 @@ class Service:
         """Apply a push through the core and count each mutation's outcome
         (`sidecar_push_mutations`): `POST /v1/push` and every adapter push through here."""
         result = await self.pusher.push(principal, mutations, atomic)
-        outcomes = self.metrics.push_outcomes
-        for m, r in zip(mutations, result.results, strict=True):
-            strategy = self.routes[m.collection].config.conflict.kind
-            outcomes.labels(m.collection, strategy, r.status).inc()
+        counts = collections.Counter(
+            (m.collection, r.status) for m, r in zip(mutations, result.results, strict=True)
+        )
+        for (collection, status), n in counts.items():
+            strategy = self.routes[collection].config.conflict.kind
+            self.metrics.push_outcomes.labels(collection, strategy, status).inc(n)
         return result
 
     async def close(self) -> None:

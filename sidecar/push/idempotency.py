@@ -33,7 +33,7 @@ import psycopg
 
 from sidecar.errors import Unavailable
 from sidecar.mutations import MutationResult
-from sidecar.store.base import PendingMutations, PendingRecord, StoreReader
+from sidecar.store.base import MutationRecord, PendingMutations, PendingRecord, StoreReader
 
 
 def origin_of(store: StoreReader) -> str:
@@ -70,6 +70,20 @@ async def record(
         ) from None
 
 
+def _lookup(
+    pending: PendingMutations,
+    store: StoreReader,
+    subject: str,
+    ids: Sequence[str],
+    read_store: bool,
+) -> tuple[dict[str, PendingRecord], dict[str, MutationRecord | None] | None]:
+    """The pending records of `ids`, and (`read_store`) the store's records of the others."""
+    records = pending.lookup(subject, list(ids))
+    if not read_store:
+        return records, None
+    return records, {i: store.mutation(subject, i) for i in ids if i not in records}
+
+
 class CaptureProgress(Protocol):
     async def wait_for_lsn(self, lsn: int, timeout: float) -> bool: ...
 
@@ -89,7 +103,12 @@ async def applied_before(
     """The subject's ids among `ids` already applied, as `duplicate` results. Call with
     the ids' advisory locks held."""
     found: dict[str, MutationResult] = {}
-    records = await asyncio.to_thread(pending.lookup, subject, list(ids))
+    covered = pending.covered_from()
+    since = lsn_now if covered is None else covered
+    # Capture has almost always passed `since`: then the store is read with the pending
+    # ids, in one trip to a worker thread (for the ids without a pending record).
+    early = await capture.wait_for_lsn(since, 0)
+    records, stored = await asyncio.to_thread(_lookup, pending, store, subject, ids, early)
     origin = origin_of(store)
     trusted = {i: r for i, r in records.items() if r.origin == origin}
     verdicts: dict[str, str | None] = {}
@@ -115,15 +134,16 @@ async def applied_before(
         await asyncio.to_thread(pending.forget, subject, gone)
     rest = [i for i in ids if i not in found and i not in gone]
     if rest:
-        covered = pending.covered_from()
-        if not await capture.wait_for_lsn(lsn_now if covered is None else covered, CAPTURE_WAIT):
-            raise Unavailable(
-                "capture is behind the database; cannot tell yet whether these mutations "
-                "were already applied — retry",
-                retry_after=2,
-            )
-        stored = await asyncio.to_thread(lambda: {i: store.mutation(subject, i) for i in rest})
-        for i, rec in stored.items():
+        if stored is None:
+            if not await capture.wait_for_lsn(since, CAPTURE_WAIT):
+                raise Unavailable(
+                    "capture is behind the database; cannot tell yet whether these "
+                    "mutations were already applied — retry",
+                    retry_after=2,
+                )
+            stored = await asyncio.to_thread(lambda: {i: store.mutation(subject, i) for i in rest})
+        for i in rest:
+            rec = stored.get(i)
             if rec is not None:
                 outcome = orjson.loads(rec.outcome)
                 found[i] = MutationResult(i, "duplicate", rev=outcome.get("rev"))

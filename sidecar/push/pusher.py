@@ -18,10 +18,11 @@
    with no table added to the application's database; and, just before COMMIT, the
    applied ids recorded as pending with the transaction's id (fsynced).
 
-Writes are pipelined first (updates of the same columns share one statement); if a rule
-or the database refuses one, the transaction is rolled back and the batch runs again one
-savepoint per mutation, so a refused one never blocks the others. `atomic: true` is all
-or nothing. Serialization failures and deadlocks retry the whole batch.
+The whole transaction is pipelined first (`pipelined.py`: four round trips; updates of
+the same columns share one statement); if a rule or the database refuses one, the
+transaction is rolled back and the batch runs again one savepoint per mutation, so a
+refused one never blocks the others. `atomic: true` is all or nothing. Serialization
+failures and deadlocks retry the whole batch.
 """
 
 from __future__ import annotations
@@ -45,9 +46,17 @@ from sidecar.errors import Conflict, Forbidden, SidecarError, Unavailable, Valid
 from sidecar.lsn import str_to_lsn
 from sidecar.mutations import Mutation, MutationResult, rejected
 from sidecar.permissions import Permissions
-from sidecar.push import conflicts, idempotency
+from sidecar.push import conflicts, idempotency, pipelined
 from sidecar.push.breaker import Breaker, within
 from sidecar.push.idempotency import CaptureProgress
+from sidecar.push.pipelined import (
+    CLAIM_TYPE_ERRORS,
+    LOCK_IDS,
+    Aborted,
+    SlowPath,
+    claims_refused,
+    transient,
+)
 from sidecar.push.plan import (
     Current,
     Plan,
@@ -60,7 +69,6 @@ from sidecar.push.plan import (
 )
 from sidecar.store.base import PendingMutations, StoreReader
 from sidecar.values import loads_exact
-from sidecar.walmessage import MutationMessage
 
 log = structlog.get_logger("sidecar.push")
 
@@ -68,14 +76,6 @@ POOL_WAIT = 10.0  # seconds a push waits for a database connection before a 503
 DEADLINE_SLACK = 2.0  # a push's transaction gives up this long after statement_timeout
 LOCKED_RETRY = 1  # Retry-After (s) of a push refused for a locked row or a slow statement
 RETRIES = 3
-# What PostgreSQL says when a rule cannot be evaluated with the caller's claims (a claim
-# of another type than the column it is compared with: `text = boolean`).
-_CLAIM_TYPE_ERRORS = (
-    pge.UndefinedFunction,
-    pge.DatatypeMismatch,
-    pge.AmbiguousFunction,
-    pge.IndeterminateDatatype,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,33 +85,12 @@ class PushResult:
     txid: int | None = None  # the transaction that applied the writes (when any)
 
 
-class _SlowPath(Exception):
-    """Roll the batch back and run it again one savepoint per mutation."""
-
-
 class _Refused(Exception):
     """Undo this mutation's statements and report it."""
 
     def __init__(self, result: MutationResult) -> None:
         super().__init__(result.status)
         self.result = result
-
-
-class _Aborted(Exception):
-    """An atomic batch stops at its first mutation that is not applied."""
-
-    def __init__(self, result: MutationResult) -> None:
-        super().__init__(result.status)
-        self.result = result
-
-
-def _transient(exc: psycopg.Error, conn: psycopg.AsyncConnection) -> bool:
-    """An error of the moment, not of the mutation: a lock or statement timeout, the
-    server shutting down, a connection lost. The batch is answered 503 (retry)."""
-    return (
-        isinstance(exc, pge.LockNotAvailable | pge.QueryCanceled | pge.OperatorIntervention)
-        or conn.broken
-    )
 
 
 def _db_error(exc: psycopg.Error) -> SidecarError:
@@ -125,20 +104,11 @@ def _db_error(exc: psycopg.Error) -> SidecarError:
         return Conflict(f"unique constraint {constraint} refused the change: {primary}", **extra)
     if isinstance(exc, pge.InsufficientPrivilege):
         return Forbidden(f"the database refused the sidecar's role: {primary}", **extra)
-    if isinstance(exc, _CLAIM_TYPE_ERRORS):
-        return _claims_refused(primary)
+    if isinstance(exc, CLAIM_TYPE_ERRORS):
+        return claims_refused(primary)
     if isinstance(exc, pge.IntegrityConstraintViolation | pge.DataError):
         return ValidationFailed(f"the database refused the values: {primary}", **extra)
     return ValidationFailed(f"the database refused the change: {primary}", **extra)
-
-
-def _claims_refused(reason: str, collection: str | None = None) -> Forbidden:
-    where = f" of collection {collection!r}" if collection else ""
-    return Forbidden(
-        f"a rule{where} cannot be evaluated with your token's claims ({reason}): a claim a "
-        "rule compares with a column must be a value of the column's kind",
-        **({"collection": collection} if collection else {}),
-    )
 
 
 def unbindable_claims(route: Collection, claims: Mapping[str, Any]) -> list[str]:
@@ -208,7 +178,7 @@ class Pusher:
         for name in dict.fromkeys(m.collection for m in mutations):
             bad = unbindable_claims(self.routes[name], principal.claims)
             if bad:
-                raise _claims_refused(f"{', '.join(bad)}: not a string, number or boolean", name)
+                raise claims_refused(f"{', '.join(bad)}: not a string, number or boolean", name)
         for attempt in range(RETRIES):
             self.breaker.check()  # the database is known to be gone: 503 at once
             try:
@@ -294,13 +264,13 @@ class Pusher:
         mutations: Sequence[Mutation],
         atomic: bool,
     ) -> PushResult:
-        """Fast path first (writes pipelined, no savepoints); if any write fails a rule or
-        the database refuses one, the transaction is rolled back and the batch runs again
-        one savepoint per mutation, so only the culprit is refused."""
+        """Fast path first (the transaction pipelined, `pipelined.py`); if any write fails
+        a rule or the database refuses one, the transaction is rolled back and the batch
+        runs again one savepoint per mutation, so only the culprit is refused."""
         try:
-            return await self._run_batch(conn, principal, mutations, atomic, fast=True)
-        except _SlowPath:
-            return await self._run_batch(conn, principal, mutations, atomic, fast=False)
+            return await pipelined.run(self, conn, principal, mutations, atomic)
+        except SlowPath:
+            return await self._run_batch(conn, principal, mutations, atomic)
 
     async def _run_batch(
         self,
@@ -308,9 +278,8 @@ class Pusher:
         principal: Principal,
         mutations: Sequence[Mutation],
         atomic: bool,
-        *,
-        fast: bool,
     ) -> PushResult:
+        """The savepoint path: one round trip per step and per mutation."""
         results: dict[str, MutationResult] = {}
         written: list[MutationResult] = []
         try:
@@ -344,20 +313,17 @@ class Pusher:
                         continue
                     results[m.id] = decided
                     if atomic and decided.status != "applied":
-                        raise _Aborted(decided)
+                        raise Aborted(decided)
                 txid = None
-                if fast:
-                    done, txid = await self._write_pipelined(conn, principal, writes, atomic)
-                else:
-                    done = await self._write_one_by_one(conn, principal, writes, atomic)
+                done = await self._write_one_by_one(conn, principal, writes, atomic)
                 results.update(done)
                 written = [r for w in writes if (r := done[w.m.id]).status == "applied"]
                 if written:
                     xid = await idempotency.current_xid(conn)
-                    txid = xid & 0xFFFFFFFF if txid is None else txid
+                    txid = xid & 0xFFFFFFFF
                     await idempotency.record(self.pending, self.store, subject, written, xid)
                     failpoints.hit("push.before_commit")  # tests: die with ids pending
-        except _Aborted as abort:
+        except Aborted as abort:
             refused = aborted(mutations, abort.result, results)
             for m, r in zip(mutations, refused, strict=True):
                 self._log(principal, m, r)  # refused writes are audited too
@@ -370,69 +336,9 @@ class Pusher:
             lsn = str_to_lsn(row[0]) if row else None
             for r in written:
                 self.recent[(principal.subject, r.id)] = r
-        for m in mutations:
-            self._log(principal, m, results[m.id])
-        return PushResult([results[m.id] for m in mutations], lsn, txid)
-
-    async def _write_pipelined(
-        self,
-        conn: psycopg.AsyncConnection,
-        principal: Principal,
-        writes: Sequence[Write],
-        atomic: bool,
-    ) -> tuple[dict[str, MutationResult], int | None]:
-        """All writes in one pipeline, then every record in one statement; returns the
-        results and the transaction's id (read by that statement)."""
-        if not writes:
-            return {}, None
-        groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
-        singles: list[int] = []
-        for n, w in enumerate(writes):
-            if w.data:  # an update: rows changing the same columns share one statement
-                groups.setdefault((w.route.name, tuple(w.data)), []).append(n)
-            else:
-                singles.append(n)
-        rows: list[Sequence[Any] | None] = [None] * len(writes)
-        try:
-            async with conn.pipeline():
-                pending = []
-                for n in singles:
-                    cur = psycopg.AsyncRawCursor(conn)
-                    st = writes[n].build()
-                    await cur.execute(st.text, st.params)
-                    pending.append((cur, [n]))
-                for (coll, cols), members in groups.items():
-                    items = [(writes[n].key or {}, writes[n].data or {}) for n in members]
-                    st = write_sql.update_many(self.routes[coll], items, cols, principal.claims)
-                    cur = psycopg.AsyncRawCursor(conn)
-                    await cur.execute(st.text, st.params)
-                    pending.append((cur, members))
-            for cur, members in pending:
-                if len(members) == 1 and members[0] in singles:
-                    n = members[0]
-                    rows[n] = await cur.fetchone() if writes[n].returns_row else None
-                else:
-                    for got in await cur.fetchall():
-                        rows[members[got[0]]] = got[1:]
-        except (pge.SerializationFailure, pge.DeadlockDetected):
-            raise
-        except psycopg.Error as exc:
-            if _transient(exc, conn):
-                raise
-            raise _SlowPath() from None
-        out: dict[str, MutationResult] = {}
-        records: list[MutationMessage] = []
-        for w, returned in zip(writes, rows, strict=True):
-            result, record = verdict(principal, w, returned)
-            if record is None:
-                if atomic:
-                    raise _Aborted(result)
-                raise _SlowPath()  # undo just this one: run the batch with savepoints
-            out[w.m.id] = result
-            records.append(record)
-        cur = await _raw(conn, write_sql.emit_messages(records))
-        row = await cur.fetchone()
-        return out, (int(row[1]) if row else None)
+        ordered = [results[m.id] for m in mutations]
+        self._log_all(principal, mutations, ordered)
+        return PushResult(ordered, lsn, txid)
 
     async def _write_one_by_one(
         self,
@@ -454,14 +360,14 @@ class Pusher:
             except (pge.SerializationFailure, pge.DeadlockDetected):
                 raise
             except psycopg.Error as exc:
-                if _transient(exc, conn):
+                if transient(exc, conn):
                     raise
                 result = rejected(w.m.id, _db_error(exc))
                 if atomic:
-                    raise _Aborted(result) from None
+                    raise Aborted(result) from None
                 out[w.m.id] = result
             if atomic and out[w.m.id].status != "applied":
-                raise _Aborted(out[w.m.id])
+                raise Aborted(out[w.m.id])
         return out
 
     async def _write_one(
@@ -480,17 +386,26 @@ class Pusher:
         return plan_safely(self.routes[m.collection], self.permissions, principal, m, current)
 
     def _log(self, principal: Principal, m: Mutation, r: MutationResult) -> None:
-        log.info(
-            "mutation",
-            mutation_id=m.id,
-            subject=principal.subject,
-            device=principal.device,
-            collection=m.collection,
-            op=m.op,
-            key=dict(m.key),
-            outcome=r.status,
-            code=(r.error or {}).get("code"),
-        )
+        self._log_all(principal, [m], [r])
+
+    def _log_all(
+        self,
+        principal: Principal,
+        mutations: Sequence[Mutation],
+        results: Sequence[MutationResult],
+    ) -> None:
+        """One `mutation` line per mutation (the logger bound once per batch)."""
+        bound = log.bind(subject=principal.subject, device=principal.device)
+        for m, r in zip(mutations, results, strict=True):
+            bound.info(
+                "mutation",
+                mutation_id=m.id,
+                collection=m.collection,
+                op=m.op,
+                key=dict(m.key),
+                outcome=r.status,
+                code=(r.error or {}).get("code"),
+            )
 
     # -- idempotency ---------------------------------------------------------------------
 
@@ -499,13 +414,7 @@ class Pusher:
         processes); returns the WAL insert position read once the locks are held (one
         round trip). The subject is length-prefixed: no (subject, id) pair reads as
         another."""
-        cur = await conn.execute(
-            "WITH locked AS (SELECT count(pg_advisory_xact_lock(k)) AS n FROM (SELECT DISTINCT "
-            "hashtextextended('sidecar:' || length(%s) || ':' || %s || ':' || i, 0) AS k "
-            "FROM unnest(%s::text[]) AS i ORDER BY 1) AS ids) "
-            "SELECT n, pg_current_wal_insert_lsn()::text FROM locked",
-            (subject, subject, sorted(ids)),
-        )
+        cur = await pipelined.send(conn, LOCK_IDS, (subject, subject, sorted(ids)))
         row = await cur.fetchone()
         assert row is not None
         return str_to_lsn(row[1])
@@ -538,29 +447,46 @@ class Pusher:
     async def _lock_rows(
         self, conn: psycopg.AsyncConnection, principal: Principal, todo: Sequence[Mutation]
     ) -> dict[str, Current]:
+        out: dict[str, Current] = {}
+        for coll, ms, st in self._row_locks(principal, todo):
+            try:
+                rows = await (await _raw(conn, st)).fetchall()
+            except CLAIM_TYPE_ERRORS as exc:
+                raise claims_refused(exc.diag.message_primary or str(exc), coll) from None
+            self._current_rows(self.routes[coll], ms, rows, out)
+        return out
+
+    def _row_locks(
+        self, principal: Principal, todo: Sequence[Mutation]
+    ) -> list[tuple[str, list[Mutation], write_sql.Statement]]:
+        """One `SELECT … FOR UPDATE` per collection: its mutations (with a well-formed
+        key; a bad one is refused by the plan) and the statement."""
         by_coll: dict[str, list[Mutation]] = {}
         for m in todo:
             route = self.routes[m.collection]
             if all(c in m.key for c in route.key):
                 by_coll.setdefault(m.collection, []).append(m)
-        out: dict[str, Current] = {}
+        out = []
         for coll, candidates in by_coll.items():
             route = self.routes[coll]
             ms = [m for m in candidates if key_ok(route, m)]  # bad keys: refused later
-            if not ms:
-                continue
-            st = write_sql.lock_rows(route, [m.key for m in ms], principal.claims)
-            try:
-                rows = await (await _raw(conn, st)).fetchall()
-            except _CLAIM_TYPE_ERRORS as exc:
-                raise _claims_refused(exc.diag.message_primary or str(exc), coll) from None
-            for row in rows:
-                m = ms[row[0]]
-                values = dict(zip(route.needed, row[3:], strict=True))
-                image = route.image_of_values(values)
-                row_json = loads_exact(image.row)
-                out[m.id] = Current(values, row_json, image.rev, bool(row[1]), bool(row[2]))
+            if ms:
+                out.append(
+                    (coll, ms, write_sql.lock_rows(route, [m.key for m in ms], principal.claims))
+                )
         return out
+
+    @staticmethod
+    def _current_rows(
+        route: Collection, ms: Sequence[Mutation], rows: Sequence[Any], out: dict[str, Current]
+    ) -> None:
+        """The locked rows of `ms` (tagged with their position) as `Current`s, by id."""
+        for row in rows:
+            m = ms[row[0]]
+            values = dict(zip(route.needed, row[3:], strict=True))
+            image = route.image_of_values(values)
+            row_json = loads_exact(image.row)
+            out[m.id] = Current(values, row_json, image.rev, bool(row[1]), bool(row[2]))
 
 
 async def _never() -> None:

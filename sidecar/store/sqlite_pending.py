@@ -44,6 +44,7 @@ class SQLitePending:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._covered: int | None = None
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -87,9 +88,12 @@ class SQLitePending:
             )
 
     def covered_from(self) -> int | None:
+        if self._covered is not None:  # set once, never changed: read on every push
+            return self._covered
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'covered_from'").fetchone()
-        return None if row is None else int(row[0])
+        self._covered = None if row is None else int(row[0])
+        return self._covered
 
     def cover_from(self, lsn: int) -> None:
         with self._lock:

@@ -228,6 +228,20 @@ async def test_atomic_and_non_atomic_batches_with_a_bad_member(sc, pg_dsn):
     assert sql(pg_dsn, "SELECT count(*) FROM todo_items WHERE title = 'good'")[0] == [(1,)]
 
 
+async def test_an_atomic_batch_refused_answers_its_duplicates_as_duplicates(sc, pg_dsn):
+    """Refused by the plan (unknown column) or by the check rule at the write: the batch's
+    member applied before is still `duplicate`, not `rejected` (pipelined fast path)."""
+    done = {"id": "dup1", "collection": "todos", "op": "insert", "data": {"title": "once"}}
+    _, body = await sc.push([done])
+    assert body["results"][0]["status"] == "applied"
+    unknown = {"id": "dup2", "collection": "todos", "op": "insert", "data": {"nope": 1}}
+    checked = {"id": "dup3", "collection": "todos", "op": "insert", "data": {"title": ""}}
+    for bad in (unknown, checked):
+        _, body = await sc.push([done, bad], atomic=True)
+        assert [r["status"] for r in body["results"]] == ["duplicate", "rejected"], body
+    assert sql(pg_dsn, "SELECT count(*) FROM todo_items WHERE title = 'once'")[0] == [(1,)]
+
+
 async def test_ownership_before_and_after(pg_dsn, pg_url, sidecar_factory):
     sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(
