@@ -33,6 +33,7 @@ from psycopg.pq import Format
 
 from sidecar.catalog import TableInfo
 from sidecar.changes import Image, rev_of
+from sidecar.config.expressions import ExpressionError, parse_expression
 from sidecar.config.model import CollectionConfig
 from sidecar.rules.scopes import Grants, Lookup, ReadRule, compile_read_rule
 from sidecar.unchanged import UNCHANGED
@@ -121,6 +122,8 @@ class Collection:
             return str(info.ref), {c.name: c.type_name for c in info.columns}
 
         self.read: ReadRule = compile_read_rule(config.read, types, table_types)
+        self._types, self._table_types = types, table_types
+        self._rules: dict[str, ReadRule | None] = {config.read.text: self.read}
         # each lookup of the rule (nested ones too) with the table it reads
         self.lookup_tables: tuple[tuple[Lookup, TableInfo], ...] = tuple(
             (lookup, found[lookup.table]) for lookup in self.read.lookups
@@ -331,6 +334,31 @@ class Collection:
     ) -> tuple[str, ...]:
         """The caller's scopes (prefixed); see `ReadRule.request_scopes`."""
         return tuple(self._prefix + s for s in self.read.request_scopes(claims, grants, watch))
+
+    def rule_for(self, text: str | None) -> ReadRule:
+        """The read rule `text` compiled over this table (a rule this collection had
+        before a reload); the current rule when it no longer compiles (a column gone)."""
+        if text is None:
+            return self.read
+        if text not in self._rules:
+            try:
+                self._rules[text] = compile_read_rule(
+                    parse_expression(text), self._types, self._table_types
+                )
+            except ExpressionError:
+                log.warning("an earlier read rule no longer compiles", collection=self.name)
+                self._rules[text] = None
+        return self._rules[text] or self.read
+
+    def scopes_under(
+        self,
+        rule: ReadRule,
+        claims: Mapping[str, Any],
+        grants: Grants | None = None,
+        watch: set[str] | None = None,
+    ) -> tuple[str, ...]:
+        """The caller's scopes under `rule` (this collection's, or one it had)."""
+        return tuple(self._prefix + s for s in rule.request_scopes(claims, grants, watch))
 
     @property
     def dynamic(self) -> bool:

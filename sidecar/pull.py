@@ -29,7 +29,7 @@ from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
 from sidecar.rules.scopes import Grants
 from sidecar.store.base import StoreReader
-from sidecar.views import read_view
+from sidecar.views import History, read_view, rule_at, rules_changed
 
 log = structlog.get_logger("sidecar.pull")
 
@@ -117,6 +117,8 @@ class Puller:
         self.live_total = live_total
         self.cache = PageCache(store, cache_bytes)
         self._missing: set[tuple[str, str]] = set()
+        self._history_text: str | None = None
+        self._history_value: History = {}
         self._live: dict[str, int] = {}
         self._live_total = 0
         self.store = store
@@ -232,8 +234,15 @@ class Puller:
         budget: int,
     ) -> tuple[Page, tuple[str, ...]]:
         """A page after `cursor` (checked) and what a live wait for the next one watches:
-        the caller's scopes, and the grants they come from under a membership rule."""
-        if not any(r.dynamic for r in routes):
+        the caller's scopes, and the grants they come from under a membership rule. A
+        caller whose scopes may differ between its cursor and now — a membership rule, or
+        a read rule changed (by a reload) since the cursor — goes through `views.py`."""
+        state = self.store.state()
+        history = self._history(state.rules)
+        names = [r.name for r in routes]
+        since = None if cursor is None else cursor.scopes_version
+        moved = since is not None and rules_changed(history, names, since, state.version)
+        if not moved and not any(r.dynamic for r in routes):
             scopes = self.scopes_for(principal, routes)
             after = 0 if cursor is None else cursor.version
             return await self.cache.page(scopes, after, limit, budget), tuple(scopes)
@@ -241,21 +250,34 @@ class Puller:
             self._note_missing_claims(principal, route)
         claims = principal.claims
 
-        def scopes_of(grants: Grants, watch: set[str] | None) -> list[str]:
-            found = [s for r in routes for s in r.request_scopes(claims, grants, watch)]
+        def scopes_of(grants: Grants, watch: set[str] | None, at: int) -> list[str]:
+            found = [
+                s
+                for r in routes
+                for s in r.scopes_under(
+                    r.rule_for(rule_at(history, r.name, at)), claims, grants, watch
+                )
+            ]
             return list(dict.fromkeys(found))
 
-        epoch = self.store.state().epoch
         read = functools.partial(
             read_view,
             scopes_of=scopes_of,
-            epoch=epoch,
+            epoch=state.epoch,
             cursor=cursor,
             limit=limit,
             max_bytes=budget,
+            rules_changed=functools.partial(rules_changed, history, names),
         )
         view = await asyncio.to_thread(self.store.view, read)
         return Page(view.lines, view.cursor, view.has_more), view.watch
+
+    def _history(self, text: str | None) -> History:
+        """The read rules' history the store records (parsed once per change)."""
+        if text != self._history_text:
+            self._history_text = text
+            self._history_value = orjson.loads(text) if text else {}
+        return self._history_value
 
     async def pull(self, principal: Principal, req: PullRequest) -> Page:
         self._check_ready()

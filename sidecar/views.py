@@ -26,19 +26,20 @@ No HTTP and no SQL here: `read_view` runs over a `StoreView` (one consistent sna
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from sidecar.changes import Cursor
 from sidecar.store.base import PageData, StoreView
 
-__all__ = ["ScopesOf", "ViewPage", "read_view"]
+__all__ = ["ScopesOf", "ViewPage", "next_rules", "read_view", "rule_at", "rules_changed"]
 
-# The caller's scopes given how to read grants, adding `<lookup>|<scope>` keys of the
-# grants they depend on to the set given (if any).
-ScopesOf = Callable[[Callable[[str, Sequence[str]], list[str]], set[str] | None], list[str]]
+# The caller's scopes at a version, given how to read grants at it, adding
+# `<lookup>|<scope>` keys of the grants they depend on to the set given (if any).
+ScopesOf = Callable[[Callable[[str, Sequence[str]], list[str]], set[str] | None, int], list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class _Reader:
         self.scopes_of = scopes_of
 
     def scopes(self, at: int, watch: set[str] | None = None) -> list[str]:
-        return self.scopes_of(lambda lookup, sc: self.view.grants(lookup, sc, at), watch)
+        return self.scopes_of(lambda lookup, sc: self.view.grants(lookup, sc, at), watch, at)
 
 
 def read_view(
@@ -66,9 +67,11 @@ def read_view(
     cursor: Cursor | None,
     limit: int,
     max_bytes: int | None,
+    rules_changed: Callable[[int, int], bool] = lambda after, upto: False,
 ) -> ViewPage:
     """One page of changes for a caller whose scopes `scopes_of` computes (see the
-    module docstring). `cursor` is already checked against the store's epoch and purge."""
+    module docstring); `rules_changed(a, b)`: whether a read rule changed in (a, b].
+    `cursor` is already checked against the store's epoch and purge."""
     reader = _Reader(view, scopes_of)
     version = view.version
     keys: set[str] = set()
@@ -83,7 +86,9 @@ def read_view(
         gained = _minus(reader.scopes(target), reader.scopes(g))
         lines: list[bytes] = []
         moved = cursor.moved
-    elif g == version or not view.grants_changed(sorted(keys), g, version):
+    elif g == version or not (
+        rules_changed(g, version) or view.grants_changed(sorted(keys), g, version)
+    ):
         page = view.changes(now, w, limit, max_bytes)
         return _plain(page, epoch, version, version, watch)
     else:
@@ -155,3 +160,38 @@ def _move_in(
     page = view.changes(reader.scopes(target), w, room, budget if lines else max_bytes)
     rest = _plain(page, epoch, version, target, watch)
     return ViewPage(lines + rest.lines, rest.cursor, rest.has_more, version, watch)
+
+
+# -- read rules' history (a rule changed by a reload: see `StoreState.rules`) ---------------
+
+History = dict[str, list[list[Any]]]  # collection → [[since version, rule text], ...]
+KEEP = 16  # rule changes remembered per collection
+
+
+def next_rules(stored: str | None, current: Mapping[str, str], since: int) -> str:
+    """The history once the collections' read rules are `current` (name → text), the
+    changed ones from version `since` on (a collection without history: from 0)."""
+    history: History = orjson.loads(stored) if stored else {}
+    out: History = {}
+    for name, text in current.items():
+        entries = list(history.get(name, []))
+        if not entries:
+            entries = [[0, text]]
+        elif entries[-1][1] != text:
+            entries.append([since, text])
+        out[name] = entries[-KEEP:]
+    return orjson.dumps(out).decode()
+
+
+def rule_at(history: History, name: str, version: int) -> str | None:
+    """The text of the collection's read rule at `version` (None: not recorded)."""
+    found = None
+    for since, text in history.get(name, []):
+        if since <= version:
+            found = text
+    return found
+
+
+def rules_changed(history: History, names: Sequence[str], after: int, upto: int) -> bool:
+    """Whether a read rule of these collections changed in (after, upto]."""
+    return any(after < since <= upto for name in names for since, _ in history.get(name, []))

@@ -32,18 +32,26 @@ from sidecar.capture.source import ReplicationStream, SystemInfo
 from sidecar.collection import Collection
 from sidecar.lsn import lsn_to_str
 from sidecar.membership import membership_sources
+from sidecar.views import next_rules
 
 if TYPE_CHECKING:
     from sidecar.capture.runner import CaptureRunner
 
 log = structlog.get_logger("sidecar.capture")
 
-__all__ = ["refresh", "resync"]
+__all__ = ["record_rules", "refresh", "resync"]
 
 
 def _sources(routes: Sequence[Collection]) -> dict[str, list[str]]:
     """The membership tables the routes read: name → lookup ids."""
     return {s.name: [lk.id for lk in s.lookups] for s in membership_sources(routes)}
+
+
+def record_rules(runner: CaptureRunner) -> None:
+    """In the open batch: the read rules' history, with the current rules (writer thread)."""
+    stored = runner.store.state().rules
+    current = {r.name: r.config.read.text for r in runner.routes}
+    runner.store.record_rules(lambda since: next_rules(stored, current, since))
 
 
 async def _compare(
@@ -98,6 +106,7 @@ async def refresh(runner: CaptureRunner, start: Plan) -> None:
             if start.drop:
                 store.drop_collections(start.drop)
             store.set_layout(runner._shape_json(), orjson.dumps(kept).decode())
+            record_rules(runner)
             store.commit()  # the stream's position stays where it was
 
         await runner._in_writer(commit)
@@ -144,6 +153,7 @@ async def resync(
                 lineage=lineage,
                 lsn=info.consistent_point,
             )
+            record_rules(runner)
             store.commit(info.consistent_point, snapshot_done=True)
 
         await runner._in_writer(commit)

@@ -37,7 +37,7 @@ from sidecar.capture.framing import (
 )
 from sidecar.capture.inbox import Inbox, tune_gc
 from sidecar.capture.ingest import Ingest, SchemaChanged, TableChanged
-from sidecar.capture.reconcile import refresh, resync
+from sidecar.capture.reconcile import record_rules, refresh, resync
 from sidecar.capture.slots import SlotState, read_slot_async
 from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream, SystemInfo
@@ -260,8 +260,8 @@ class CaptureRunner:
             await self._rebuild(source, start.rebuild, system)
         elif start.resync is not None:
             await resync(self, source, start.resync, system)
-        elif start.backfill or start.reconcile or start.drop:
-            await refresh(self, start)
+        elif start.backfill or start.reconcile or start.drop or state.rules is None:
+            await refresh(self, start)  # (a store without the rules' history: records it)
         state = self.store.state()
         ingest = Ingest(
             self.store,
@@ -437,6 +437,7 @@ class CaptureRunner:
         self.status.copy = CopyProgress()
         try:
             self.status.rows_applied += await self._copy(info.snapshot_name, self.routes)
+            await self._in_writer(lambda: record_rules(self))
             await self._in_writer(
                 lambda: self.store.commit(info.consistent_point, snapshot_done=True)
             )

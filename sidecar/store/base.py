@@ -46,6 +46,9 @@ class StoreState:
     # The database as the store was made from it: "<timeline>:<database OID>" ("": not
     # recorded). Mutation ids recorded under another lineage may not hold any more.
     lineage: str = ""
+    # JSON {collection: [[since version, read rule text], ...]}: which rule decided a
+    # cursor's scopes (a rule changed by a reload is reconciled, not rebuilt; views.py)
+    rules: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +241,7 @@ class StoreWriter(Protocol):
         self, collections: Sequence[str], sources: Mapping[str, Sequence[str]]
     ) -> set[str]: ...
     def drop_collections(self, collections: Sequence[str]) -> None: ...
+    def record_rules(self, rules: Callable[[int], str]) -> None: ...
     def adopt(
         self, *, slot: str, system_id: str, database: str, shape: str, lineage: str, lsn: int
     ) -> None: ...

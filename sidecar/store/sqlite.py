@@ -166,6 +166,7 @@ class SQLiteStore(SQLiteReconcile, SQLiteReader):
             shape=m.get("shape"),
             acked_lsn=int(m.get("acked_lsn", 0)),
             backfill=m.get("backfill"),
+            rules=m.get("rules"),
             lineage=m.get("lineage", ""),
         )
 

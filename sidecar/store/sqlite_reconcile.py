@@ -11,7 +11,7 @@ Everything in the open batch: the store serves its last committed state meanwhil
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import orjson
@@ -143,6 +143,17 @@ class SQLiteReconcile:
             backfill="{}",
             acked_lsn=lsn,
         )
+
+    @writes(batch=True)
+    def record_rules(self, rules: Callable[[int], str]) -> None:
+        """In the open batch: the read rules' history (JSON, see `StoreState.rules`),
+        made by `rules` given the version from which a changed rule holds (a new one)."""
+        self._begin()
+        since = self._version + 1
+        text = rules(since)
+        if text != self._meta("rules"):
+            self._version = since  # cursors from now on name the new rules
+            self._set_meta(rules=text)
 
     @writes(batch=True)
     def drop_collections(self, collections: Sequence[str]) -> None:
