@@ -166,6 +166,7 @@ class Service:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
     _next_routes: dict[str, Collection] | None = None  # set by a reload that adds collections
+    _reloaded: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     @classmethod
     async def start(cls, config: Config) -> Service:
@@ -305,6 +306,7 @@ class Service:
             for f in dataclasses.fields(new)
             if f.name != "file" and getattr(old, f.name) != getattr(new, f.name)
         ]
+        self._reloaded.set()
         if reshaped:  # capture starts again with the new routes and reconciles these
             await asyncio.to_thread(prepare_database, new)  # adds tables to the publication
             self._next_routes = routes
@@ -341,6 +343,7 @@ class Service:
         while True:
             try:
                 report = await asyncio.to_thread(prepare_database, self.config)
+                self._next_routes = None  # made from this config, as a reload would
                 return report
             except PreflightError as exc:
                 why = "the config no longer fits: " + "; ".join(exc.problems)
@@ -349,7 +352,9 @@ class Service:
             self.capture.status.phase = "failed"
             self.capture.status.error = f"{detail}; {why}"
             log.error("capture stopped; retrying", error=self.capture.status.error)
-            await asyncio.sleep(RETRY_FIT)
+            self._reloaded.clear()
+            with contextlib.suppress(TimeoutError):  # a reload tries again at once
+                await asyncio.wait_for(self._reloaded.wait(), RETRY_FIT)
 
     async def _swap_capture(self, routes: dict[str, Collection]) -> None:
         """A new capture runner for `routes` (the old one is stopped), wired everywhere.
@@ -483,17 +488,26 @@ class Service:
             return
         tables = {
             info.ref.qualified: info
-            for route in self.routes.values()
+            for route in self.capture.routes  # what the running capture was made for
             for info in (route.table, *(t for _, t in route.lookup_tables))
         }
         cur = await conn.execute(
-            "SELECT x, to_regclass(x)::oid FROM unnest(%s::text[]) x", (list(tables),)
+            "SELECT x, to_regclass(x)::oid, (SELECT array_agg(array[a.attname::text, "
+            "format_type(a.atttypid, a.atttypmod)] ORDER BY a.attnum) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(x) AND a.attnum > 0 AND NOT a.attisdropped) "
+            "FROM unnest(%s::text[]) x",
+            (list(tables),),
         )
-        for name, oid in await cur.fetchall():
+        for name, oid, columns in await cur.fetchall():
             info = tables[name]
             if oid != info.oid:
                 what = "dropped" if oid is None else "dropped and created again"
                 self.capture.table_changed(f"table {info.ref} was {what}")
+                return
+            if [tuple(c) for c in columns or ()] != [(c.name, c.type_name) for c in info.columns]:
+                # a column added, dropped or retyped: no change of the table's rows says so
+                # until the next one, which may be long
+                self.capture.table_changed(f"the columns of table {info.ref} changed")
                 return
 
     def _store_weather(self) -> tuple[dict[str, int], str | None]:

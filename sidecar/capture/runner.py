@@ -67,6 +67,15 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+# Phases in which a complete store is still served (its last consistent state): a start
+# over a store already made, capture reconnecting or paused, a store being reconciled, a
+# table that changed being looked at, a config that no longer fits the database (capture
+# waits for a fix; /readyz says why).
+_SERVING = frozenset(
+    {"starting", "paused", "reconnecting", "reconciling", "schema_changed", "failed"}
+)
+
+
 class CaptureRunner:
     """Owns the slot and the store's writer thread."""
 
@@ -110,11 +119,9 @@ class CaptureRunner:
 
     @property
     def ready(self) -> bool:
-        """Pulls may be served: streaming, or paused or reconnecting with a complete store."""
+        """Pulls may be served: streaming, or a complete store in a `_SERVING` phase."""
         phase, complete = self.status.phase, self.store.state().snapshot_done
-        return phase == "streaming" or (
-            phase in ("paused", "reconnecting", "reconciling") and complete
-        )
+        return phase == "streaming" or (phase in _SERVING and complete)
 
     def progress(self) -> dict[str, object]:
         return {

@@ -97,7 +97,8 @@ async def readyz(request: web.Request) -> web.Response:
             retry_after=5,
             progress=progress,
         )
-    if service.capture.status.phase == "reconnecting":  # a complete store is still pulled
+    phase = service.capture.status.phase
+    if phase in ("reconnecting", "failed"):  # a complete store is still pulled
         raise Unavailable(f"not ready: {progress['error']}", retry_after=5, progress=progress)
     paused = service.capture.status.store_reason()
     if paused is not None:  # capture waits for the store; pulls are still served
@@ -108,6 +109,8 @@ async def readyz(request: web.Request) -> web.Response:
             retry_after=5,
             progress=service.capture.progress(),
         )
+    if phase in ("reconciling", "schema_changed"):  # served meanwhile: ready, and says so
+        return json_response({"status": "ready", "phase": phase, "progress": progress})
     bound = service.config.server.ready_max_lag
     lag = service.capture.status.lag_seconds()
     if bound is not None and lag > bound:

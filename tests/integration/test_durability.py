@@ -61,7 +61,7 @@ async def test_restart_keeps_cursors_valid(pg_dsn, pg_url, sidecar_factory):
     assert state == db_state(pg_dsn)
 
 
-async def test_missing_slot_rebuilds_store_and_expires_cursors(pg_dsn, pg_url, sidecar_factory):
+async def test_a_missing_slot_is_reconciled_and_cursors_stay_valid(pg_dsn, pg_url, sidecar_factory):
     run_sql(
         pg_dsn,
         "CREATE TABLE items (id int PRIMARY KEY, owner int, val int, note text)",
@@ -76,17 +76,17 @@ async def test_missing_slot_rebuilds_store_and_expires_cursors(pg_dsn, pg_url, s
         "INSERT INTO items VALUES (6, 1, 6, 'while the slot was gone')",
     )
     await sc.start()
-    assert sc.service.capture.status.rebuilds == 1
-    resp = await sc.get("/v1/pull", params={"cursor": cursor})
-    body = await resp.json(content_type=None)
-    assert resp.status == 410 and body["code"] == "cursor_expired"
-    changes, _ = await sc.pull_all(1)
-    assert state_of(changes) == db_state(pg_dsn)
+    status = sc.service.capture.status
+    assert (status.rebuilds, status.resyncs) == (0, 1)
+    state = state_of((await sc.pull_all(1))[0])
+    changes, _ = await sc.pull_all(1, cursor)  # the old cursor: no 410
+    assert [c["key"] for c in changes] == [{"id": 6}]  # only what changed
+    assert state_of(changes, state) == db_state(pg_dsn)
 
 
-async def test_a_changed_collection_rebuilds_the_store(pg_dsn, pg_url, tmp_path):
+async def test_a_changed_collection_is_reconciled(pg_dsn, pg_url, tmp_path):
     """Columns, keys and read rules decide what the store holds: a store made under other
-    ones is rebuilt (new epoch, 410) instead of serving stale rows and scopes."""
+    ones is reconciled with them (same epoch, cursors valid), never serving stale rows."""
     from tests.fixtures.service import Sidecar, make_config
 
     run_sql(
@@ -97,7 +97,8 @@ async def test_a_changed_collection_rebuilds_the_store(pg_dsn, pg_url, tmp_path)
     store = tmp_path / "store.db"
     sc = Sidecar(make_config(pg_url, store, ITEMS))
     await sc.start()
-    _, cursor = await sc.pull_all(1)
+    changes, cursor = await sc.pull_all(1)
+    held = state_of(changes)
     await sc.stop()
     same = Sidecar(make_config(pg_url, store, ITEMS))  # unchanged config: kept
     await same.start()
@@ -112,20 +113,19 @@ async def test_a_changed_collection_rebuilds_the_store(pg_dsn, pg_url, tmp_path)
     sc = Sidecar(make_config(pg_url, store, narrower))
     await sc.start()
     try:
-        assert sc.service.capture.status.rebuilds == 1
-        resp = await sc.get("/v1/pull", params={"cursor": cursor})
-        assert resp.status == 410
-        changes, _ = await sc.pull_all(1)
-        rows = [c["row"] for c in changes]
+        assert sc.service.capture.status.rebuilds == 0
+        changes, _ = await sc.pull_all(1, cursor)  # no 410
+        rows = list(state_of(changes, held).values())
         assert sorted(r["id"] for r in rows) == [1, 3, 5]  # the new read rule
         assert all(set(r) == {"id", "owner", "val"} for r in rows)  # the new columns
     finally:
         await sc.stop()
 
 
-async def test_a_store_restored_from_an_older_backup_is_rebuilt(pg_dsn, pg_url, tmp_path):
+async def test_a_store_restored_from_an_older_backup_is_reconciled(pg_dsn, pg_url, tmp_path):
     """The slot has confirmed past what an old copy of the store holds: the changes in
-    between are gone from the slot, so the store must be rebuilt, not resumed."""
+    between are gone from the slot, so the store is reconciled with a new slot's
+    snapshot, not resumed; a cursor from before the backup stays valid."""
     import shutil
 
     from tests.fixtures.service import Sidecar, make_config
@@ -139,7 +139,8 @@ async def test_a_store_restored_from_an_older_backup_is_rebuilt(pg_dsn, pg_url, 
     backup = tmp_path / "backup"
     sc = Sidecar(make_config(pg_url, store, ITEMS))
     await sc.start()
-    _, cursor = await sc.pull_all(1)
+    changes, cursor = await sc.pull_all(1)
+    held = state_of(changes)
     await sc.stop()
     backup.mkdir()
     for f in tmp_path.glob("store.db*"):
@@ -156,11 +157,11 @@ async def test_a_store_restored_from_an_older_backup_is_rebuilt(pg_dsn, pg_url, 
         shutil.copy(f, tmp_path / f.name)
     await sc.start()
     try:
-        assert sc.service.capture.status.rebuilds == 1
-        resp = await sc.get("/v1/pull", params={"cursor": cursor})
-        assert resp.status == 410
-        changes, _ = await sc.pull_all(1)
-        assert state_of(changes) == db_state(pg_dsn)  # nothing missed
+        status = sc.service.capture.status
+        assert (status.rebuilds, status.resyncs) == (0, 1)
+        changes, _ = await sc.pull_all(1, cursor)  # no 410
+        assert sorted(c["key"]["id"] for c in changes) == [2, 6]  # only what changed
+        assert state_of(changes, held) == db_state(pg_dsn)  # nothing missed
     finally:
         await sc.stop()
 

@@ -175,7 +175,7 @@ async def test_replayed_update_is_a_duplicate_although_its_base_rev_is_now_stale
 
 
 async def test_replay_after_a_store_rebuild_is_still_a_duplicate(sc, pg_dsn):
-    """A rebuild (here: the slot was dropped) keeps the mutation ids the store recorded
+    """A resync (here: the slot was dropped) keeps the mutation ids the store recorded
     from the same database: a retried insert with a server-made key is not applied twice."""
     m = {"id": "keep-1", "collection": "todos", "op": "insert", "data": {"title": "once more"}}
     _, first = await sc.push([m])
@@ -183,7 +183,7 @@ async def test_replay_after_a_store_rebuild_is_still_a_duplicate(sc, pg_dsn):
     await sc.stop()
     sql(pg_dsn, "SELECT pg_drop_replication_slot('sidecar_test')")
     await sc.start()
-    assert sc.service.capture.status.rebuilds == 1
+    assert sc.service.capture.status.resyncs == 1  # reconciled with a new slot
     _, again = await sc.push([m])
     assert again["results"][0] == {
         "id": "keep-1",
