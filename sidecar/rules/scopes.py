@@ -396,7 +396,9 @@ class _RuleCompiler:
             if literal.negated:
                 raise self.expr.error(
                     "a sub-select cannot be negated (NOT ... IN (SELECT ...)): a rule says "
-                    "which rows a membership grants, not which it hides",
+                    "which rows a membership grants, not which it hides; write "
+                    "<column> IN (SELECT <column> FROM <table> WHERE <condition>) with a "
+                    "condition that selects the granting rows (it may use NOT)",
                     node,
                 )
             return self.lookup(node)
