@@ -14,7 +14,7 @@ from psycopg import sql
 
 from sidecar.catalog import TableInfo, load_table
 from sidecar.collection import Collection
-from sidecar.config.expressions import Expression, ExpressionError
+from sidecar.config.expressions import Expression, ExpressionError, Subquery
 from sidecar.config.model import CollectionConfig, Config, TableRef
 from sidecar.hazards import config_warnings
 from sidecar.membership import source_name
@@ -289,11 +289,7 @@ def _can_create_publication(
 
 def _subquery_tables(expr: Expression) -> list[str]:
     """The tables a rule's sub-selects name (nested ones too), as written."""
-    out: list[str] = []
-    for sub in expr.subqueries:
-        out.append(sub.table_name)
-        out.extend(_subquery_tables(sub.where))
-    return out
+    return [sub.table_name for sub in _subqueries(expr)]
 
 
 def _table_ref(name: str) -> TableRef:
@@ -339,6 +335,45 @@ def _membership_checks(
                 )
 
 
+def _write_rule_checks(
+    conn: psycopg.Connection, coll: CollectionConfig, problems: list[str]
+) -> None:
+    """The tables `write.where` and `write.check` sub-selects name: PostgreSQL reads them
+    in the write statement (nothing captures them), so they must exist, be readable and
+    have the columns named."""
+    role = None
+    for label, rule in (("write.where", coll.write.where), ("write.check", coll.write.check)):
+        for sub in _subqueries(rule):
+            where = f"collection {coll.name!r}: {label}'s sub-select table {sub.table_name}"
+            info = load_table(conn, _table_ref(sub.table_name))
+            if info is None:
+                problems.append(f"{where} does not exist (or the sidecar's role cannot see it)")
+                continue
+            if role is None:
+                role = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+            ok = conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (info.oid,)).fetchone()
+            if not (ok and ok[0]):
+                problems.append(
+                    f"{where}: role {role!r} lacks SELECT on {info.ref}: run GRANT SELECT ON "
+                    f"{info.ref.qualified} TO {_q(role)};"
+                )
+            missing = [c for c in (sub.value, *sorted(sub.where.columns)) if info.column(c) is None]
+            if missing:
+                problems.append(
+                    f"{where} has no column(s) {', '.join(missing)} (a sub-select names only "
+                    "its own table's columns: correlated sub-selects are not supported)"
+                )
+
+
+def _subqueries(expr: Expression | None) -> list[Subquery]:
+    """A rule's sub-selects, nested ones too."""
+    out: list[Subquery] = []
+    for sub in expr.subqueries if expr is not None else ():
+        out.append(sub)
+        out.extend(_subqueries(sub.where))
+    return out
+
+
 def _read_rule(
     config: Config,
     coll: CollectionConfig,
@@ -379,10 +414,13 @@ def run_preflight(conn: psycopg.Connection, config: Config) -> PreflightReport:
         tables[coll.name] = info
         before = len(problems)
         _collection_checks(conn, coll, info, problems)
-        if len(problems) == before:
+        # a sub-select table that is missing was named already (membership checks)
+        found = all(name in sources for name in _subquery_tables(coll.read))
+        if len(problems) == before and found:
             rule = _read_rule(config, coll, info, sources, problems)
             if rule is not None:
                 rules[coll.name] = rule
+        _write_rule_checks(conn, coll, problems)
     adds: list[TableInfo] = []
     exists = _publication_checks(conn, config, tables, problems, warnings, adds)
     warnings.extend(config_warnings(config, rules))

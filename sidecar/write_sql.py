@@ -55,21 +55,19 @@ def bind_claims(
 
 @functools.lru_cache(maxsize=1024)
 def _array_only_params(expr: Expression) -> frozenset[int]:
-    """Parameter numbers that only ever appear as `= ANY($n)`."""
-    in_any: set[int] = set()
-    elsewhere: set[int] = set()
-    for node in walk(expr.node):
-        if (
-            isinstance(node, ast.A_Expr)
-            and node.kind == enums.A_Expr_Kind.AEXPR_OP_ANY
-            and isinstance(node.rexpr, ast.ParamRef)
-            and node.rexpr.number is not None
-        ):
-            in_any.add(node.rexpr.number)
-    for node in walk(expr.node):
-        if isinstance(node, ast.ParamRef) and node.number is not None and node.number not in in_any:
-            elsewhere.add(node.number)
-    return frozenset(in_any - elsewhere)
+    """Parameter numbers that only ever appear as `= ANY($n)` (sub-selects included)."""
+    nodes = list(walk(expr.node, into_subqueries=True))
+    in_any = {
+        id(node.rexpr)
+        for node in nodes
+        if isinstance(node, ast.A_Expr)
+        and node.kind == enums.A_Expr_Kind.AEXPR_OP_ANY
+        and isinstance(node.rexpr, ast.ParamRef)
+    }
+    params = [n for n in nodes if isinstance(n, ast.ParamRef) and n.number is not None]
+    arrays = {int(n.number or 0) for n in params if id(n) in in_any}
+    elsewhere = {int(n.number or 0) for n in params if id(n) not in in_any}
+    return frozenset(arrays - elsewhere)
 
 
 class Statement:

@@ -34,6 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "sidecar" / "config" / "sidecar.schema.json"
 OUTPUT_PATH = ROOT / "docs" / "config.md"
 
+_WRITE_SUB_SELECTS = (
+    "It may use sub-selects of the form `read` allows (`project_id IN (SELECT project_id "
+    "FROM members WHERE user_id = :sub AND role = 'editor')`); PostgreSQL evaluates them in "
+    "the write statement, so a negated one (`NOT IN (SELECT …)`) is allowed here. Their "
+    "tables must exist, have the columns named and grant SELECT to the sidecar's role "
+    "(`sidecar check` names each problem); they are not published or captured."
+)
+
 # Where the running code does not (yet) do what the schema describes. Keyed by key path.
 STATUS_NOTES: dict[str, str] = {
     "database.create_publication": (
@@ -70,13 +78,49 @@ STATUS_NOTES: dict[str, str] = {
         "a rule that cannot be turned into scopes over the table's column types is a "
         "preflight problem in `sidecar check` and at start. `sidecar check` warns when "
         "writes are allowed under a rule with an OR-branch that names no `:claim` and no "
-        '`write.where` is set, and when `read: "true"` shows every column (no `columns:`).'
+        '`write.where` is set, and when `read: "true"` shows every column (no `columns:`); '
+        "a branch through a sub-select whose condition names no `:claim` "
+        "(`project_id IN (SELECT id FROM projects WHERE public)`) counts as such a branch.\n\n"
+        "**Membership sub-selects.** A rule may decide visibility through other tables: "
+        "`<column> IN (SELECT <column> FROM <table> WHERE <condition>)` (or "
+        "`<column> = ANY (SELECT …)`), e.g. "
+        "`project_id IN (SELECT project_id FROM public.members WHERE user_id = :sub)`. The "
+        "sub-select selects one bare column of one table (`table` or `schema.table`, no "
+        "alias); the WHERE is optional and uses that table's columns, `:claims` and "
+        "literals, with the operators and functions of any rule; it may itself hold such a "
+        "sub-select, up to 3 levels deep (organisation → project → task: "
+        "`project_id IN (SELECT id FROM projects WHERE org_id IN (SELECT org_id FROM "
+        "org_members WHERE user_id = :sub))`). Sub-selects combine with AND/OR and with "
+        "ordinary conditions (`owner = :sub OR project_id IN (SELECT …)`). Claims inside a "
+        "sub-select are bound like any other (`user_id = ANY(:groups)` takes a list claim; "
+        "a single value is a one-element list).\n\n"
+        "Refused, each a config error at its file and line saying what to write instead: "
+        "joins and several or derived tables (select from one table and nest a sub-select "
+        "for the next level), aggregates, `GROUP BY`, `HAVING`, `DISTINCT`, `ORDER BY`, "
+        "`LIMIT`/`OFFSET`, `UNION`, `WITH`, `VALUES`, `EXISTS`, `= ALL`, a comparison "
+        "with a sub-select, an expression on either side of `IN` (one column each), more "
+        "than 3 levels, correlated sub-selects (a sub-select names only its own table's "
+        "columns: a column its table lacks is an error naming it), and a negated sub-select "
+        "(`NOT IN (SELECT …)`, `NOT (… IN (SELECT …))`: write a condition that selects the "
+        "rows that grant access, which may use NOT).\n\n"
+        "A table a sub-select names is a **membership table**: it must exist, have a primary "
+        "key or a replica identity (`ALTER TABLE … REPLICA IDENTITY USING INDEX …`) and "
+        "grant SELECT to the sidecar's role, and the publication must include it "
+        "(`sidecar check` names each problem with the SQL that fixes it; with "
+        "`database.create_publication` the sidecar adds it). Its changes are captured (it is "
+        "published, copied and streamed) to keep visibility exact, but its rows are served "
+        "to nobody unless a collection maps the table. Pushes evaluate the rule, sub-selects "
+        "included, inside PostgreSQL in the write statement: inserting a row, or moving one, "
+        "where the caller has no membership is `rejected` (`forbidden`); a row outside the "
+        "caller's memberships is missing to it (an update is a `not_found` conflict, a "
+        "delete has nothing to do)."
     ),
     "collections.<collection>.write.where": (
         "Both the read rule and `write.where` must hold: a row the caller cannot read is never "
         "writable. A refused row is `rejected` with `forbidden`, as a row outside the read "
-        "rule is."
+        "rule is. " + _WRITE_SUB_SELECTS
     ),
+    "collections.<collection>.write.check": _WRITE_SUB_SELECTS,
     "limits.rate": (
         "A token bucket per subject, shared by all its devices (a `device_id` claim never "
         "gives a caller another bucket): bursts up to the count, refilled evenly; past "
@@ -174,9 +218,11 @@ complete and check the file with it.
   not the current directory; `~` is expanded.
 - **Identifiers** (tables, columns) are exact and case-sensitive, never case-folded; the
   sidecar quotes them in every statement it runs.
-- **Rules** (`read`, `write.check`, `auth.admin`) are SQL boolean expressions parsed with
-  PostgreSQL's own grammar and accepted only from a safe subset; a refused token is
-  reported with its line.
+- **Rules** (`read`, `write.check`, `write.where`, `auth.admin`) are SQL boolean
+  expressions parsed with PostgreSQL's own grammar and accepted only from a safe subset;
+  a refused token is reported with its line. Read and write rules may read other tables
+  through `<column> IN (SELECT <column> FROM <table> WHERE <condition>)` (see
+  [`read`](#collectionscollectionread)).
 
 Formats used by several keys are described once, under [Value formats](#value-formats).
 Notes marked **Status** say where the running code does not act on a key yet.

@@ -1,8 +1,9 @@
 """The client's `where=`: bound, parsed and checked as a rule, evaluated on each row.
 
 `parse_where` binds `params[n]` as string literals (unknown-typed, as Electric binds them)
-and parses the text with the rule parser, whose allow-list refuses sub-selects, unknown
-functions, ...: a `where` can only narrow the caller's read rule. `where_matcher` compiles
+and parses the text with the rule parser, whose allow-list refuses unknown functions, ...
+(and refuses the membership sub-selects rules may hold): a `where` can only narrow the
+caller's read rule. `where_matcher` compiles
 it with the rules' evaluator over the row's JSON, typed back (numeric, dates, timestamps,
 uuid) where JSON holds them as strings.
 
@@ -51,7 +52,8 @@ def where_params(request: web.Request) -> dict[str, str]:
 
 def parse_where(raw: str | None, params: Mapping[str, str], route: Collection) -> Expression | None:
     """The client's filter, parsed and checked by the rule parser (its allow-list refuses
-    sub-selects, unknown functions, ...): it can only narrow the caller's read rule."""
+    unknown functions, ...; sub-selects are refused here): it can only narrow the caller's
+    read rule."""
     if not raw:
         return None
     if len(raw) > MAX_WHERE_LENGTH:
@@ -70,6 +72,14 @@ def parse_where(raw: str | None, params: Mapping[str, str], route: Collection) -
         raise InvalidRequest(
             f"where is refused: {exc.message}", parameter="where", token=exc.token
         ) from None
+    if expr.subqueries:  # the rules allow membership sub-selects; a shape filters rows
+        token, _ = expr.locate(expr.subqueries[0].node)
+        raise InvalidRequest(
+            "where is refused: sub-selects are not allowed (a where filters the rows of "
+            "the shape by their own columns)",
+            parameter="where",
+            token=token,
+        )
     unknown = sorted(expr.columns - set(route.exposed))
     if unknown:
         raise InvalidRequest(

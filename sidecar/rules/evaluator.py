@@ -158,6 +158,14 @@ class Compiler:
     def _A_Const(self, node: ast.A_Const) -> Fn:
         return constant(literal(node))
 
+    def _SubLink(self, node: ast.SubLink) -> Fn:
+        # Its value depends on another table's rows: `rules.scopes` compiles it to a lookup
+        # (read rules) and PostgreSQL evaluates it in the write statement (write rules).
+        raise ExpressionError(
+            "a sub-select reads another table: it is evaluated through its lookup (read "
+            "rules) or by PostgreSQL (write rules), not row by row"
+        )
+
     # -- boolean structure
 
     def _BoolExpr(self, node: ast.BoolExpr) -> Fn:

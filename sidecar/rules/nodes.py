@@ -30,18 +30,19 @@ __all__ = [
 ]
 
 
-def walk(node: Any) -> Iterator[Any]:
+def walk(node: Any, *, into_subqueries: bool = False) -> Iterator[Any]:
     """`node` and every pglast node under it, but not into a membership sub-select: of
-    `x IN (SELECT ...)`, only `x` belongs to the rule's own table (see `subquery_of`)."""
+    `x IN (SELECT ...)`, only `x` belongs to the rule's own table (see `subquery_of`).
+    With `into_subqueries`, every node (what the SQL text holds: claims of sub-selects)."""
     yield node
-    if isinstance(node, ast.SubLink):
+    if isinstance(node, ast.SubLink) and not into_subqueries:
         yield from walk(node.testexpr)
         return
     for name in getattr(type(node), "__slots__", ()):
         value = getattr(node, name, None)
         for item in value if isinstance(value, tuple | list) else (value,):
             if isinstance(item, ast.Node):
-                yield from walk(item)
+                yield from walk(item, into_subqueries=into_subqueries)
 
 
 def items(value: ast.Node | tuple[Any, ...] | None) -> tuple[Any, ...]:

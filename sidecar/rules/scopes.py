@@ -215,12 +215,19 @@ class ReadRule:
     def open_branches(self) -> tuple[str, ...]:
         """The OR-branches that do not tie a row to the caller (no claim in them), as SQL
         text (`true` for a rule that admits every row): every caller reads the rows they
-        admit, and writes them unless `write.where` says otherwise."""
-        return tuple(
-            " AND ".join(_atom_text(a) for a in branch.atoms) or "true"
-            for branch in self.branches
-            if not branch.partitions and not branch.claim_tests
-        )
+        admit, and writes them unless `write.where` says otherwise. A sub-select ties a
+        row to the caller only when its condition does, in every branch
+        (`IN (SELECT id FROM projects WHERE public)` ties it to nobody)."""
+        out = []
+        for branch in self.branches:
+            if branch.claim_tests or any(_ties(p) for p in branch.partitions):
+                continue
+            text = " AND ".join(_atom_text(a) for a in branch.atoms) or "true"
+            # claims of an open sub-select's condition are rendered as $n: name them
+            numbers = sorted({n for a in branch.atoms for n in refs_params(a.node)})
+            names = ", ".join(f"${n} = :{self.expression.params[n - 1]}" for n in numbers)
+            out.append(f"{text} [{names}]" if names else text)
+        return tuple(out)
 
     def request_scopes(
         self, claims: Claims, grants: Grants | None = None, watch: set[str] | None = None
@@ -248,6 +255,12 @@ class ReadRule:
                     for c in itertools.product(*choices)
                 )
         return tuple(scopes)
+
+
+def _ties(part: _Partition) -> bool:
+    """Whether a partition admits a row only to some callers: a claim's, or a lookup's
+    whose condition has no branch open to every caller."""
+    return part.lookup is None or not part.lookup.rule.open_branches()
 
 
 def _granted(
@@ -383,7 +396,9 @@ class _RuleCompiler:
             if literal.negated:
                 raise self.expr.error(
                     "a sub-select cannot be negated (NOT ... IN (SELECT ...)): a rule says "
-                    "which rows a membership grants, not which it hides",
+                    "which rows a membership grants, not which it hides; write "
+                    "<column> IN (SELECT <column> FROM <table> WHERE <condition>) with a "
+                    "condition that selects the granting rows (it may use NOT)",
                     node,
                 )
             return self.lookup(node)

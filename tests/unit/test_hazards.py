@@ -66,3 +66,58 @@ def test_weak_secrets_are_never_printed():
     demo = "demo-secret-change-me-0123456789abcdef"
     [known] = warnings(rules, secret=demo)
     assert "published" in known and demo not in known
+
+
+def _tables(name: str) -> tuple[str, dict[str, str]]:
+    types = {
+        "members": {"project_id": "integer", "user_id": "text"},
+        "projects": {"id": "integer", "public": "boolean", "owner": "text", "org": "integer"},
+        "orgs": {"id": "integer", "member": "text"},
+    }
+    return f"public.{name}", types[name]
+
+
+def _rule(text: str):
+    config = load_config_text(
+        "database: {url: x}\nauth: {jwt: {secret: s}}\ncollections:\n"
+        f'  t: {{table: t, read: "{text}"}}\n',
+        env={},
+    )
+    types = {**TYPES, "project_id": "integer"}
+    return compile_read_rule(config.collections["t"].read, types, _tables)
+
+
+def test_a_sub_select_ties_rows_to_the_caller_only_through_a_claim():
+    mine = "project_id IN (SELECT project_id FROM members WHERE user_id = :sub)"
+    assert _rule(mine).open_branches() == ()
+    public = "project_id IN (SELECT id FROM projects WHERE public)"
+    assert _rule(public).open_branches() == (public,)
+    every = "project_id IN (SELECT id FROM projects)"
+    assert _rule(every).open_branches() == (every,)
+    # one open branch in the condition opens the lookup to every caller
+    either = "project_id IN (SELECT id FROM projects WHERE owner = :sub OR public)"
+    assert _rule(either).open_branches() == (
+        "project_id IN (SELECT id FROM projects WHERE owner = $1 OR public) [$1 = :sub]",
+    )
+    # two levels: tied through the inner one
+    chain = (
+        "project_id IN (SELECT id FROM projects WHERE org IN "
+        "(SELECT id FROM orgs WHERE member = :sub))"
+    )
+    assert _rule(chain).open_branches() == ()
+    assert _rule(f"{mine} OR is_public").open_branches() == ("is_public",)
+    assert _rule(f"{public} AND org = :org").open_branches() == ()
+
+
+def test_writes_under_a_sub_select_that_names_no_claim_warn():
+    types = {**TYPES, "project_id": "integer"}
+    config = load_config_text(
+        'database: {url: x}\nauth: {jwt: {secret: "0123456789abcdef0123456789abcdef"}}\n'
+        "collections:\n  t:\n    table: t\n    columns: [id]\n"
+        '    read: "project_id IN (SELECT id FROM projects WHERE public)"\n'
+        "    write: {ops: [update]}\n",
+        env={},
+    )
+    rules = {"t": compile_read_rule(config.collections["t"].read, types, _tables)}
+    [found] = config_warnings(config, rules)
+    assert "SELECT id FROM projects WHERE public" in found and "write.where" in found

@@ -44,6 +44,21 @@ def test_bind_claims_numbers_from_the_first_parameter_given() -> None:
     assert sql == "owner = $4 AND team = $5" and values == (HOSTILE, "t1")
 
 
+def test_bind_claims_wraps_a_scalar_used_as_any_inside_a_sub_select() -> None:
+    expr = parse_expression(
+        "project_id IN (SELECT project_id FROM members WHERE user_id = ANY(:groups)) "
+        "OR owner = :sub"
+    )
+    sql, values = bind_claims(expr, {"sub": "7", "groups": "g1"})
+    assert "user_id = ANY($1)" in sql and "owner = $2" in sql
+    assert values == (["g1"], "7")
+    # used elsewhere too (here as a scalar): left as it is, as the evaluator would
+    both = parse_expression(
+        "project_id IN (SELECT project_id FROM members WHERE user_id = ANY(:g)) OR owner = :g"
+    )
+    assert bind_claims(both, {"g": "g1"})[1] == ("g1",)
+
+
 def _route(*, check: str | None = None) -> Collection:
     write = "{ops: [insert, update, delete]" + (f', check: "{check}"' if check else "") + "}"
     config = load_config_text(

@@ -127,3 +127,17 @@ def test_evaluator_is_compiled_once() -> None:
     assert fn({"a": 1, "b": "x"}, {}) is True
     assert fn({"a": 2, "b": "x"}, {}) is False
     assert evaluate(expr, {"a": 1, "b": "x"}, {}) is True
+
+
+def test_a_sub_select_is_refused_with_a_clear_error_not_a_crash() -> None:
+    from sidecar.config.expressions import ExpressionError
+
+    expr = parse_expression(
+        "owner = :sub OR project_id IN (SELECT project_id FROM members WHERE user_id = :sub)"
+    )
+    for call in (
+        lambda: compile_evaluator(expr),
+        lambda: evaluate(expr, {"owner": "x", "project_id": 1}, {"sub": "x"}),
+    ):
+        with pytest.raises(ExpressionError, match="sub-select reads another table"):
+            call()
