@@ -421,3 +421,62 @@ async def test_etag_304_until_a_membership_change(pg_dsn, pg_url, sidecar_factor
     if page["has_more"]:
         await pull_all(sc, "alice", page["cursor"], state, 1000)
     assert state == expected(pg_dsn, "alice")
+
+
+# -- live waits watch the scopes a caller has when it starts waiting ------------------------
+
+
+def commit_after_first_read(sc: Sidecar, dsn: str, statement: str) -> None:
+    """Make `statement` land (captured, its wake-ups sent) right after the next store read
+    of a pull: between a live pull's first read and the start of its wait."""
+    assert sc.service is not None
+    puller = sc.service.puller
+    real = puller._read
+
+    async def read(*args: Any, **kwargs: Any) -> Any:
+        del puller._read  # once
+        found = await real(*args, **kwargs)
+        run_sql(dsn, statement)
+        await sc.caught_up(dsn)
+        return found
+
+    puller._read = read  # type: ignore[method-assign]
+
+
+async def test_a_live_pull_watches_a_scope_gained_before_it_waits(
+    pg_dsn, pg_url, sidecar_factory
+) -> None:
+    sc = await prepared(pg_dsn, pg_url, sidecar_factory)
+    await sc.caught_up(pg_dsn)
+    state: dict = {}
+    cursor = await pull_all(sc, "alice", None, state, 1000)
+    # alice joins project 5 (no tasks yet) while her long-poll starts: her wait must
+    # watch project 5, not only the scopes she had at its first read
+    commit_after_first_read(sc, pg_dsn, "INSERT INTO members VALUES (7, 5, 'alice', 'member')")
+    waiting = asyncio.ensure_future(
+        sc.pull("alice", cursor, live="true", timeout=30, collections="tasks")
+    )
+    await asyncio.sleep(0.5)
+    assert sc.service is not None and "_read" not in vars(sc.service.puller)
+    assert not waiting.done()
+    run_sql(pg_dsn, "INSERT INTO tasks VALUES (50, 5, 'bob', 'new')")
+    page = await asyncio.wait_for(waiting, 10)
+    assert [c["key"] for c in page["changes"]] == [{"id": 50}]
+
+
+async def test_a_stream_watches_a_scope_gained_before_it_waits(
+    pg_dsn, pg_url, sidecar_factory
+) -> None:
+    sc = await prepared(pg_dsn, pg_url, sidecar_factory)
+    await sc.caught_up(pg_dsn)
+    commit_after_first_read(sc, pg_dsn, "INSERT INTO members VALUES (7, 5, 'alice', 'member')")
+    resp = await open_stream(sc, sub="alice", heartbeat=60, collections="tasks")  # type: ignore[arg-type]
+    await read_event(resp)  # retry
+    state: dict = {}
+    first = orjson.loads((await read_event(resp))["data"])
+    state_of(first["changes"], state)
+    run_sql(pg_dsn, "INSERT INTO tasks VALUES (50, 5, 'bob', 'new')")
+    event = await read_event(resp, timeout=10)
+    page = orjson.loads(event["data"])
+    assert [c["key"] for c in page["changes"]] == [{"id": 50}]
+    resp.close()
