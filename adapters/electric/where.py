@@ -70,6 +70,12 @@ def parse_where(raw: str | None, params: Mapping[str, str], route: Collection) -
         raise InvalidRequest(
             f"where is refused: {exc.message}", parameter="where", token=exc.token
         ) from None
+    if expr.subqueries:  # the rule parser takes them (read rules); a shape's where does not
+        raise InvalidRequest(
+            "where is refused: a sub-select (IN (SELECT ...)) is not allowed in a shape's where",
+            parameter="where",
+            token="SELECT",
+        )
     unknown = sorted(expr.columns - set(route.exposed))
     if unknown:
         raise InvalidRequest(
