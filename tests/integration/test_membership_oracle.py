@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-from tests.fixtures.service import Sidecar, auth, run_sql, state_of
+from tests.fixtures.service import Sidecar, auth, run_sql, state_of, wait_until
 from tests.integration.test_live import open_stream, read_event
 
 pytestmark = pytest.mark.pg
@@ -456,8 +456,13 @@ async def test_a_live_pull_watches_a_scope_gained_before_it_waits(
     waiting = asyncio.ensure_future(
         sc.pull("alice", cursor, live="true", timeout=30, collections="tasks")
     )
-    await asyncio.sleep(0.5)
-    assert sc.service is not None and "_read" not in vars(sc.service.puller)
+    puller = sc.service.puller  # type: ignore[union-attr]
+
+    async def hook_ran() -> bool:
+        return "_read" not in vars(puller)
+
+    await wait_until(hook_ran, what="the membership change during the first read")
+    await asyncio.sleep(0.3)
     assert not waiting.done()
     run_sql(pg_dsn, "INSERT INTO tasks VALUES (50, 5, 'bob', 'new')")
     page = await asyncio.wait_for(waiting, 10)
