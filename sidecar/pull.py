@@ -300,12 +300,19 @@ class Puller:
             if left <= 0:
                 raise Unauthorized("token expired: get a new one")
             timeout = min(timeout, left)
-        with self._live_slot(principal.subject), self.notifier.watch(watch) as changed:
-            # read again once watching: a commit since the first read is not missed
-            page, _ = await self._read(principal, routes, req.cursor, limit, budget)
-            if not page.lines and not page.has_more and await wait_event(changed, timeout):
-                page, _ = await self._read(principal, routes, page.cursor, limit, budget)
-        return page
+        with self._live_slot(principal.subject):
+            while True:
+                with self.notifier.watch(watch) as changed:
+                    # read again once watching: a commit since the first read is not missed
+                    page, now = await self._read(principal, routes, req.cursor, limit, budget)
+                    if page.lines or page.has_more:
+                        return page
+                    if set(now) != set(watch):  # a membership changed the scopes: watch those
+                        watch = now
+                        continue
+                    if await wait_event(changed, timeout):
+                        page, _ = await self._read(principal, routes, page.cursor, limit, budget)
+                    return page
 
     async def batch(self, principal: Principal, req: PullRequest, most: int) -> Page:
         """Core pages from `req.cursor` joined into one of at most `most` changes (which may
@@ -353,14 +360,16 @@ class Puller:
                     if self.store.state().epoch != epoch:
                         yield StreamEvent("resync", detail="the store was rebuilt; resync")
                         return
+                    stale = False
                     if self.store.state().version != page.cursor.version and not page.has_more:
                         # a commit since the read: read again, now that it is watched
-                        page, _ = await self._read(principal, routes, cursor, limit, budget)
+                        page, now = await self._read(principal, routes, cursor, limit, budget)
+                        stale = set(now) != set(watch)  # the scopes moved: watch those
                     if page.lines or first:
                         yield StreamEvent("changes", page)
                         first = False
                     cursor = page.cursor
-                    if page.has_more:
+                    if page.has_more or stale:
                         continue
                     left = heartbeat
                     if isinstance(expires, int | float):
