@@ -70,6 +70,11 @@ def parse_where(raw: str | None, params: Mapping[str, str], route: Collection) -
         raise InvalidRequest(
             f"where is refused: {exc.message}", parameter="where", token=exc.token
         ) from None
+    if expr.subqueries:  # allowed in read rules (membership), not in a client's filter
+        raise InvalidRequest(
+            "where is refused: sub-selects (IN (SELECT …)) are not allowed in a shape's where",
+            parameter="where",
+        )
     unknown = sorted(expr.columns - set(route.exposed))
     if unknown:
         raise InvalidRequest(
