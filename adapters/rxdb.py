@@ -11,7 +11,11 @@ Routes, with the same bearer token as `/v1` (see docs/adapters/rxdb.md):
 Mapping:
 
 - checkpoint `{"id": <store epoch>, "lwt": <store version>}` is the core cursor `<id>-<lwt>`;
-  the client sends its fields back as the `id` and `lwt` query parameters;
+  under a membership rule, when the cursor names more than its version (the scopes'
+  version, a move-in under way), `id` is the whole core cursor and `lwt` its version. The
+  client sends both fields back as the `id` and `lwt` query parameters (both are always
+  there: RxDB merges checkpoints field by field, so an optional field would outlive its
+  checkpoint);
 - a document is the row's exposed columns plus `_deleted`; its primary key is the
   collection's single key column, an integer key as a decimal string (RxDB keys are strings);
 - a push row becomes an insert (no assumed master), an update, or a delete; `base_rev` is the
@@ -149,7 +153,8 @@ def _shape(service: Service, request: web.Request) -> Shape:
 
 
 def checkpoint_of(cursor: Cursor) -> dict[str, Any]:
-    return {"id": cursor.epoch, "lwt": cursor.version}
+    plain = cursor.scopes_at is None and cursor.target is None
+    return {"id": cursor.epoch if plain else str(cursor), "lwt": cursor.version}
 
 
 def _checkpoint_param(request: web.Request) -> Cursor | None:
@@ -165,7 +170,12 @@ def _checkpoint_param(request: web.Request) -> Cursor | None:
             parameter=missing,
         )
     try:
-        return Cursor.parse(f"{epoch}-{version}")
+        if "-" not in epoch:
+            return Cursor.parse(f"{epoch}-{version}")
+        cursor = Cursor.parse(epoch)  # the whole cursor (module doc)
+        if str(cursor.version) != version:
+            raise InvalidRequest("id and lwt are of different checkpoints")
+        return cursor
     except InvalidRequest:
         raise InvalidRequest(
             "the checkpoint is malformed: send back the id and lwt of a checkpoint this "

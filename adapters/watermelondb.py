@@ -11,7 +11,11 @@ record's `id` is that key as a string. See docs/adapters/watermelondb.md.
 Timestamps. WatermelonDB keeps one number; the core cursor is `<epoch>-<version>`. The
 timestamp is `tag << 37 | version`, the tag being 16 bits (1‥65535) derived from the
 epoch: a timestamp from a rebuilt store (another tag), expired or ahead of the store gets a
-full resync with `experimentalStrategy: "replacement"` instead of an error.
+full resync with `experimentalStrategy: "replacement"` instead of an error. Under a
+membership rule a core cursor may name more than a version (the scopes' version, a
+move-in under way: `changes.Cursor`), which no number can carry: an answer therefore
+ends only at a plain cursor, reading on past `limits.max_page_bytes` while a move is under
+way (`Reader.batch`).
 
 Conflicts. For the pushed tables the caller's whole view is read from the core page by
 page, keeping each pushed record's latest `version` and `rev` (memory bounded by the
@@ -204,6 +208,7 @@ class Reader:
         self.principal = principal
         self.names = tuple(names)
         self.limit = limit
+        self.dynamic = any(puller.routes[n].dynamic for n in self.names)
 
     async def epoch(self) -> str:
         """The store's epoch (a pull over no collection reads nothing)."""
@@ -217,9 +222,19 @@ class Reader:
     async def batch(self, cursor: Cursor | None) -> tuple[Latest, Page]:
         """Each row's latest change after `cursor` (None: every row and kept tombstone) in
         one batch bounded by `limits.max_page_bytes` (at least one change), and the batch
-        (its cursor; `has_more` when the view is not consistent at it yet)."""
-        page = await self.puller.batch(self.principal, PullRequest(cursor, self.names), BATCH)
-        return _latest(page.lines, None), page
+        (its cursor; `has_more` when the view is not consistent at it yet).
+
+        The batch ends at a plain cursor (`<epoch>-<version>`), the only kind a timestamp
+        holds: while a membership move is under way (the cursor names the scopes' version
+        or a move-in's progress) core batches are read on, past the byte bound."""
+        latest: Latest = {}
+        while True:
+            req = PullRequest(cursor, self.names)
+            page = await self.puller.batch(self.principal, req, BATCH)
+            latest.update(_latest(page.lines, None))  # later changes of a row win
+            cursor = page.cursor
+            if cursor.scopes_at is None and cursor.target is None:
+                return latest, Page([], cursor, page.has_more)
 
     async def latest(self, wanted: Set[tuple[str, str]]) -> Latest:
         """The latest change of each (table, id) of `wanted` the caller can see, read page
@@ -261,7 +276,7 @@ class Plan:
     """Where a pull starts, and how the client applies it."""
 
     start: Cursor | None  # None: every row
-    since: int | None  # deletes after this version are sent (None: none)
+    since: int | None  # deletes after this version are sent (None: none; 0: every one)
     replacement: bool  # the client's copy is replaced (its timestamp was unusable)
 
 
@@ -276,8 +291,12 @@ async def plan_pull(reader: Reader, timestamp: int | None, migration: bool) -> P
     except CursorExpired:
         return Plan(None, None, True)
     if migration:  # new tables or columns on the client: send every row again
+        if reader.dynamic:
+            # a full read sends no move-out deletes: the client's copy is replaced instead
+            return Plan(None, None, True)
         return Plan(None, cursor.version, False)
-    return Plan(cursor, cursor.version, False)
+    # every delete after a cursor counts: a move-out's carries the row's own (older) version
+    return Plan(cursor, 0, False)
 
 
 def changeset(

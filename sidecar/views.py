@@ -79,7 +79,10 @@ def read_view(
     watch = (*now, *sorted(keys))
     if cursor is None:
         page = view.changes(now, 0, limit, max_bytes)
-        return _plain(page, epoch, version, version, watch)
+        # the client holds S(version) up to `last`: that is plain `last` when the grants
+        # did not change in between (one spelling, which adapters can carry as a number)
+        steady = page.has_more and not view.grants_changed(sorted(keys), page.last_version, version)
+        return _plain(page, epoch, version, page.last_version if steady else version, watch)
     w, g = cursor.version, cursor.scopes_version
     if cursor.target is not None:
         target = cursor.target
@@ -89,8 +92,11 @@ def read_view(
     elif g == version or not (
         rules_changed(g, version) or view.grants_changed(sorted(keys), g, version)
     ):
+        # S(x) = S(version) for every x in [g, version]: a cut page's cursor is plain
+        # `last` when last >= g
         page = view.changes(now, w, limit, max_bytes)
-        return _plain(page, epoch, version, version, watch)
+        steady = page.has_more and page.last_version >= g
+        return _plain(page, epoch, version, page.last_version if steady else version, watch)
     else:
         before = reader.scopes(g)
         target, moved = version, 0

@@ -15,7 +15,9 @@ Mapping onto the core (`Puller.pull`, cursors `<epoch>-<version>`):
   never reused, as the client requires.
 - **offset** `-1` = the initial sync (no cursor); `<version>_0` = after core version
   `<version>` of the handle's epoch. Offsets are decimal integers; the `_0` is Electric's op
-  index, always 0 because each change has its own version.
+  index, always 0 because each change has its own version. Under a membership rule the rest
+  of the core cursor follows (`<version>_0_<scopes_at>[_<target>_<moved>]`) when it names
+  more than a version; SSE up-to-dates are sent only at plain positions (`protocol`).
 - **messages**: the first response of an initial sync (`offset=-1`) sends each row as
   `insert` and leaves out tombstones; later responses send an upsert as `update` carrying
   the whole row (the core does not tell inserts from updates) and a delete as `delete`.

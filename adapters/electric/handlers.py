@@ -32,6 +32,7 @@ from adapters.electric.protocol import (
     UP_TO_DATE,
     Handle,
     live_cursor,
+    offset_of,
     parse_offset,
 )
 from adapters.electric.shape import ShapeSpec, parse_shape, shape_hash
@@ -57,7 +58,7 @@ class ShapeRequest:
     principal: Principal
     spec: ShapeSpec
     shape: str  # the shape hash
-    version: int | None  # the offset's core version; None for -1
+    offset: Cursor | None  # the offset's core cursor in the handle's epoch; None for -1
     handle: Handle | None  # as the client sent it
     live: bool
     sse: bool
@@ -77,11 +78,12 @@ async def _parse(request: web.Request) -> ShapeRequest:
     principal = await principal_of(request)
     spec = parse_shape(request, service)
     service.puller.select_routes(principal, [spec.table])  # 403 past scopes or roles
-    version = parse_offset(request.query.get("offset"))
     raw_handle = request.query.get("handle")
-    if version is not None and not raw_handle:
+    handle = Handle.parse(raw_handle)
+    offset = parse_offset(request.query.get("offset"), handle.epoch if handle else "0" * 8)
+    if offset is not None and not raw_handle:
         raise InvalidRequest("handle is required with an offset other than -1", parameter="handle")
-    live = request.query.get("live", "false") == "true" and version is not None
+    live = request.query.get("live", "false") == "true" and offset is not None
     sse = live and "true" in (
         request.query.get("live_sse"),
         request.query.get("experimental_live_sse"),
@@ -91,8 +93,8 @@ async def _parse(request: web.Request) -> ShapeRequest:
         principal,
         spec,
         shape_hash(spec, principal, service),
-        version,
-        Handle.parse(raw_handle),
+        offset,
+        handle,
         live,
         sse,
         request.query.get("cursor"),
@@ -102,7 +104,7 @@ async def _parse(request: web.Request) -> ShapeRequest:
 async def shape(request: web.Request) -> web.StreamResponse:
     """`GET /electric/v1/shape`: one chunk of the shape log, or a live wait for the next."""
     req = await _parse(request)
-    if req.version is None:
+    if req.offset is None:
         page = await _pull(req, None, live=False)
         handle = req.handle
         if handle is None or (handle.epoch, handle.shape) != (page.cursor.epoch, req.shape):
@@ -114,7 +116,7 @@ async def shape(request: web.Request) -> web.StreamResponse:
     try:
         if req.sse:
             return await _sse(request, req, handle)
-        page = await _pull(req, Cursor(handle.epoch, req.version), live=req.live)
+        page = await _pull(req, req.offset, live=req.live)
     except CursorExpired:
         return await _must_refetch(req)
     return await _chunk(req, handle, page, initial=False)
@@ -161,7 +163,7 @@ async def _chunk(req: ShapeRequest, handle: Handle, page: Page, initial: bool) -
     renderer = await _off_loop(req, Renderer, req.spec, req.principal.claims)
     changes, txids = await _parsed(req, page)
     messages = await _off_loop(req, renderer.messages, changes, initial, txids)
-    headers = _headers(req, renderer, handle, f"{page.cursor.version}_0")
+    headers = _headers(req, renderer, handle, offset_of(page.cursor))
     if not page.has_more:
         messages.append(UP_TO_DATE)
         headers["electric-up-to-date"] = "true"
@@ -190,10 +192,10 @@ async def _sse(request: web.Request, req: ShapeRequest, handle: Handle) -> web.S
     """Live mode over Server-Sent Events: one event per message, an up-to-date (with the
     next offset as `global_last_seen_lsn`) after each page; ends after `SSE_SECONDS`, when
     the token expires or when the store is rebuilt (the reconnect then gets its 409)."""
-    assert req.version is not None
-    page = await _pull(req, Cursor(handle.epoch, req.version), live=True)
+    assert req.offset is not None
+    page = await _pull(req, req.offset, live=True)
     renderer = await _off_loop(req, Renderer, req.spec, req.principal.claims)
-    headers = _headers(req, renderer, handle, f"{req.version}_0")
+    headers = _headers(req, renderer, handle, offset_of(req.offset))
     headers["X-Accel-Buffering"] = "no"
     resp = web.StreamResponse(headers=headers)
     resp.content_type = "text/event-stream"
@@ -209,8 +211,10 @@ async def _sse(request: web.Request, req: ShapeRequest, handle: Handle) -> web.S
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            cursor = Cursor(handle.epoch, page.cursor.version)
-            page = await _pull(req, cursor, live=True, timeout=min(left, LIVE_TIMEOUT))
+            # a position the up-to-date cannot name (a move not settled): read on at once
+            settled = _settled(page)
+            timeout = min(left, LIVE_TIMEOUT)
+            page = await _pull(req, page.cursor, live=settled, timeout=timeout)
     except (SidecarError, ConnectionResetError):  # rebuilt (410), busy, or the client left
         return resp
     await resp.write_eof()
@@ -221,10 +225,19 @@ def _sse_events(
     renderer: Renderer, page: Page, changes: Sequence[Any], txids: Mapping[str, int]
 ) -> bytes:
     events = renderer.messages(changes, initial=False, txids=txids)
-    if not page.has_more:
+    if _settled(page):
         done = {"control": "up-to-date", "global_last_seen_lsn": str(page.cursor.version)}
         events.append({"headers": done})
     return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+
+def _settled(page: Page) -> bool:
+    """Whether an SSE up-to-date may follow the page: the client takes its next offset from
+    the up-to-date's `global_last_seen_lsn` (`<lsn>_0`, one number), so only a complete page
+    at a plain core cursor (`<epoch>-<version>`: no move under way, scopes read at the
+    version) is one; otherwise the stream reads on until it is."""
+    cursor = page.cursor
+    return not page.has_more and cursor.scopes_at is None and cursor.target is None
 
 
 @public

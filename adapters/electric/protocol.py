@@ -3,7 +3,9 @@
 - **handle** `<epoch>-<shape>-<generation>` (`Handle`): the store epoch, the shape hash
   (`shape.shape_hash`) and the time it was minted (ms); handles are never reused.
 - **offset** `-1` = the initial sync; `<version>_0` = after core version `<version>` of the
-  handle's epoch (`parse_offset`).
+  handle's epoch; under a membership rule the rest of the core cursor follows when the
+  position needs it: `<version>_0_<scopes_at>` or `<version>_0_<scopes_at>_<target>_<moved>`
+  (`offset_of`, `parse_offset`).
 - **electric-cursor** (`live_cursor`): a cache buster of live answers that moves every 20 s.
 """
 
@@ -14,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.changes import Cursor
 from sidecar.errors import InvalidRequest
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "Handle",
     "Message",
     "live_cursor",
+    "offset_of",
     "parse_offset",
 ]
 
@@ -46,7 +50,9 @@ MUST_REFETCH = b'[{"headers":{"control":"must-refetch"}}]'
 Message = dict[str, Any]
 
 _HANDLE = re.compile(r"^([0-9a-f]{8})-([0-9a-f]{12})-([0-9]{1,20})$")
-_OFFSET = re.compile(r"^([0-9]{1,19})_([0-9]{1,19}|inf)$")
+_OFFSET = re.compile(
+    r"^([0-9]{1,19})_([0-9]{1,19}|inf)(?:_([0-9]{1,19})(?:_([0-9]{1,19})_([0-9]{1,19}))?)?$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +79,25 @@ class Handle:
         return cls(epoch, shape, str(generation))
 
 
-def parse_offset(raw: str | None) -> int | None:
-    """The core version an offset stands for; None for `-1` (from scratch)."""
+def offset_of(cursor: Cursor) -> str:
+    """The offset of a core cursor: `<version>_0`, then what else the cursor names (the
+    scopes' version, a move-in's target and progress) after further underscores. The
+    client sends the `electric-offset` header back as it is."""
+    rest = str(cursor).split("-")[2:]
+    return "_".join([str(cursor.version), "0", *rest])
+
+
+def parse_offset(raw: str | None, epoch: str) -> Cursor | None:
+    """The core cursor an offset stands for in the handle's `epoch`; None for `-1`."""
     if raw is None or raw == "-1":
         return None
     m = _OFFSET.match(raw)
     if m is None:
         raise InvalidRequest("offset must be -1 or <version>_<op>", parameter="offset")
-    return int(m.group(1))
+    version, _, at, target, moved = m.groups()
+    if target is not None:
+        return Cursor(epoch, int(version), int(at), int(target), int(moved))
+    return Cursor(epoch, int(version), None if at is None else int(at))
 
 
 def live_cursor(client: str | None) -> str:
