@@ -222,13 +222,18 @@ async def serve(sc: Sidecar, port: int) -> None:
     await sc.client.start_server()
 
 
-async def restart_rebuilt(sc: Sidecar, dsn: str, *while_down: str) -> None:
-    """Stop, lose the replication slot (the store is rebuilt, with a new epoch), run
-    `while_down`, start again on the same port so the client's URL still works."""
+async def restart_rebuilt(sc: Sidecar, dsn: str, *while_down: str, lose_store: bool) -> None:
+    """Stop, lose the replication slot (the store is reconciled with a new slot) — and the
+    store file with it when `lose_store` (a new store, a new epoch) — run `while_down`,
+    start again on the same port so the client's URL still works."""
     assert sc.client is not None and sc.client.port is not None
     port = sc.client.port
     await sc.stop()
     sql(dsn, "SELECT pg_drop_replication_slot('sidecar_test')", *while_down)
+    if lose_store:
+        store = Path(sc.config.store.path)
+        for f in store.parent.glob(store.name + "*"):
+            f.unlink()
     sc.service = await Service.start(sc.config)
     await sc.service.capture.wait_ready(60)
     await serve(sc, port)
@@ -316,7 +321,9 @@ async def test_where_narrows_inside_the_read_rule(sc: Sidecar, node: Node, pg_ds
     await node.rows("theirs", [])
 
 
-async def test_rebuilt_store_gives_must_refetch(sc: Sidecar, node: Node, pg_dsn: str):
+async def test_a_lost_slot_is_reconciled_and_the_shape_goes_on(
+    sc: Sidecar, node: Node, pg_dsn: str
+):
     assert sc.client is not None and sc.client.port is not None
     port = sc.client.port
     await sc.client.close()
@@ -329,6 +336,30 @@ async def test_rebuilt_store_gives_must_refetch(sc: Sidecar, node: Node, pg_dsn:
         pg_dsn,
         "INSERT INTO items (id, owner_id, title) VALUES (30, 1, 'while down')",
         "DELETE FROM items WHERE id = 2",
+        lose_store=False,
+    )
+    after = await node.rows("u1", db_rows(pg_dsn, 1))
+    assert after["handle"] == synced["handle"]  # no must-refetch: only what changed came
+    assert sorted(r["id"] for r in after["rows"]) == [1, 30]
+    assert not any(
+        e["event"] == "messages" and "must-refetch" in e["controls"] for e in node.events
+    )
+
+
+async def test_a_lost_store_gives_must_refetch(sc: Sidecar, node: Node, pg_dsn: str):
+    assert sc.client is not None and sc.client.port is not None
+    port = sc.client.port
+    await sc.client.close()
+    await serve(sc, port)
+    await node.shape("u1", 1)
+    synced = await node.rows("u1", db_rows(pg_dsn, 1))
+    await asyncio.sleep(0.3)  # the client is now in a live long-poll
+    await restart_rebuilt(
+        sc,
+        pg_dsn,
+        "INSERT INTO items (id, owner_id, title) VALUES (30, 1, 'while down')",
+        "DELETE FROM items WHERE id = 2",
+        lose_store=True,
     )
     await node.expect(
         lambda e: e["event"] == "messages" and "must-refetch" in e["controls"], "must-refetch"
