@@ -241,7 +241,11 @@ class Puller:
         history = self._history(state.rules)
         names = [r.name for r in routes]
         since = None if cursor is None else cursor.scopes_version
-        moved = since is not None and rules_changed(history, names, since, state.version)
+        moved = since is not None and (
+            cursor is not None
+            and (cursor.target is not None or cursor.scopes_at is not None)
+            or rules_changed(history, names, since, state.version)
+        )
         if not moved and not any(r.dynamic for r in routes):
             scopes = self.scopes_for(principal, routes)
             after = 0 if cursor is None else cursor.version
