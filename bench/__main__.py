@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import capture, live, ndjson, push, snapshot
+from bench import capture, live, membership, ndjson, push, snapshot
 
 
 def main() -> None:
@@ -13,6 +13,7 @@ def main() -> None:
     asyncio.run(push.run(10_000, 100))
     asyncio.run(ndjson.run(500_000))
     asyncio.run(live.run(40, 10_000))
+    asyncio.run(membership.run())
 
 
 if __name__ == "__main__":
