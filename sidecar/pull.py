@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 
 import orjson
 import structlog
+from cachetools import LRUCache
 
 from sidecar.auth import Principal, seconds_left
 from sidecar.changes import Cursor, Page
@@ -29,9 +30,12 @@ from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
 from sidecar.rules.scopes import Grants
 from sidecar.store.base import StoreReader
-from sidecar.views import read_view
+from sidecar.views import Known, read_view
 
 log = structlog.get_logger("sidecar.pull")
+
+# Scopes remembered per caller under membership rules (counted in scopes and grant keys).
+KNOWN_SCOPES = 1_000_000
 
 # Room kept in limits.max_page_bytes for what surrounds the change lines: the page's JSON
 # envelope (cursor, has_more, schema_version) and an SSE event's `id:`/`event:` lines.
@@ -116,6 +120,11 @@ class Puller:
         self.live_per_subject = live_per_subject
         self.live_total = live_total
         self.cache = PageCache(store, cache_bytes)
+        # (collections, claims) → the caller's scopes under membership rules, while the
+        # store's grants stay as they were when they were read
+        self._known: LRUCache[tuple[tuple[str, ...], bytes], Known] = LRUCache(
+            KNOWN_SCOPES, getsizeof=lambda k: 1 + len(k.scopes) + len(k.keys)
+        )
         self._missing: set[tuple[str, str]] = set()
         self._live: dict[str, int] = {}
         self._live_total = 0
@@ -240,21 +249,34 @@ class Puller:
         for route in routes:
             self._note_missing_claims(principal, route)
         claims = principal.claims
+        state = self.store.state()
+        memo = (tuple(r.name for r in routes), _claims_key(claims, routes))
+        known = self._known.get(memo)
+        if known is not None and _unmoved(known, state.grants_version, cursor):
+            # No grant began or ended since the cursor's scopes were read: they are the
+            # caller's scopes now, and the page an ordinary one (shared with other callers).
+            after = 0 if cursor is None else cursor.version
+            page = await self.cache.page(known.scopes, after, limit, budget)
+            plain = Cursor(state.epoch, page.cursor.version, state.version)
+            if plain != page.cursor:
+                page = Page(page.lines, plain, page.has_more)
+            return page, known.watch
 
         def scopes_of(grants: Grants, watch: set[str] | None) -> list[str]:
             found = [s for r in routes for s in r.request_scopes(claims, grants, watch)]
             return list(dict.fromkeys(found))
 
-        epoch = self.store.state().epoch
         read = functools.partial(
             read_view,
             scopes_of=scopes_of,
-            epoch=epoch,
+            epoch=state.epoch,
             cursor=cursor,
             limit=limit,
             max_bytes=budget,
+            known=known,
         )
         view = await asyncio.to_thread(self.store.view, read)
+        self._known[memo] = view.known
         return Page(view.lines, view.cursor, view.has_more), view.watch
 
     async def pull(self, principal: Principal, req: PullRequest) -> Page:
@@ -377,6 +399,28 @@ class Puller:
 
     def live_count(self) -> int:
         return self._live_total
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError
+
+
+def _claims_key(claims: Mapping[str, object], routes: Sequence[Collection]) -> bytes:
+    """The claims the read rules of `routes` use, as one byte string (JWT claims are
+    JSON): the same for tokens that give the same scopes (other claims, `exp`, differ)."""
+    used = {c: claims[c] for r in routes for c in r.config.read.claims if c in claims}
+    return orjson.dumps(used, default=_json_default, option=orjson.OPT_SORT_KEYS)
+
+
+def _unmoved(known: Known, grants_version: int, cursor: Cursor | None) -> bool:
+    """Whether `known` scopes are the caller's now and at `cursor` (no move under way)."""
+    if known.grants_version != grants_version:
+        return False
+    return cursor is None or (
+        cursor.target is None and cursor.scopes_version >= known.grants_version
+    )
 
 
 def render_page(page: Page, schema_version: str) -> bytes:

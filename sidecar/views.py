@@ -27,18 +27,34 @@ No HTTP and no SQL here: `read_view` runs over a `StoreView` (one consistent sna
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
 from sidecar.changes import Cursor
 from sidecar.store.base import PageData, StoreView
 
-__all__ = ["ScopesOf", "ViewPage", "read_view"]
+__all__ = ["Known", "ScopesOf", "ViewPage", "read_view"]
 
 # The caller's scopes given how to read grants, adding `<lookup>|<scope>` keys of the
 # grants they depend on to the set given (if any).
 ScopesOf = Callable[[Callable[[str, Sequence[str]], list[str]], set[str] | None], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A caller's scopes S(x) and the `<lookup>|<scope>` keys of the grants they come
+    from, read at a version x whose store had `grants_version`: they are S(y) for every
+    y ≥ `grants_version` up to the first version at which a grant begins or ends."""
+
+    scopes: tuple[str, ...]
+    keys: tuple[str, ...]
+    grants_version: int
+
+    @property
+    def watch(self) -> tuple[str, ...]:
+        """What a live wait watches: the scopes and the grants they come from."""
+        return (*self.scopes, *self.keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +63,22 @@ class ViewPage:
     cursor: Cursor
     has_more: bool
     version: int  # the snapshot's
-    watch: tuple[str, ...] = field(default=())  # scopes and grant keys that change the view
+    known: Known  # the caller's scopes in this snapshot
+
+    @property
+    def watch(self) -> tuple[str, ...]:
+        return self.known.watch
 
 
 class _Reader:
     def __init__(self, view: StoreView, scopes_of: ScopesOf) -> None:
         self.view = view
         self.scopes_of = scopes_of
+        self.now: list[str] | None = None  # S(view.version), once read
 
     def scopes(self, at: int, watch: set[str] | None = None) -> list[str]:
+        if self.now is not None and self.view.grants_version <= at <= self.view.version:
+            return self.now  # no grant began or ended since: the same scopes
         return self.scopes_of(lambda lookup, sc: self.view.grants(lookup, sc, at), watch)
 
 
@@ -66,39 +89,47 @@ def read_view(
     cursor: Cursor | None,
     limit: int,
     max_bytes: int | None,
+    known: Known | None = None,
 ) -> ViewPage:
     """One page of changes for a caller whose scopes `scopes_of` computes (see the
-    module docstring). `cursor` is already checked against the store's epoch and purge."""
+    module docstring), or `known` gives while the store's grants version is its.
+    `cursor` is already checked against the store's epoch and purge."""
     reader = _Reader(view, scopes_of)
     version = view.version
-    keys: set[str] = set()
-    now = reader.scopes(version, keys)
-    watch = (*now, *sorted(keys))
+    if known is None or known.grants_version != view.grants_version:
+        found: set[str] = set()
+        known = Known(
+            tuple(reader.scopes(version, found)), tuple(sorted(found)), view.grants_version
+        )
+    now = reader.now = list(known.scopes)
+    keys = known.keys
     if cursor is None:
         page = view.changes(now, 0, limit, max_bytes)
-        return _plain(page, epoch, version, version, watch)
+        return _plain(page, epoch, version, version, known)
     w, g = cursor.version, cursor.scopes_version
     if cursor.target is not None:
         target = cursor.target
         gained = _minus(reader.scopes(target), reader.scopes(g))
         lines: list[bytes] = []
         moved = cursor.moved
-    elif g == version or not view.grants_changed(sorted(keys), g, version):
+    elif (
+        g == version
+        or g >= view.grants_version  # no grant at all began or ended in (g, version]
+        or not view.grants_changed(keys, g, version)
+    ):
         page = view.changes(now, w, limit, max_bytes)
-        return _plain(page, epoch, version, version, watch)
+        return _plain(page, epoch, version, version, known)
     else:
         before = reader.scopes(g)
         target, moved = version, 0
         gained = _minus(now, before)
         lines = _move_out(view, _minus(before, now), set(now), w)
-    return _move_in(reader, epoch, cursor, target, moved, gained, lines, limit, max_bytes, watch)
+    return _move_in(reader, epoch, cursor, target, moved, gained, lines, limit, max_bytes, known)
 
 
-def _plain(
-    page: PageData, epoch: str, version: int, scopes_at: int, watch: tuple[str, ...]
-) -> ViewPage:
+def _plain(page: PageData, epoch: str, version: int, scopes_at: int, known: Known) -> ViewPage:
     last = page.last_version if page.has_more else max(page.last_version, version)
-    return ViewPage(page.lines, Cursor(epoch, last, scopes_at), page.has_more, version, watch)
+    return ViewPage(page.lines, Cursor(epoch, last, scopes_at), page.has_more, version, known)
 
 
 def _minus(a: Sequence[str], b: Sequence[str]) -> list[str]:
@@ -132,7 +163,7 @@ def _move_in(
     lines: list[bytes],
     limit: int,
     max_bytes: int | None,
-    watch: tuple[str, ...],
+    known: Known,
 ) -> ViewPage:
     view, w, g = reader.view, cursor.version, cursor.scopes_version
     version = view.version
@@ -140,18 +171,18 @@ def _move_in(
     room, budget = limit - len(lines), None if max_bytes is None else max_bytes - used
     if gained and w > moved:
         if room <= 0 or (budget is not None and budget <= 0):
-            return ViewPage(lines, Cursor(epoch, w, g, target, moved), True, version, watch)
+            return ViewPage(lines, Cursor(epoch, w, g, target, moved), True, version, known)
         page = view.live(gained, moved, w, room, budget)
         lines = lines + page.lines
         if page.has_more:
             return ViewPage(
-                lines, Cursor(epoch, w, g, target, page.last_version), True, version, watch
+                lines, Cursor(epoch, w, g, target, page.last_version), True, version, known
             )
         used += sum(len(line) + 1 for line in page.lines)
         room, budget = limit - len(lines), None if max_bytes is None else max_bytes - used
     # the move is done: the client holds S(target) up to w; then the changes after w
     if room <= 0 or (budget is not None and budget <= 0):
-        return ViewPage(lines, Cursor(epoch, w, target), True, version, watch)
+        return ViewPage(lines, Cursor(epoch, w, target), True, version, known)
     page = view.changes(reader.scopes(target), w, room, budget if lines else max_bytes)
-    rest = _plain(page, epoch, version, target, watch)
-    return ViewPage(lines + rest.lines, rest.cursor, rest.has_more, version, watch)
+    rest = _plain(page, epoch, version, target, known)
+    return ViewPage(lines + rest.lines, rest.cursor, rest.has_more, version, known)

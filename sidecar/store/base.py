@@ -46,6 +46,9 @@ class StoreState:
     # The database as the store was made from it: "<timeline>:<database OID>" ("": not
     # recorded). Mutation ids recorded under another lineage may not hold any more.
     lineage: str = ""
+    # The last version at which a grant (membership tables) began or ended: a caller's
+    # scopes at any version from it to `version` are the same.
+    grants_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,12 @@ class StoreView(Protocol):
     @property
     def version(self) -> int:
         """The store's version in this snapshot."""
+        ...
+
+    @property
+    def grants_version(self) -> int:
+        """The last version ≤ `version` at which any grant began or ended (or a version
+        no older than that)."""
         ...
 
     def grants(self, lookup: str, scopes: Sequence[str], at: int) -> list[str]:

@@ -167,6 +167,8 @@ class SQLiteStore(SQLiteReader):
             acked_lsn=int(m.get("acked_lsn", 0)),
             backfill=m.get("backfill"),
             lineage=m.get("lineage", ""),
+            # not recorded (an older store): its grants may have changed at its version
+            grants_version=int(m.get("grants_version") or m.get("version") or 0),
         )
 
     @property
@@ -487,6 +489,7 @@ class SQLiteStore(SQLiteReader):
         touched = apply_grants(self._w, changes, self._version + 1)
         if touched:
             self._version += 1
+            self._set_meta(grants_version=self._version)
         return touched
 
     @writes(batch=True)
@@ -496,6 +499,7 @@ class SQLiteStore(SQLiteReader):
         touched = close_grants(self._w, lookups, self._version + 1) if lookups else set()
         if touched:
             self._version += 1
+            self._set_meta(grants_version=self._version)
         return touched
 
     @writes(batch=True)
