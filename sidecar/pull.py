@@ -125,6 +125,11 @@ class Puller:
         self._known: LRUCache[tuple[tuple[str, ...], bytes], Known] = LRUCache(
             KNOWN_SCOPES, getsizeof=lambda k: 1 + len(k.scopes) + len(k.keys)
         )
+        # the same for rules without membership (their scopes never change)
+        self._static: LRUCache[tuple[tuple[str, ...], bytes], tuple[str, ...]] = LRUCache(
+            KNOWN_SCOPES, getsizeof=lambda s: 1 + len(s)
+        )
+        self._rule_claims: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._missing: set[tuple[str, str]] = set()
         self._live: dict[str, int] = {}
         self._live_total = 0
@@ -195,6 +200,20 @@ class Puller:
             },
         }
 
+    def _claims_key(
+        self, claims: Mapping[str, object], names: tuple[str, ...], routes: Sequence[Collection]
+    ) -> bytes:
+        """The claims the read rules of `routes` use, as one byte string (JWT claims are
+        JSON): the same for tokens that give the same scopes (other claims, `exp`, differ)."""
+        used = self._rule_claims.get(names)
+        if used is None:
+            if len(self._rule_claims) >= 1024:  # callers choose the collections: bounded
+                self._rule_claims.clear()
+            found = {c for r in routes for c in r.config.read.claims}
+            used = self._rule_claims[names] = tuple(sorted(found))
+        values = {c: claims[c] for c in used if c in claims}
+        return orjson.dumps(values, default=_json_default)
+
     # -- pull ----------------------------------------------------------------------------
 
     def _check_ready(self) -> None:
@@ -242,15 +261,18 @@ class Puller:
     ) -> tuple[Page, tuple[str, ...]]:
         """A page after `cursor` (checked) and what a live wait for the next one watches:
         the caller's scopes, and the grants they come from under a membership rule."""
+        names = tuple(r.name for r in routes)
+        memo = (names, self._claims_key(principal.claims, names, routes))
         if not any(r.dynamic for r in routes):
-            scopes = self.scopes_for(principal, routes)
+            static = self._static.get(memo)
+            if static is None:
+                static = self._static[memo] = tuple(self.scopes_for(principal, routes))
             after = 0 if cursor is None else cursor.version
-            return await self.cache.page(scopes, after, limit, budget), tuple(scopes)
+            return await self.cache.page(static, after, limit, budget), static
         for route in routes:
             self._note_missing_claims(principal, route)
         claims = principal.claims
         state = self.store.state()
-        memo = (tuple(r.name for r in routes), _claims_key(claims, routes))
         known = self._known.get(memo)
         if known is not None and _unmoved(known, state.grants_version, cursor):
             # No grant began or ended since the cursor's scopes were read: they are the
@@ -405,13 +427,6 @@ def _json_default(value: object) -> object:
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError
-
-
-def _claims_key(claims: Mapping[str, object], routes: Sequence[Collection]) -> bytes:
-    """The claims the read rules of `routes` use, as one byte string (JWT claims are
-    JSON): the same for tokens that give the same scopes (other claims, `exp`, differ)."""
-    used = {c: claims[c] for r in routes for c in r.config.read.claims if c in claims}
-    return orjson.dumps(used, default=_json_default, option=orjson.OPT_SORT_KEYS)
 
 
 def _unmoved(known: Known, grants_version: int, cursor: Cursor | None) -> bool:
