@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import capture, live, ndjson, push, push_during_bulk, snapshot
+from bench import capture, live, membership, ndjson, push, push_during_bulk, snapshot
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
     asyncio.run(push_during_bulk.run(200_000, 300))
     asyncio.run(ndjson.run(500_000))
     asyncio.run(live.run(40, 10_000))
+    asyncio.run(membership.run())
 
 
 if __name__ == "__main__":

@@ -73,11 +73,18 @@ def rss_peak_mib(pid: int) -> float:
     return float("nan")
 
 
-async def start_sidecar(pg_url: str, tmp: Path, port: int, waiters: int) -> subprocess.Popen:
+async def start_sidecar(
+    pg_url: str,
+    tmp: Path,
+    port: int,
+    waiters: int,
+    collections: str = TEAM_COLLECTION,
+    slot: str = "bench",
+) -> subprocess.Popen:
     cfg = tmp / "sidecar.yaml"
     cfg.write_text(
         textwrap.dedent(f"""
-        database: {{url: "{pg_url}", slot: bench, publication: bench}}
+        database: {{url: "{pg_url}", slot: {slot}, publication: {slot}}}
         store: {{path: "{tmp / "store.db"}"}}
         server: {{host: 127.0.0.1, port: {port}}}
         auth: {{jwt: {{secret: "{SECRET}"}}}}
@@ -85,7 +92,7 @@ async def start_sidecar(pg_url: str, tmp: Path, port: int, waiters: int) -> subp
         log: {{level: warning, format: json}}
         collections:
         """)
-        + TEAM_COLLECTION
+        + collections
     )
     with open(tmp / "sidecar.log", "wb") as log:
         proc = subprocess.Popen(

@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 
 import orjson
 import structlog
+from cachetools import LRUCache
 
 from sidecar.auth import Principal, seconds_left
 from sidecar.changes import Cursor, Page
@@ -29,9 +30,15 @@ from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
 from sidecar.rules.scopes import Grants
 from sidecar.store.base import StoreReader
-from sidecar.views import History, read_view, rule_at, rules_changed
+from sidecar.views import History, Known, read_view, rule_at, rules_changed
 
 log = structlog.get_logger("sidecar.pull")
+
+# (collection, read rule text) of the collections pulled, and the claims their rules use
+_Memo = tuple[tuple[tuple[str, str], ...], bytes]
+
+# Scopes remembered per caller under membership rules (counted in scopes and grant keys).
+KNOWN_SCOPES = 1_000_000
 
 # Room kept in limits.max_page_bytes for what surrounds the change lines: the page's JSON
 # envelope (cursor, has_more, schema_version) and an SSE event's `id:`/`event:` lines.
@@ -116,6 +123,16 @@ class Puller:
         self.live_per_subject = live_per_subject
         self.live_total = live_total
         self.cache = PageCache(store, cache_bytes)
+        # (collections, claims) → the caller's scopes under membership rules, while the
+        # store's grants stay as they were when they were read
+        self._known: LRUCache[_Memo, Known] = LRUCache(
+            KNOWN_SCOPES, getsizeof=lambda k: 1 + len(k.scopes) + len(k.keys)
+        )
+        # the same for rules without membership (their scopes never change)
+        self._static: LRUCache[_Memo, tuple[str, ...]] = LRUCache(
+            KNOWN_SCOPES, getsizeof=lambda s: 1 + len(s)
+        )
+        self._rule_claims: dict[tuple[tuple[str, str], ...], tuple[str, ...]] = {}
         self._missing: set[tuple[str, str]] = set()
         self._history_text: str | None = None
         self._history_value: History = {}
@@ -188,6 +205,23 @@ class Puller:
             },
         }
 
+    def _claims_key(
+        self,
+        claims: Mapping[str, object],
+        names: tuple[tuple[str, str], ...],
+        routes: Sequence[Collection],
+    ) -> bytes:
+        """The claims the read rules of `routes` use, as one byte string (JWT claims are
+        JSON): the same for tokens that give the same scopes (other claims, `exp`, differ)."""
+        used = self._rule_claims.get(names)
+        if used is None:
+            if len(self._rule_claims) >= 1024:  # callers choose the collections: bounded
+                self._rule_claims.clear()
+            found = {c for r in routes for c in r.config.read.claims}
+            used = self._rule_claims[names] = tuple(sorted(found))
+        values = {c: claims[c] for c in used if c in claims}
+        return orjson.dumps(values, default=_json_default)
+
     # -- pull ----------------------------------------------------------------------------
 
     def _check_ready(self) -> None:
@@ -239,20 +273,34 @@ class Puller:
         a read rule changed (by a reload) since the cursor — goes through `views.py`."""
         state = self.store.state()
         history = self._history(state.rules)
-        names = [r.name for r in routes]
+        names = tuple(r.name for r in routes)
+        rules = tuple((r.name, r.config.read.text) for r in routes)
+        memo = (rules, self._claims_key(principal.claims, rules, routes))
         since = None if cursor is None else cursor.scopes_version
         moved = since is not None and (
-            cursor is not None
-            and (cursor.target is not None or cursor.scopes_at is not None)
+            (cursor is not None
+            and (cursor.target is not None or cursor.scopes_at is not None))
             or rules_changed(history, names, since, state.version)
         )
         if not moved and not any(r.dynamic for r in routes):
-            scopes = self.scopes_for(principal, routes)
+            static = self._static.get(memo)
+            if static is None:
+                static = self._static[memo] = tuple(self.scopes_for(principal, routes))
             after = 0 if cursor is None else cursor.version
-            return await self.cache.page(scopes, after, limit, budget), tuple(scopes)
+            return await self.cache.page(static, after, limit, budget), static
         for route in routes:
             self._note_missing_claims(principal, route)
         claims = principal.claims
+        known = self._known.get(memo)
+        if known is not None and _unmoved(known, state.grants_version, cursor):
+            # No grant began or ended since the cursor's scopes were read: they are the
+            # caller's scopes now, and the page an ordinary one (shared with other callers).
+            after = 0 if cursor is None else cursor.version
+            page = await self.cache.page(known.scopes, after, limit, budget)
+            plain = Cursor(state.epoch, page.cursor.version, state.version)
+            if plain != page.cursor:
+                page = Page(page.lines, plain, page.has_more)
+            return page, known.watch
 
         def scopes_of(grants: Grants, watch: set[str] | None, at: int) -> list[str]:
             found = [
@@ -271,9 +319,11 @@ class Puller:
             cursor=cursor,
             limit=limit,
             max_bytes=budget,
+            known=known,
             rules_changed=functools.partial(rules_changed, history, names),
         )
         view = await asyncio.to_thread(self.store.view, read)
+        self._known[memo] = view.known
         return Page(view.lines, view.cursor, view.has_more), view.watch
 
     def _history(self, text: str | None) -> History:
@@ -412,6 +462,21 @@ class Puller:
 
     def live_count(self) -> int:
         return self._live_total
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError
+
+
+def _unmoved(known: Known, grants_version: int, cursor: Cursor | None) -> bool:
+    """Whether `known` scopes are the caller's now and at `cursor` (no move under way)."""
+    if known.grants_version != grants_version:
+        return False
+    return cursor is None or (
+        cursor.target is None and cursor.scopes_version >= known.grants_version
+    )
 
 
 def render_page(page: Page, schema_version: str) -> bytes:

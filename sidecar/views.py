@@ -27,7 +27,7 @@ No HTTP and no SQL here: `read_view` runs over a `StoreView` (one consistent sna
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,11 +35,35 @@ import orjson
 from sidecar.changes import Cursor
 from sidecar.store.base import PageData, StoreView
 
-__all__ = ["ScopesOf", "ViewPage", "next_rules", "read_view", "rule_at", "rules_changed"]
+__all__ = [
+    "Known",
+    "ScopesOf",
+    "ViewPage",
+    "next_rules",
+    "read_view",
+    "rule_at",
+    "rules_changed",
+]
 
 # The caller's scopes at a version, given how to read grants at it, adding
 # `<lookup>|<scope>` keys of the grants they depend on to the set given (if any).
 ScopesOf = Callable[[Callable[[str, Sequence[str]], list[str]], set[str] | None, int], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A caller's scopes S(x) and the `<lookup>|<scope>` keys of the grants they come
+    from, read at a version x whose store had `grants_version`: they are S(y) for every
+    y ≥ `grants_version` up to the first version at which a grant begins or ends."""
+
+    scopes: tuple[str, ...]
+    keys: tuple[str, ...]
+    grants_version: int
+
+    @property
+    def watch(self) -> tuple[str, ...]:
+        """What a live wait watches: the scopes and the grants they come from."""
+        return (*self.scopes, *self.keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +72,22 @@ class ViewPage:
     cursor: Cursor
     has_more: bool
     version: int  # the snapshot's
-    watch: tuple[str, ...] = field(default=())  # scopes and grant keys that change the view
+    known: Known  # the caller's scopes in this snapshot
+
+    @property
+    def watch(self) -> tuple[str, ...]:
+        return self.known.watch
 
 
 class _Reader:
     def __init__(self, view: StoreView, scopes_of: ScopesOf) -> None:
         self.view = view
         self.scopes_of = scopes_of
+        self.now: list[str] | None = None  # S(view.version), once read
 
     def scopes(self, at: int, watch: set[str] | None = None) -> list[str]:
+        if self.now is not None and self.view.grants_version <= at <= self.view.version:
+            return self.now  # no grant began or ended since (nor a rule): the same scopes
         return self.scopes_of(lambda lookup, sc: self.view.grants(lookup, sc, at), watch, at)
 
 
@@ -67,49 +98,66 @@ def read_view(
     cursor: Cursor | None,
     limit: int,
     max_bytes: int | None,
+    known: Known | None = None,
     rules_changed: Callable[[int, int], bool] = lambda after, upto: False,
 ) -> ViewPage:
     """One page of changes for a caller whose scopes `scopes_of` computes (see the
-    module docstring); `rules_changed(a, b)`: whether a read rule changed in (a, b].
+    module docstring), or `known` gives while the store's grants version is its;
+    `rules_changed(a, b)`: whether a read rule changed in (a, b] (a rule change moves
+    the grants version too).
     `cursor` is already checked against the store's epoch and purge."""
     reader = _Reader(view, scopes_of)
     version = view.version
-    keys: set[str] = set()
-    now = reader.scopes(version, keys)
-    watch = (*now, *sorted(keys))
+    if known is None or known.grants_version != view.grants_version:
+        found: set[str] = set()
+        known = Known(
+            tuple(reader.scopes(version, found)), tuple(sorted(found)), view.grants_version
+        )
+    now = reader.now = list(known.scopes)
+    keys = known.keys
     if cursor is None:
         page = view.changes(now, 0, limit, max_bytes)
         # the client holds S(version) up to `last`: that is plain `last` when the grants
         # did not change in between (one spelling, which adapters can carry as a number)
-        steady = page.has_more and not view.grants_changed(sorted(keys), page.last_version, version)
-        return _plain(page, epoch, version, page.last_version if steady else version, watch)
+        last = page.last_version
+        steady = page.has_more and _same_scopes(view, keys, rules_changed, last, version)
+        return _plain(page, epoch, version, last if steady else version, known)
     w, g = cursor.version, cursor.scopes_version
     if cursor.target is not None:
         target = cursor.target
         gained = _minus(reader.scopes(target), reader.scopes(g))
         lines: list[bytes] = []
         moved = cursor.moved
-    elif g == version or not (
-        rules_changed(g, version) or view.grants_changed(sorted(keys), g, version)
-    ):
+    elif g == version or _same_scopes(view, keys, rules_changed, g, version):
         # S(x) = S(version) for every x in [g, version]: a cut page's cursor is plain
         # `last` when last >= g
         page = view.changes(now, w, limit, max_bytes)
         steady = page.has_more and page.last_version >= g
-        return _plain(page, epoch, version, page.last_version if steady else version, watch)
+        return _plain(page, epoch, version, page.last_version if steady else version, known)
     else:
         before = reader.scopes(g)
         target, moved = version, 0
         gained = _minus(now, before)
         lines = _move_out(view, _minus(before, now), set(now), w)
-    return _move_in(reader, epoch, cursor, target, moved, gained, lines, limit, max_bytes, watch)
+    return _move_in(reader, epoch, cursor, target, moved, gained, lines, limit, max_bytes, known)
 
 
-def _plain(
-    page: PageData, epoch: str, version: int, scopes_at: int, watch: tuple[str, ...]
-) -> ViewPage:
+def _same_scopes(
+    view: StoreView,
+    keys: Sequence[str],
+    rules_changed: Callable[[int, int], bool],
+    after: int,
+    upto: int,
+) -> bool:
+    """Whether the caller's scopes are the same at every version in [after, upto]."""
+    if after >= view.grants_version:  # no grant began or ended (nor a rule changed) since
+        return True
+    return not rules_changed(after, upto) and not view.grants_changed(keys, after, upto)
+
+
+def _plain(page: PageData, epoch: str, version: int, scopes_at: int, known: Known) -> ViewPage:
     last = page.last_version if page.has_more else max(page.last_version, version)
-    return ViewPage(page.lines, Cursor(epoch, last, scopes_at), page.has_more, version, watch)
+    return ViewPage(page.lines, Cursor(epoch, last, scopes_at), page.has_more, version, known)
 
 
 def _minus(a: Sequence[str], b: Sequence[str]) -> list[str]:
@@ -143,7 +191,7 @@ def _move_in(
     lines: list[bytes],
     limit: int,
     max_bytes: int | None,
-    watch: tuple[str, ...],
+    known: Known,
 ) -> ViewPage:
     view, w, g = reader.view, cursor.version, cursor.scopes_version
     version = view.version
@@ -151,21 +199,21 @@ def _move_in(
     room, budget = limit - len(lines), None if max_bytes is None else max_bytes - used
     if gained and w > moved:
         if room <= 0 or (budget is not None and budget <= 0):
-            return ViewPage(lines, Cursor(epoch, w, g, target, moved), True, version, watch)
+            return ViewPage(lines, Cursor(epoch, w, g, target, moved), True, version, known)
         page = view.live(gained, moved, w, room, budget)
         lines = lines + page.lines
         if page.has_more:
             return ViewPage(
-                lines, Cursor(epoch, w, g, target, page.last_version), True, version, watch
+                lines, Cursor(epoch, w, g, target, page.last_version), True, version, known
             )
         used += sum(len(line) + 1 for line in page.lines)
         room, budget = limit - len(lines), None if max_bytes is None else max_bytes - used
     # the move is done: the client holds S(target) up to w; then the changes after w
     if room <= 0 or (budget is not None and budget <= 0):
-        return ViewPage(lines, Cursor(epoch, w, target), True, version, watch)
+        return ViewPage(lines, Cursor(epoch, w, target), True, version, known)
     page = view.changes(reader.scopes(target), w, room, budget if lines else max_bytes)
-    rest = _plain(page, epoch, version, target, watch)
-    return ViewPage(lines + rest.lines, rest.cursor, rest.has_more, version, watch)
+    rest = _plain(page, epoch, version, target, known)
+    return ViewPage(lines + rest.lines, rest.cursor, rest.has_more, version, known)
 
 
 # -- read rules' history (a rule changed by a reload: see `StoreState.rules`) ---------------

@@ -49,6 +49,9 @@ class StoreState:
     # JSON {collection: [[since version, read rule text], ...]}: which rule decided a
     # cursor's scopes (a rule changed by a reload is reconciled, not rebuilt; views.py)
     rules: str | None = None
+    # The last version at which a grant (membership tables) began or ended: a caller's
+    # scopes at any version from it to `version` are the same.
+    grants_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,12 @@ class StoreView(Protocol):
     @property
     def version(self) -> int:
         """The store's version in this snapshot."""
+        ...
+
+    @property
+    def grants_version(self) -> int:
+        """The last version ≤ `version` at which any grant began or ended (or a version
+        no older than that)."""
         ...
 
     def grants(self, lookup: str, scopes: Sequence[str], at: int) -> list[str]:

@@ -85,8 +85,11 @@ class SQLiteView:
     def __init__(self, conn: sqlite3.Connection, lines: ChangeLines) -> None:
         self.conn = conn
         self.lines = lines
-        row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        self.version = int(row[0]) if row else 0
+        meta = dict(
+            conn.execute("SELECT key, value FROM meta WHERE key IN ('version', 'grants_version')")
+        )
+        self.version = int(meta.get("version", 0))
+        self.grants_version = int(meta.get("grants_version", self.version))
 
     def grants(self, lookup: str, scopes: Sequence[str], at: int) -> list[str]:
         rows = self.conn.execute(GRANTS_AT, (lookup, orjson.dumps(list(scopes)), at))

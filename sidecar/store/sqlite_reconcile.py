@@ -66,6 +66,7 @@ class SQLiteReconcile:
         touched = apply_grants(self._w, changes, self._version + 1)
         if touched:
             self._version += 1
+            self._set_meta(grants_version=self._version)
         return touched
 
     @writes(batch=True)
@@ -75,6 +76,7 @@ class SQLiteReconcile:
         touched = close_grants(self._w, lookups, self._version + 1) if lookups else set()
         if touched:
             self._version += 1
+            self._set_meta(grants_version=self._version)
         return touched
 
     # -- reconciling -------------------------------------------------------------------------
@@ -153,7 +155,8 @@ class SQLiteReconcile:
         text = rules(since)
         if text != self._meta("rules"):
             self._version = since  # cursors from now on name the new rules
-            self._set_meta(rules=text)
+            # a caller's scopes may change here as with a grant (see `grants_version`)
+            self._set_meta(rules=text, grants_version=since)
 
     @writes(batch=True)
     def drop_collections(self, collections: Sequence[str]) -> None:

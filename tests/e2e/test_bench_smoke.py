@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from bench import capture, live, ndjson, push, snapshot
+from bench import capture, live, membership, ndjson, push, snapshot
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -45,3 +45,11 @@ async def test_live(capsys: pytest.CaptureFixture[str]) -> None:
     await live.run(3, 50)
     out = capsys.readouterr().out
     assert "50/50 long-polls answered" in out, out
+
+
+async def test_membership(capsys: pytest.CaptureFixture[str]) -> None:
+    await membership.run(rows=2_000, capture_rows=2_000, waiters=50, rounds=1)
+    out = capsys.readouterr().out
+    assert out.count("50/50 long-polls of distinct users answered") == 2, out
+    for measured in ("nothing-new pull", "move-in of a 2,000-row", "capture, membership"):
+        assert measured in out, out

@@ -140,3 +140,38 @@ async def test_a_live_pull_wakes_on_a_membership_change(pg_dsn, pg_url, sidecar_
     run_sql(pg_dsn, "INSERT INTO members VALUES (3, 'alice')")
     page = await asyncio.wait_for(waiting, 10)
     assert {c["row"]["project_id"] for c in page["changes"]} == {3}
+
+
+async def test_one_commit_waking_many_members_reads_the_store_once(
+    pg_dsn, pg_url, sidecar_factory
+) -> None:
+    """Members of one project waiting live are answered from one read of the store (the
+    page of their common scopes), not one read per member; each gets the new row."""
+    run_sql(pg_dsn, SCHEMA)
+    users = [f"m{n}" for n in range(12)]
+    run_sql(pg_dsn, *(f"INSERT INTO members VALUES (3, '{u}')" for u in users))
+    sc = await sidecar_factory(pg_url, COLLECTIONS)
+    await sc.caught_up(pg_dsn)
+    cursors = {}
+    for u in users:
+        page = await sc.pull(u, collections="tasks")
+        assert {c["row"]["project_id"] for c in page["changes"]} == {3}
+        cursors[u] = page["cursor"]
+    waiting = [
+        asyncio.ensure_future(sc.pull(u, cursors[u], live="true", timeout=20, collections="tasks"))
+        for u in users
+    ]
+    puller = sc.service.puller
+    for _ in range(200):  # every long-poll waits (bounded: 10 s)
+        if puller.live_count() == len(users):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # each has read again once watching
+    hits, misses = puller.cache.hits, puller.cache.misses
+    run_sql(pg_dsn, "INSERT INTO tasks VALUES (100, 3, 'x', 'new')")
+    pages = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    for page in pages:
+        assert [c["row"]["id"] for c in page["changes"]] == [100]
+    read = puller.cache.misses - misses
+    assert read + puller.cache.hits - hits == len(users)  # each answer went through it
+    assert read <= 2  # one read (two if the wake-ups straddle a second commit)
