@@ -297,7 +297,11 @@ class Puller:
             # caller's scopes now, and the page an ordinary one (shared with other callers).
             after = 0 if cursor is None else cursor.version
             page = await self.cache.page(known.scopes, after, limit, budget)
-            plain = Cursor(state.epoch, page.cursor.version, state.version)
+            last = page.cursor.version
+            # the caller's scopes are the same from `grants_version` on: a cursor at or
+            # after it needs no scopes version (one spelling, which adapters carry)
+            at = None if last >= known.grants_version else state.version
+            plain = Cursor(state.epoch, last, at)
             if plain != page.cursor:
                 page = Page(page.lines, plain, page.has_more)
             return page, known.watch
