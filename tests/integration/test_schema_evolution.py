@@ -220,3 +220,43 @@ async def test_a_dropped_column_the_config_names_stops_capture_until_the_config_
     # rows whose notes were NULL keep their rev (nulls do not count): not sent again
     assert all(r.get("notes") is None for r in rows.values())
     assert [set(c["row"]) for c in changes] == [{"id", "title", "owner_id"}]
+
+
+async def test_a_dropped_column_the_config_does_not_name_is_reconciled(
+    pg_dsn, pg_url, sidecar_factory
+):
+    run_sql(pg_dsn, SCHEMA, "UPDATE todo_items SET notes = 'n' WHERE title = 'a'")
+    sc = await sidecar_factory(pg_url, ALL_COLUMNS)
+    held, cursor = await sc.pull_all(1)
+    runner = sc.service.capture
+    run_sql(pg_dsn, "ALTER TABLE todo_items DROP COLUMN notes")
+    await never_410(
+        sc,
+        cursor,
+        lambda: sc.service.capture is not runner and sc.service.capture.status.phase == "streaming",
+    )
+    changes, _ = await sc.pull_all(1, cursor)
+    assert [c["row"]["title"] for c in changes] == ["a"]  # the row whose notes were set
+    rows = state_of(changes, state_of(held))
+    assert all(r.get("notes") is None for r in rows.values())
+    schema = await (await sc.get("/v1/schema")).json()
+    assert "notes" not in schema["collections"]["todos"]["columns"]
+
+
+async def test_a_first_sync_carries_no_tombstones(pg_dsn, pg_url, sidecar_factory):
+    run_sql(
+        pg_dsn,
+        SCHEMA,
+        "INSERT INTO todo_items (title, owner_id) "
+        "SELECT 't' || g, 1 FROM generate_series(1, 500) g",
+    )
+    sc = await sidecar_factory(pg_url, ALL_COLUMNS)
+    _, cursor = await sc.pull_all(1)
+    run_sql(
+        pg_dsn, "TRUNCATE todo_items", "INSERT INTO todo_items (title, owner_id) VALUES ('x', 1)"
+    )
+    await sc.caught_up(pg_dsn)
+    fresh, _ = await sc.pull_all(1)
+    assert [(c["op"], c["row"]["title"]) for c in fresh] == [("upsert", "x")]
+    held, _ = await sc.pull_all(1, cursor)  # an old client still gets the deletes
+    assert sum(c["op"] == "delete" for c in held) == 502
