@@ -281,6 +281,8 @@ class CaptureRunner:
             await source.start(state.lsn)
         self.status.phase, self.status.error, self.status.silent = "streaming", None, None
         self.backoff.connected(time.monotonic())
+        if start.rebuild is not None or start.resync is not None:
+            self.status.restart_at(state.lsn)
         self.status.flushed_lsn = max(self.status.flushed_lsn, state.lsn)
         self.status.acked_lsn = max(self.status.acked_lsn, state.lsn, state.acked_lsn)
         self._lsn_changed.set()

@@ -75,6 +75,12 @@ class CaptureStatus:
             if lsn > self.flushed_lsn and self.behind_since is None:
                 self.behind_since = time.monotonic()
 
+    def restart_at(self, lsn: int) -> None:
+        """A new slot (a resync or a rebuild) streams from `lsn`: the positions of the old
+        one, perhaps on another timeline and ahead of this server, no longer compare."""
+        self.received_lsn = self.flushed_lsn = self.acked_lsn = self.server_lsn = lsn
+        self.behind_since = None
+
     def note_flushed(self, lsn: int) -> None:
         """The store has everything up to `lsn`."""
         self.flushed_lsn = lsn

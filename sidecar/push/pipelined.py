@@ -131,8 +131,7 @@ async def run(
         return _result(refused, None, None)
     failpoints.hit("push.after_commit")  # tests: die between COMMIT and the response
     subject = principal.subject
-    for r in written:
-        px.recent[(subject, r.id)] = r
+    px.remember(subject, written)
     ordered = [results[m.id] for m in mutations]
     px._log_all(principal, mutations, ordered)
     return _result(ordered, lsn, txid)
@@ -155,7 +154,7 @@ async def _transaction(
     subject = principal.subject
     ids = [m.id for m in mutations]
     # A mutation this process applied recently is a duplicate: its row is not locked.
-    fresh = [m for m in mutations if (subject, m.id) not in px.recent]
+    fresh = [m for m in mutations if px.recalled(subject, m.id) is None]
     # round trip 1: BEGIN, the id locks, the row locks
     await send(conn, "BEGIN")
     locking = await send(conn, LOCK_IDS, (subject, subject, sorted(ids)))

@@ -155,8 +155,11 @@ class Pusher:
         self.capture = capture
         self.pool = pool
         self.user_claim = user_claim
-        # (subject, mutation id) → the result this process gave when it applied it
-        self.recent: TTLCache[tuple[str, str], MutationResult] = TTLCache(maxsize=100_000, ttl=900)
+        # (origin, subject, mutation id) → the result this process gave when it applied
+        # it; `origin` is the database lineage the store followed then (`recalled`)
+        self.recent: TTLCache[tuple[str, str, str], MutationResult] = TTLCache(
+            maxsize=100_000, ttl=900
+        )
 
     @property
     def routes(self) -> dict[str, Collection]:
@@ -169,6 +172,21 @@ class Pusher:
         for route in routes.values():
             conflicts.strategy(route.config.conflict)
         self._routes = dict(routes)
+
+    # -- this process's recent pushes ----------------------------------------------------
+
+    def remember(self, subject: str, applied: Sequence[MutationResult]) -> None:
+        """Mutations this process applied (committed), under the store's lineage."""
+        origin = idempotency.origin_of(self.store)
+        for r in applied:
+            self.recent[(origin, subject, r.id)] = r
+
+    def recalled(self, subject: str, mid: str) -> MutationResult | None:
+        """What this process answered when it applied (subject, id) under the lineage
+        the store follows now. After a failover or a restore the store follows another
+        lineage: what was applied before may be lost, so it is not recalled (a retry is
+        applied again), as the store's and the pending records are not."""
+        return self.recent.get((idempotency.origin_of(self.store), subject, mid))
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -294,7 +312,7 @@ class Pusher:
                 try:
                     # A mutation this process applied recently is a duplicate: its row
                     # is not locked for nothing.
-                    fresh = [m for m in mutations if (subject, m.id) not in self.recent]
+                    fresh = [m for m in mutations if self.recalled(subject, m.id) is None]
                     current = await self._lock_rows(conn, principal, fresh)
                     plans = [(m, self._plan(principal, m, current.get(m.id))) for m in mutations]
                     duplicates = await finding
@@ -334,8 +352,7 @@ class Pusher:
             cur = await conn.execute("SELECT pg_current_wal_insert_lsn()::text")
             row = await cur.fetchone()
             lsn = str_to_lsn(row[0]) if row else None
-            for r in written:
-                self.recent[(principal.subject, r.id)] = r
+            self.remember(principal.subject, written)
         ordered = [results[m.id] for m in mutations]
         self._log_all(principal, mutations, ordered)
         return PushResult(ordered, lsn, txid)
@@ -428,7 +445,7 @@ class Pusher:
         found: dict[str, MutationResult] = {}
         unknown = []
         for i in ids:
-            hit = self.recent.get((subject, i))
+            hit = self.recalled(subject, i)
             if hit is not None:
                 found[i] = MutationResult(i, "duplicate", rev=hit.rev)
             else:
