@@ -278,8 +278,7 @@ class Puller:
         memo = (rules, self._claims_key(principal.claims, rules, routes))
         since = None if cursor is None else cursor.scopes_version
         moved = since is not None and (
-            (cursor is not None
-            and (cursor.target is not None or cursor.scopes_at is not None))
+            (cursor is not None and (cursor.target is not None or cursor.scopes_at is not None))
             or rules_changed(history, names, since, state.version)
         )
         if not moved and not any(r.dynamic for r in routes):
