@@ -12,6 +12,10 @@ integers JavaScript holds exactly).
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 import orjson
 
 __all__ = ["ChangeLines", "delete_line", "upsert_line"]
@@ -79,3 +83,38 @@ class ChangeLines:
         if deleted:
             return delete_line(self.collection_json(collection), key, rev, version)
         return upsert_line(self.collection_json(collection), key, row, rev, version)
+
+    def page(
+        self, rows: Iterable[tuple[Any, ...]], after: int, limit: int, max_bytes: int | None
+    ) -> tuple[list[bytes], int, bool]:
+        """Change lines of `rows` (version, deleted, collection, key, rev, row — in
+        version order) after `after`: at most `limit`, and at most `max_bytes` of lines
+        (each counted with one separator byte) unless the first alone is larger; with the
+        last version included and whether the page was cut."""
+        lines: list[bytes] = []
+        size = 0
+        last = after
+        for r in rows:
+            if len(lines) == limit:
+                return lines, last, True
+            line = self.line(*r)
+            size += len(line) + 1
+            if lines and max_bytes is not None and size > max_bytes:
+                return lines, last, True
+            lines.append(line)
+            last = r[0]
+        return lines, last, False
+
+
+def merged(scopes: Iterable[Iterable[tuple[Any, ...]]]) -> Iterator[tuple[Any, ...]]:
+    """Rows of several scopes, each in version order, merged: a version shared by several
+    scopes (a row in several of them) comes once, its upsert before a tombstone."""
+    previous = None
+    for r in heapq.merge(*scopes, key=_version_then_upsert):
+        if r[0] != previous:
+            previous = r[0]
+            yield r
+
+
+def _version_then_upsert(row: tuple[Any, ...]) -> tuple[int, int]:
+    return row[0], row[1]

@@ -8,7 +8,6 @@ with what `views.read_view` asks of a store.
 
 from __future__ import annotations
 
-import heapq
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -17,7 +16,7 @@ import orjson
 
 from sidecar.changes import GrantChange
 from sidecar.store.base import PageData
-from sidecar.store.lines import ChangeLines
+from sidecar.store.lines import ChangeLines, merged
 from sidecar.store.sqlite_sql import (
     ACTIVE_SCOPES,
     GRANTS_ADD,
@@ -124,7 +123,7 @@ class SQLiteView:
             return self.live(wanted, 0, 1 << 62, limit, max_bytes)
         cursors = [self.conn.execute(PULL, (s, after, limit + 1)) for s in wanted]
         try:
-            return self._page(heapq.merge(*cursors, key=_order), after, limit, max_bytes)
+            return PageData(*self.lines.page(merged(cursors), after, limit, max_bytes))
         finally:
             for cursor in cursors:
                 cursor.close()
@@ -136,7 +135,7 @@ class SQLiteView:
         wanted = list(dict.fromkeys(scopes))
         cursors = [self.conn.execute(PULL_LIVE, (s, after, limit + 1, upto)) for s in wanted]
         try:
-            return self._page(heapq.merge(*cursors, key=_order), after, limit, max_bytes)
+            return PageData(*self.lines.page(merged(cursors), after, limit, max_bytes))
         finally:
             for cursor in cursors:
                 cursor.close()
@@ -146,30 +145,5 @@ class SQLiteView:
         client may hold of `scope` at `after`."""
         return self.conn.execute(SCOPE_HELD, (scope, after))
 
-    def _page(
-        self, rows: Iterable[tuple[Any, ...]], after: int, limit: int, max_bytes: int | None
-    ) -> PageData:
-        lines: list[bytes] = []
-        size = 0
-        last = after
-        previous = None
-        for r in rows:
-            if r[0] == previous:
-                continue  # a row in several scopes: once (its upsert sorts first)
-            previous = r[0]
-            if len(lines) == limit:
-                return PageData(lines, last, True)
-            line = self.lines.line(*r)
-            size += len(line) + 1
-            if lines and max_bytes is not None and size > max_bytes:
-                return PageData(lines, last, True)
-            lines.append(line)
-            last = r[0]
-        return PageData(lines, last, False)
-
     def delete_line(self, version: int, collection: str, key: bytes, rev: str) -> bytes:
         return self.lines.line(version, 1, collection, key, rev, b"")
-
-
-def _order(row: tuple[Any, ...]) -> tuple[int, int]:
-    return row[0], row[1]

@@ -7,15 +7,14 @@ without opening it for writing (`sidecar status`).
 
 from __future__ import annotations
 
-import heapq
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sidecar.store.base import MutationRecord, PageData, StoreView
-from sidecar.store.lines import ChangeLines
+from sidecar.store.lines import ChangeLines, merged
 from sidecar.store.sqlite_grants import SQLiteView
 from sidecar.store.sqlite_sql import PULL, PULL_LIVE
 
@@ -81,8 +80,7 @@ class SQLiteReader:
             ]
             # Each scope's rows come in version order: merged, a version shared by several
             # scopes (a row in several of them) comes once, its upsert before a tombstone.
-            merged = heapq.merge(*cursors, key=_version_then_upsert)
-            return self._page(_first_of_each_version(merged), after, limit, max_bytes)
+            return self._page(merged(cursors), after, limit, max_bytes)
         finally:
             for cursor in cursors:
                 cursor.close()
@@ -91,19 +89,7 @@ class SQLiteReader:
     def _page(
         self, rows: Iterable[tuple[Any, ...]], after: int, limit: int, max_bytes: int | None
     ) -> PageData:
-        lines: list[bytes] = []
-        size = 0
-        last = after
-        for r in rows:
-            if len(lines) == limit:
-                return PageData(lines, last, True)
-            line = self._lines.line(*r)
-            size += len(line) + 1
-            if lines and max_bytes is not None and size > max_bytes:
-                return PageData(lines, last, True)
-            lines.append(line)
-            last = r[0]
-        return PageData(lines, last, False)
+        return PageData(*self._lines.page(rows, after, limit, max_bytes))
 
     def view(self, read: Callable[[StoreView], T]) -> T:
         """`read` run over one consistent snapshot of the store (a read transaction)."""
@@ -168,18 +154,6 @@ class SQLiteReader:
         tombs = conn.execute("SELECT count(*) FROM entries WHERE deleted = 1").fetchone()[0]
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
         return {"rows": int(rows), "tombstones": int(tombs), "bytes": size}
-
-
-def _version_then_upsert(row: tuple[Any, ...]) -> tuple[int, int]:
-    return row[0], row[1]
-
-
-def _first_of_each_version(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
-    previous = None
-    for r in rows:
-        if r[0] != previous:
-            previous = r[0]
-            yield r
 
 
 def summary(path: Path) -> dict[str, Any] | None:
