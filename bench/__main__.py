@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import capture, live, membership, ndjson, push, push_during_bulk, snapshot
+from bench import capture, live, membership, ndjson, push, push_during_bulk, reconcile, snapshot
 
 
 def main() -> None:
     asyncio.run(snapshot.run(500_000))
     asyncio.run(capture.run(500_000))
+    asyncio.run(reconcile.run(1_000_000))
     asyncio.run(push.run(10_000, 100))
     asyncio.run(push_during_bulk.run(200_000, 300))
     asyncio.run(ndjson.run(500_000))

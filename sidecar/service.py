@@ -231,8 +231,9 @@ class Service:
         """Apply a new config without touching the replication stream: write rules and
         conflict strategies, permissions, limits, auth, log level. Returns the top-level
         sections that changed. Raises ConfigError, keeping the running config, when the
-        change needs a restart (database, store, server, page cache, body size, or anything
-        that changes what the store holds: collections, tables, keys, columns, read rules).
+        change needs a restart (database, store, server, page cache, body size, memory
+        budget, or anything that changes what the store holds: collections, tables, keys,
+        columns, read rules).
         """
         old = self.config
         fixed = [
@@ -247,6 +248,7 @@ class Service:
                 ),
                 ("limits.max_body", old.limits.max_body, new.limits.max_body),
                 ("limits.page_cache", old.limits.page_cache, new.limits.page_cache),
+                ("limits.memory", old.limits.memory, new.limits.memory),
             )
             if a != b
         ]

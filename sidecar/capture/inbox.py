@@ -28,11 +28,15 @@ def tune_gc() -> None:
 
 
 class Inbox:
-    """Payloads read from the stream and not yet handed to the writer (bounded)."""
+    """Payloads read from the stream and not yet handed to the writer, bounded by their
+    bytes (`limit`, see `budget.py`) and by their count (`LIMIT`): the reader waits for
+    room once either is reached (a single message larger than `limit` is still taken)."""
 
     LIMIT = 100_000
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 32 << 20) -> None:
+        self.limit = limit
+        self.size = 0  # bytes of `payloads`
         self.payloads: list[bytes] = []
         self.keepalive_pos = 0
         self.wire_in_txn = False  # a Begin was read whose Commit was not
@@ -40,15 +44,22 @@ class Inbox:
         self.room = asyncio.Event()
         self.room.set()
 
-    def extend(self, payloads: list[bytes]) -> None:
+    def extend(self, payloads: list[bytes], size: int) -> None:
+        """Add payloads read (`size`: their bytes)."""
         self.payloads.extend(payloads)
+        self.size += size
         for payload in reversed(payloads):  # the last Begin or Commit tells
             tag = payload[0]
             if tag in (BEGIN_TAG, COMMIT_TAG):
                 self.wire_in_txn = tag == BEGIN_TAG
                 break
-        if len(self.payloads) >= self.LIMIT:
+        if len(self.payloads) >= self.LIMIT or self.size >= self.limit:
             self.room.clear()
+
+    @property
+    def room_left(self) -> int:
+        """Bytes the reader may still add (at least one message is always taken)."""
+        return max(self.limit - self.size, 1)
 
     def keepalive(self, pos: int) -> None:
         self.keepalive_pos = max(self.keepalive_pos, pos)
@@ -61,7 +72,7 @@ class Inbox:
 
     def take(self) -> tuple[list[bytes], int, bool]:
         out = (self.payloads, self.keepalive_pos, self.wire_in_txn)
-        self.payloads, self.keepalive_pos = [], 0
+        self.payloads, self.keepalive_pos, self.size = [], 0, 0
         self.ready.clear()
         self.room.set()
         return out

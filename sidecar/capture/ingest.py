@@ -2,13 +2,13 @@
 
 Two threads share the work so that Python and SQLite run on both cores at once: the
 calling thread decodes the stream and routes each row change into its image (typed
-values, JSON, rev, scopes); every `_FLUSH_EVERY` changes (or `_FLUSH_BYTES` of them) it
-hands the batch to the store's writer thread (`StoreWriter.apply`, which looks up the
-rows' stored state and writes the net effect) and goes on routing the next one. At most
-`_IN_FLIGHT` batches wait for the writer, which bounds memory for transactions of any
-size: their rows go into the store's open transaction batch by batch. The store commits
-at transaction boundaries with the commit's end LSN, after every batch before it was
-written.
+values, JSON, rev, scopes); every `_FLUSH_EVERY` changes (or `flush_bytes` of them, from
+`limits.memory`: see `budget.py`) it hands the batch to the store's writer thread
+(`StoreWriter.apply`, which looks up the rows' stored state and writes the net effect)
+and goes on routing the next one. At most `_IN_FLIGHT` batches wait for the writer,
+which bounds memory for transactions of any size: their rows go into the store's open
+transaction batch by batch. The store commits at transaction boundaries with the
+commit's end LSN, after every batch before it was written.
 
 A primary-key change is a delete of the old identity and an upsert of the new one. A
 TOASTed value sent as "unchanged" is filled in by the store from the row's stored image.
@@ -47,11 +47,12 @@ log = structlog.get_logger("sidecar.capture")
 T = TypeVar("T")
 
 _FLUSH_EVERY = 5000  # row changes per batch handed to the store, at most
-# Bytes of pgoutput messages per batch, at most: the store writes a batch with JSON
-# statements, and SQLite takes at most 1e9 bytes per parameter (and memory is bounded).
-_FLUSH_BYTES = 32 << 20
+# Bytes of pgoutput messages per batch, at most, unless told (`MemoryBudget.batch`): the
+# store writes a batch with JSON statements, and SQLite takes at most 1e9 bytes per
+# parameter (and memory is bounded).
+_FLUSH_BYTES = 16 << 20
 # Counted for a change whose unchanged TOASTed values the store fills in (their size is
-# not known here): a batch holds at most 512 of them, enough for stored rows of ~1 MB.
+# not known here): a batch of 16 MiB holds at most 256 of them.
 _PENDING_BYTES = 64 << 10
 _IN_FLIGHT = 2  # batches handed to the writer and not yet written, at most
 
@@ -110,8 +111,10 @@ class Ingest:
         skip_through: int,
         writer: Executor | None = None,
         backfilled: Mapping[str, int] | None = None,
+        flush_bytes: int = _FLUSH_BYTES,
     ) -> None:
         self.store = store
+        self.flush_bytes = flush_bytes
         # Collections copied later than the rest (added to the config): their changes in
         # transactions committed before the copy's snapshot are already in the store.
         self.backfilled = dict(backfilled or {})
@@ -138,7 +141,7 @@ class Ingest:
         self._in_txn = False
         self._skipping = False
         self._changes: list[RowChange] = []
-        self._batch_bytes = 0  # of the messages behind _changes (see _FLUSH_BYTES)
+        self._batch_bytes = 0  # of the messages behind _changes (see flush_bytes)
         self._mutations: list[MutationRecord] = []
         self._touched: set[str] = set()
         self._last_commit_lsn: int | None = None
@@ -209,6 +212,7 @@ class Ingest:
         on_row = self._on_row
         changes = self._changes
         update, insert, delete = po.Update, po.Insert, po.Delete
+        flush_bytes = self.flush_bytes
         for payload in payloads:
             msg = decode(payload)
             kind = type(msg)
@@ -216,7 +220,7 @@ class Ingest:
                 if not self._skipping:
                     on_row(msg)  # type: ignore[arg-type]  # `kind is` narrowed it (an alias)
                     self._batch_bytes += len(payload)
-                    if len(changes) >= _FLUSH_EVERY or self._batch_bytes >= _FLUSH_BYTES:
+                    if len(changes) >= _FLUSH_EVERY or self._batch_bytes >= flush_bytes:
                         self._flush()
                         changes = self._changes
             elif type(msg) is po.Begin:

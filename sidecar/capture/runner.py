@@ -27,6 +27,7 @@ import psycopg
 import structlog
 
 from sidecar.capture.bootstrap import Target, backfilled, plan
+from sidecar.capture.budget import MemoryBudget
 from sidecar.capture.framing import (
     KEEPALIVE_TAG,
     XLOG_DATA_TAG,
@@ -97,6 +98,7 @@ class CaptureRunner:
         self.notifier = notifier
         self.on_commit = on_commit
         self.status = CaptureStatus()
+        self.budget = MemoryBudget(config.limits.memory)  # what capture holds at once
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="sidecar-writer")
         # Decodes and routes while the writer writes the previous batch (see Ingest).
         self.router = ThreadPoolExecutor(1, thread_name_prefix="sidecar-router")
@@ -276,6 +278,7 @@ class CaptureRunner:
             skip_through=state.lsn,
             writer=self.writer,
             backfilled=backfilled(state),
+            flush_bytes=self.budget.batch,
         )
         async with asyncio.timeout(STEP_TIMEOUT):
             await source.start(state.lsn)
@@ -309,7 +312,7 @@ class CaptureRunner:
         The reader keeps filling the inbox while a batch is being written, so batches grow
         with the load (group commit) and stay small when idle (low latency).
         """
-        inbox = Inbox()
+        inbox = Inbox(self.budget.inbox)
         reader = asyncio.create_task(self._read(source, inbox, silence))
         st = self.status
         try:
@@ -364,14 +367,16 @@ class CaptureRunner:
                 payloads: list[bytes] = []
                 last_xlog = None
                 silence.waiting()  # the watchdog counts from here (not while out of room)
-                batch = await source.read_batch(20_000)
+                batch = await source.read_batch(20_000, inbox.room_left)
                 silence.heard()
+                size = 0
                 for buf in batch:
                     first = buf[0]
                     if first == XLOG_DATA_TAG:  # a 24-byte header, then one pgoutput message
                         if len(buf) < XLOG_HEADER:
                             parse_copy_data(buf)  # raises the ProtocolError
                         payloads.append(buf[XLOG_HEADER:])
+                        size += len(buf)
                         last_xlog = buf
                     elif first == KEEPALIVE_TAG:
                         ka = parse_copy_data(buf)
@@ -385,7 +390,7 @@ class CaptureRunner:
                     assert isinstance(xl, XLogData)
                     st.received_lsn = max(st.received_lsn, xl.start)
                     st.note_server(xl.end)
-                    inbox.extend(payloads)
+                    inbox.extend(payloads, size)
                 inbox.ready.set()
         finally:
             inbox.ready.set()  # wake the writer loop so it sees the reader ended
@@ -491,7 +496,13 @@ class CaptureRunner:
 
         The router thread reads COPY and builds the rows' images while the writer thread
         inserts the previous batch: two cores, as when streaming."""
-        ingest = Ingest(self.store, self.routes, skip_through=0, writer=self.writer)
+        ingest = Ingest(
+            self.store,
+            self.routes,
+            skip_through=0,
+            writer=self.writer,
+            flush_bytes=self.budget.batch,
+        )
         ingest.reconciling = reconciling
         cancelled = threading.Event()
 
@@ -508,6 +519,7 @@ class CaptureRunner:
                     ingest,
                     self.status.copy,
                     on_batch=stop_if_cancelled,
+                    batch_bytes=self.budget.batch,
                 )
                 if touched is not None:
                     touched.update(ingest.take_touched())

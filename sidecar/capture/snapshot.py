@@ -1,13 +1,16 @@
 """Initial copy: every mapped table read with COPY under the slot's exported snapshot.
 
-Rows stream from COPY in batches (bounded memory) into the store's open transaction; the
+Rows stream from COPY in batches into the store's open transaction; the
 store commits once, with the slot's consistent point as its LSN, so a crash during the
 copy leaves a store that is rebuilt on the next start.
 
 psycopg parses the COPY text and loads each column with the same loaders the replication
 stream uses (`values.ADAPTERS`, chosen by the column type OIDs given to `set_types`), so
-rows arrive typed, without a str → bytes → typed round trip. One thread reads, routes and
-writes (the store's writer): the server produces the COPY stream on the other core.
+rows arrive typed, without a str → bytes → typed round trip. A batch ends at `BATCH` rows
+or at `batch_bytes` of rows as COPY sent them (`limits.memory`, see `budget.py`), so wide
+rows make smaller batches and memory stays bounded whatever their width. One thread
+reads, routes and writes (the store's writer): the server produces the COPY stream on
+the other core.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from sidecar.values import ADAPTERS, NETWORK_KWARGS, session_options
 
 log = structlog.get_logger("sidecar.snapshot")
 
-BATCH = 10_000
+BATCH = 10_000  # rows per batch, at most
+BATCH_BYTES = 16 << 20  # bytes of COPY data per batch, at most, unless told
 
 
 class CopyCancelled(Exception):
@@ -74,6 +78,7 @@ def copy_tables(
     ingest: Ingest,
     progress: CopyProgress,
     on_batch: Callable[[], None] | None = None,
+    batch_bytes: int = BATCH_BYTES,
 ) -> int:
     """Copy every route's table into the store (uncommitted), and the membership tables
     their rules read; returns rows copied."""
@@ -92,6 +97,7 @@ def copy_tables(
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
         progress.tables_total = len(tables)
         progress.estimated_rows = _estimate(conn, tables)
+        logged = progress.rows
         for route in tables:
             progress.table = route.name
             table = sql.Identifier(route.table.ref.schema, route.table.ref.name)
@@ -106,15 +112,19 @@ def copy_tables(
             n = 0
             with conn.cursor().copy(query) as copy:
                 copy.set_types(list(route.needed_oids))
+                parse = copy.formatter.parse_row  # what copy.rows() does, sizes seen
                 batch: list[tuple[Any, ...]] = []
-                for row in copy.rows():
-                    batch.append(row)
-                    if len(batch) >= BATCH:
+                size = 0
+                for data in copy:  # one row of COPY text each
+                    batch.append(parse(data))  # type: ignore[arg-type]  # never None here
+                    size += len(data)
+                    if len(batch) >= BATCH or size >= batch_bytes:
                         ingest.snapshot_rows(route, batch)
                         n += len(batch)
                         progress.rows += len(batch)
-                        batch = []
-                        if progress.rows % PROGRESS_EVERY < BATCH:
+                        batch, size = [], 0
+                        if progress.rows >= logged + PROGRESS_EVERY:
+                            logged = progress.rows
                             log.info("copying", **progress.as_dict())
                         if on_batch:
                             on_batch()

@@ -46,7 +46,7 @@ class ChangeSource(Protocol):
 
     async def create_slot(self, *, export_snapshot: bool, temporary: bool = False) -> SlotInfo: ...
     async def start(self, start_lsn: int) -> None: ...
-    async def read_batch(self, max_messages: int) -> list[bytes]: ...
+    async def read_batch(self, max_messages: int, max_bytes: int = ...) -> list[bytes]: ...
     async def send_status(
         self, write: int, flush: int, apply: int, reply: bool = False
     ) -> None: ...
@@ -136,17 +136,20 @@ class ReplicationStream:
             shut_down(self._conn)
         self._readable.set()
 
-    async def read_batch(self, max_messages: int = 10_000) -> list[bytes]:
-        """Every message available now (up to max_messages); waits while there is none."""
+    async def read_batch(self, max_messages: int = 10_000, max_bytes: int = 1 << 62) -> list[bytes]:
+        """Every message available now, up to `max_messages` or until they reach
+        `max_bytes` (at least one); waits while there is none."""
         if self._aborted is not None:
             raise self._aborted
         pgconn = self.conn.pgconn
         out: list[bytes] = []
+        size = 0
         while True:
             nbytes, data = pgconn.get_copy_data(1)
             if nbytes > 0:
                 out.append(bytes(data))
-                if len(out) >= max_messages:
+                size += nbytes
+                if len(out) >= max_messages or size >= max_bytes:
                     return out
                 continue
             if nbytes < 0:
@@ -161,6 +164,7 @@ class ReplicationStream:
             nbytes, data = pgconn.get_copy_data(1)
             if nbytes > 0:
                 out.append(bytes(data))
+                size += nbytes
                 continue
             if nbytes < 0:
                 self._check_copy_end(nbytes)

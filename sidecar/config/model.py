@@ -20,6 +20,7 @@ from sidecar.config.expressions import Expression
 
 DAY = 86_400.0
 MIB = 1024 * 1024
+MIN_MEMORY = 16 * MIB  # the least `limits.memory` accepted
 
 WriteOp = Literal["insert", "update", "delete"]
 ConflictKind = Literal["reject", "merge", "client_wins", "server_wins", "latest_wins"]
@@ -118,6 +119,7 @@ class LimitsConfig:
     live_per_subject: int = 16
     live_total: int = 20_000
     page_cache: int = 64 * MIB
+    memory: int = 256 * MIB  # data capture buffers: copy, stream, ingest, reconcile
     client_timeout: float = 30.0
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0

@@ -23,6 +23,7 @@ from pglast import ast
 from sidecar.config.expressions import Expression, ExpressionError, parse_expression
 from sidecar.config.model import (
     CONFLICT_KINDS,
+    MIN_MEMORY,
     WRITE_OPS,
     AuthConfig,
     ClaimsConfig,
@@ -156,6 +157,14 @@ class Builder:
         except ValueError as error:
             self.problems.add(path, str(error))
             return default
+
+    def memory(self, raw: dict[str, Any], default: int) -> int:
+        path: KeyPath = ("limits", "memory")
+        budget = self.size(raw, path, default)
+        if budget < MIN_MEMORY:
+            self.problems.add(path, f"{raw['memory']}: must be at least 16MiB")
+            return default
+        return budget
 
     def rate(self, raw: dict[str, Any], path: KeyPath) -> Rate | None:
         key = _leaf(path)
@@ -307,6 +316,7 @@ class Builder:
             live_per_subject=_typed(raw, "live_per_subject", int, defaults.live_per_subject),
             live_total=_typed(raw, "live_total", int, defaults.live_total),
             page_cache=self.size(raw, ("limits", "page_cache"), defaults.page_cache),
+            memory=self.memory(raw, defaults.memory),
             client_timeout=self.duration(
                 raw, ("limits", "client_timeout"), defaults.client_timeout
             ),

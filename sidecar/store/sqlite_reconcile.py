@@ -1,11 +1,13 @@
 """The SQLite store's writer methods for membership grants and for reconciling.
 
 Reconciling (see `capture/reconcile.py`): the rows of a consistent snapshot go through
-`reconcile_rows` — applied as upserts, which the netting turns into nothing for a row
-whose rev and scopes are as stored, a new version otherwise — and are marked as seen in
-a temporary table; `reconcile_finish` then deletes what the snapshot did not have (a
-tombstone in each of its scopes) and ends the grants of membership rows it did not have.
-Everything in the open batch: the store serves its last committed state meanwhile.
+`reconcile_rows` — compared with the stored rows in one statement (`_DIFFERENT`: absent,
+or another rev, scopes or hidden columns), and only those applied as upserts, which the
+netting turns into a new version (or, for hidden columns alone, a quiet rewrite) — and
+are marked as seen in a temporary table; `reconcile_finish` then deletes what the
+snapshot did not have (a tombstone in each of its scopes) and ends the grants of
+membership rows it did not have. Everything in the open batch: the store serves its
+last committed state meanwhile.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ SELECT DISTINCT g.lookup, g.ident FROM grants g WHERE g.lookup = ?2 AND g.remove
     AND NOT EXISTS (SELECT 1 FROM temp.seen s WHERE s.collection = ?1 AND s.ident = g.ident)
 """
 _CHUNK = 5000
+# The snapshot's rows ([ident, rev, scopes, hidden]) not stored as they are: what the
+# netting would give a new version, or rewrite for its hidden columns. Texts are compared
+# as the store wrote them: a spelling that differs for equal values only sends the row
+# through the netting, which finds it equal.
+_DIFFERENT = """
+SELECT json_group_array(v.value ->> 0) FROM json_each(?2) v
+LEFT JOIN rows r ON r.collection = ?1 AND r.ident = v.value ->> 0
+WHERE r.rowid IS NULL OR r.rev IS NOT v.value ->> 1 OR r.scopes IS NOT v.value -> 2
+    OR r.hidden IS NOT CAST(v.value ->> 3 AS BLOB)
+"""
 
 
 class SQLiteReconcile:
@@ -91,7 +103,14 @@ class SQLiteReconcile:
         self._begin()
         self._ensure_indexes()
         self._mark(collection, [im.ident for im in images])
-        return self.apply([RowChange(collection, None, im) for im in images])
+        batch = orjson.dumps([(im.ident, im.rev, im.scopes, im.hidden.decode()) for im in images])
+        (found,) = self._w.execute(_DIFFERENT, (collection, batch)).fetchone()
+        different = set(orjson.loads(found))
+        if not different:
+            return set()
+        return self.apply(
+            [RowChange(collection, None, im) for im in images if im.ident in different]
+        )
 
     @writes(batch=True)
     def reconcile_grants(self, source: str, changes: Sequence[GrantChange]) -> set[str]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from bench import capture, live, membership, ndjson, push, snapshot
+from bench import capture, live, membership, ndjson, push, reconcile, snapshot
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -31,6 +31,11 @@ async def test_snapshot() -> None:
 
 async def test_capture_rounds() -> None:
     assert (await capture.run(2_000, rounds=2))["ratio"] > 0
+
+
+async def test_reconcile() -> None:
+    result = await reconcile.run(2_000)
+    assert result["changed"] == 20 and result["ratio"] > 0 and result["peak_rss"] > 0
 
 
 async def test_push() -> None:

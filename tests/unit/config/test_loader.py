@@ -528,3 +528,12 @@ def test_max_page_bytes_is_a_size_with_a_1mb_default() -> None:
     assert load(text, env={"PAGE": "3"}).limits.max_page_bytes == 3 * MIB
     found = problems(MINIMAL + "limits: {max_page_bytes: 0MB}\n")
     assert [p.path for p in found] == ["limits.max_page_bytes"]
+
+
+def test_memory_is_a_size_of_at_least_16mib_with_a_256mib_default() -> None:
+    assert load(MINIMAL).limits.memory == 256 * MIB
+    assert load(MINIMAL + "limits: {memory: 64MiB}\n").limits.memory == 64 * MIB
+    assert load(MINIMAL + "limits: {memory: 1GiB}\n").limits.memory == 1024 * MIB
+    for small in ("8MiB", "0MB", "many"):
+        found = problems(MINIMAL + f"limits: {{memory: {small}}}\n")
+        assert [p.path for p in found] == ["limits.memory"], found
