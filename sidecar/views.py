@@ -238,9 +238,11 @@ def next_rules(stored: str | None, current: Mapping[str, str], since: int) -> st
 
 
 def rule_at(history: History, name: str, version: int) -> str | None:
-    """The text of the collection's read rule at `version` (None: not recorded)."""
-    found = None
-    for since, text in history.get(name, []):
+    """The text of the collection's read rule at `version` (None: not recorded; the oldest
+    recorded one for a version before it: the history keeps the last `KEEP` changes)."""
+    entries = history.get(name, [])
+    found = entries[0][1] if entries else None
+    for since, text in entries:
         if since <= version:
             found = text
     return found
