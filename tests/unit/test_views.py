@@ -120,23 +120,33 @@ def pull_all(view: MemoryView, cursor: Cursor | None, limit: int) -> tuple[dict[
 
 def test_move_in_pages_through_old_rows_and_move_out_spares_rows_visible_elsewhere() -> None:
     view = MemoryView(version=10)
-    view.rows = {1: (1, ("p1",)), 2: (2, ("p2",)), 3: (3, ("p1", "p2")), 4: (4, ("p2",))}
-    view.granted = {"alice": [("1", 0, None)]}
+    view.rows = {
+        1: (1, ("p1",)),
+        2: (2, ("p2",)),
+        3: (3, ("p1", "p3")),  # visible through p3 too
+        4: (10, ("p2",)),  # last changed exactly at the cursor's version
+        5: (5, ("p3",)),
+    }
+    view.granted = {"alice": [("1", 0, None), ("3", 0, None)]}
     state, cursor = pull_all(view, None, limit=1)
-    assert state == {1: True, 3: True}
+    assert state == {1: True, 3: True, 5: True}
+    assert cursor.version == 10
     # alice gains p2 at version 11 and loses p1 at 12: rows 2 and 4 (old) move in,
-    # row 1 moves out, row 3 stays (visible through p2)
+    # row 1 moves out, row 3 stays (visible through p3, which she keeps: not sent again)
     view.version = 12
-    view.granted = {"alice": [("1", 0, 12), ("2", 11, None)]}
+    view.granted = {"alice": [("1", 0, 12), ("2", 11, None), ("3", 0, None)]}
     view.grants_version = 12
     held = dict(state)
+    sent: list[bytes] = []
     while True:
         page = read_view(view, scopes_of, EPOCH, cursor, 1, None)
+        sent.extend(page.lines)
         fold(held, page.lines)
         cursor = page.cursor
         if not page.has_more:
             break
-    assert held == {2: True, 3: True, 4: True}
+    assert held == {2: True, 3: True, 4: True, 5: True}
+    assert sorted(orjson.loads(line)["key"]["id"] for line in sent) == [1, 2, 4]
     assert str(cursor) == f"{EPOCH}-12"
 
 
