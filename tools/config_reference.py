@@ -62,7 +62,8 @@ STATUS_NOTES: dict[str, str] = {
     "store.schema": (
         "Refused when `store.url` names the application's own database (the same host, port "
         "and database as `database.url`) and the schema is `public` or the schema of a "
-        "synced table: nothing of the store goes into the application's schema."
+        "synced table: nothing of the store goes into the application's schema. Ignored "
+        "without `store.url`."
     ),
     "store.tombstone_retention": (
         "Tombstones (and recorded mutation ids) older than this are purged once the initial "

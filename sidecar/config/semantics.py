@@ -220,8 +220,6 @@ class Builder:
             return StoreConfig(
                 path=defaults.path, tombstone_retention=retention, url=url, schema=schema
             )
-        if "schema" in raw:
-            self.problems.add(("store", "schema"), "only with store.url (a PostgreSQL store)")
         if path == ":memory:":
             self.problems.add(
                 ("store", "path"),

@@ -354,7 +354,7 @@ class PGStore(PGReconcile, PGReader):
             idents = [
                 r[0]
                 for r in self._w.execute(
-                    "SELECT ident FROM rows WHERE collection = %s ORDER BY rid LIMIT %s",
+                    "SELECT ident FROM rows WHERE collection = %s ORDER BY ident LIMIT %s",
                     (collection, _LOOKUP_CHUNK),
                 )
             ]

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS rows (
     rid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     collection text NOT NULL,
-    ident text NOT NULL,
+    ident text COLLATE "C" NOT NULL,  -- in byte order, as SQLite's
     version bigint NOT NULL,
     rev text NOT NULL,
     key text NOT NULL,
@@ -268,7 +268,7 @@ MARK = (
 UNSEEN_ROWS = """
 SELECT r.ident FROM rows r WHERE r.collection = %(c)s
     AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.collection = %(c)s AND s.ident = r.ident)
-ORDER BY r.rid
+ORDER BY r.ident
 """
 UNSEEN_GRANTS = """
 SELECT DISTINCT g.lookup, g.ident FROM grants g WHERE g.lookup = %(l)s AND g.removed IS NULL

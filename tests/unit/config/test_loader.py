@@ -452,7 +452,6 @@ def test_store_url_chooses_a_postgresql_store() -> None:
         ("{url: 'postgresql://localhost/app', schema: public}", "application's own schema"),
         ("{url: 'postgresql://localhost:5432/app', schema: public}", "application's own schema"),
         ("{url: 'postgresql://localhost/app', path: x.db}", "keep one"),
-        ("{path: x.db, schema: sync}", "only with store.url"),
         ("{url: 'postgresql://localhost/app', schema: 'Bad-Name'}", "store.schema"),
     ],
 )
