@@ -99,7 +99,10 @@ def cmd_drop(args: argparse.Namespace) -> int:
             print("sidecar drop: cancelled", file=sys.stderr)
             return EXIT_FAIL
     admin.run_steps(config, steps)
-    print(f"-- dropped. The store at {config.store.path} is rebuilt by the next `sidecar run`.")
+    from sidecar.store.open import store_name
+
+    where = store_name(config.store)
+    print(f"-- dropped. The store at {where} is rebuilt by the next `sidecar run`.")
     return EXIT_OK
 
 
@@ -125,11 +128,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     pub = info["publication"]
     print(f"publication  {pub['name']}: {'exists' if pub['exists'] else 'missing'}")
+    from sidecar.store.open import store_name
+
     store = info["store"]
     if store is None:
-        print(f"store        {config.store.path}: none yet")
+        print(f"store        {store_name(config.store)}: none yet")
     elif "error" in store:
-        print(f"store        {config.store.path}: {store['error']}")
+        print(f"store        {store_name(config.store)}: {store['error']}")
     else:
         copy = "done" if store["initial_copy_done"] else "not done"
         print(

@@ -53,6 +53,18 @@ STATUS_NOTES: dict[str, str] = {
         "TABLE` to run."
     ),
     "store.path": "`:memory:` is refused: the store must be a file that survives restarts.",
+    "store.url": (
+        "Set either `store.path` or `store.url`, not both. The store's tables (and the "
+        "pending mutation ids, table `pending`) are created in `store.schema` at the first "
+        "start; the role needs `CREATE` on the database (or an existing schema it owns). "
+        "One sidecar per store for now: replicas sharing a store come later (issue 16)."
+    ),
+    "store.schema": (
+        "Refused when `store.url` names the application's own database (the same host, port "
+        "and database as `database.url`) and the schema is `public` or the schema of a "
+        "synced table: nothing of the store goes into the application's schema. Ignored "
+        "without `store.url`."
+    ),
     "store.tombstone_retention": (
         "Tombstones (and recorded mutation ids) older than this are purged once the initial "
         "copy is done and then every hour, so a cursor stays valid for at least this long "
@@ -216,6 +228,8 @@ complete and check the file with it.
   syntax error (the error message says to quote it).
 - **`store.path`**: a relative path resolves against the directory of the config file,
   not the current directory; `~` is expanded.
+- **`store.url`** keeps the store in PostgreSQL instead of the SQLite file:
+  `store: {url: "${STORE_URL}", schema: sidecar_store}`.
 - **Identifiers** (tables, columns) are exact and case-sensitive, never case-folded; the
   sidecar quotes them in every statement it runs.
 - **Rules** (`read`, `write.check`, `write.where`, `auth.admin`) are SQL boolean

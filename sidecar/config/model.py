@@ -67,6 +67,10 @@ class DatabaseConfig:
 class StoreConfig:
     path: str = "./data/sidecar.db"  # the loader makes relative paths relative to the file
     tombstone_retention: float = 30 * DAY
+    # A PostgreSQL store (instead of the SQLite file at `path`): its server and database,
+    # and the schema that holds its tables.
+    url: str | None = None
+    schema: str = "sidecar_store"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,9 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
+import psycopg
 from pglast import ast
+from psycopg.conninfo import conninfo_to_dict
 
 from sidecar.config.expressions import Expression, ExpressionError, parse_expression
 from sidecar.config.model import (
@@ -123,10 +125,12 @@ class Builder:
     def config(self, data: Any) -> Config:
         collections = _section(data, "collections")
         built = {name: self.collection(name, body) for name, body in collections.items()}
+        database = self.database(_section(data, "database"))
+        tables = {c.table.schema for c in built.values() if c is not None}
         return Config(
             file=self.file,
-            database=self.database(_section(data, "database")),
-            store=self.store(_section(data, "store")),
+            database=database,
+            store=self.store(_section(data, "store"), database.url, tables),
             server=self.server(_section(data, "server")),
             auth=self.auth(_section(data, "auth")),
             limits=self.limits(_section(data, "limits")),
@@ -206,12 +210,25 @@ class Builder:
             pool_size=_typed(raw, "pool_size", int, defaults.pool_size),
         )
 
-    def store(self, raw: dict[str, Any]) -> StoreConfig:
+    def store(self, raw: dict[str, Any], app_url: str, app_schemas: set[str]) -> StoreConfig:
         defaults = StoreConfig()
         path = _typed(raw, "path", str, defaults.path)
         retention = self.duration(
             raw, ("store", "tombstone_retention"), defaults.tombstone_retention
         )
+        url = _typed(raw, "url", str, "").strip() or None
+        schema = _typed(raw, "schema", str, defaults.schema)
+        if url is not None:
+            if "path" in raw:
+                self.problems.add(
+                    ("store", "url"),
+                    "store.path and store.url name two stores: keep one (path: an embedded "
+                    "SQLite file; url: a PostgreSQL database)",
+                )
+            self.store_place(url, schema, app_url, app_schemas)
+            return StoreConfig(
+                path=defaults.path, tombstone_retention=retention, url=url, schema=schema
+            )
         if path == ":memory:":
             self.problems.add(
                 ("store", "path"),
@@ -219,6 +236,32 @@ class Builder:
                 "restarts (e.g. ./data/sidecar.db)",
             )
         return StoreConfig(path=self.store_path(path), tombstone_retention=retention)
+
+    def store_place(self, url: str, schema: str, app_url: str, app_schemas: set[str]) -> None:
+        """A PostgreSQL store never goes into the application's own schema: in the
+        application's database (same host, port and database name), its schema must be
+        neither `public` nor a schema of a synced table."""
+        try:
+            store, app = conninfo_to_dict(url), conninfo_to_dict(app_url)
+        except psycopg.ProgrammingError as error:
+            self.problems.add(("store", "url"), f"not a connection URL: {error}")
+            return
+
+        def place(info: Mapping[str, Any]) -> tuple[str, str, str]:
+            return (
+                str(info.get("host") or ""),
+                str(info.get("port") or "5432"),
+                str(info.get("dbname") or info.get("user") or ""),
+            )
+
+        if place(store) != place(app):
+            return
+        if schema == "public" or schema in app_schemas:
+            self.problems.add(
+                ("store", "schema"),
+                f"{schema!r} is the application's own schema in its database: give the store "
+                "a schema of its own (e.g. sidecar_store) or another database",
+            )
 
     def store_path(self, path: str) -> str:
         if path == ":memory:":

@@ -17,6 +17,8 @@ to two lists: the rows to rewrite in place and their entries to renumber.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.changes import Image
@@ -175,3 +177,71 @@ class Netting:
         touched.update(im.scopes)
         st.exists, st.version, st.changed = True, v, True
         st.rev, st.key, st.scopes, st.row, st.hidden = im.rev, im.key, im.scopes, im.row, im.hidden
+
+
+def _text(blob: bytes | None) -> str | None:
+    return None if blob is None else blob.decode()
+
+
+@dataclass(slots=True)
+class WritePlan:
+    """What a store writes for the rows the general replay changed: rows deleted (by
+    rowid), updated (rowid, version, rev, key, scopes, scope, row or None to keep it,
+    hidden), inserted (collection, ident, version, rev, key, scopes, scope, row, hidden);
+    entries deleted (scope, version), moved (scope, stored version, version, deleted,
+    key, rev), tombstones cleared (collection, ident, scope) and entries inserted (scope,
+    version, collection, ident, deleted, key, rev). JSON values as text; applied in this
+    order."""
+
+    row_deletes: list[int] = field(default_factory=list)
+    row_updates: list[tuple[Any, ...]] = field(default_factory=list)
+    row_inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    deletes: list[tuple[str, int]] = field(default_factory=list)
+    moves: list[tuple[Any, ...]] = field(default_factory=list)
+    clears: list[tuple[str, str, str]] = field(default_factory=list)
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def write_plan(states: Iterable[RowState]) -> WritePlan:
+    """The final state of the rows the general replay changed, and their entries.
+
+    A row ending in exactly one scope is its upsert entry there (`rows.scope`); any
+    other final entry is a record of `entries`. Each entry the batch touched goes from
+    where it was stored (in the row, at (scope, stored version), or nowhere but maybe
+    an old tombstone) to where it belongs now.
+    """
+    plan = WritePlan()
+    for st in states:
+        if not st.changed:
+            continue
+        coll, ident = st.collection, st.ident
+        single = st.scopes[0] if len(st.scopes) == 1 else None  # () once deleted
+        if st.rowid is None:
+            if st.exists:
+                plan.row_inserts.append(
+                    (coll, ident, st.version, st.rev, st.key.decode(), st.scopes, single,
+                     _text(st.row), st.hidden.decode())
+                )  # fmt: skip
+        elif not st.exists:
+            plan.row_deletes.append(st.rowid)
+        else:
+            plan.row_updates.append(
+                (st.rowid, st.version, st.rev, st.key.decode(), st.scopes, single,
+                 _text(st.row), st.hidden.decode())
+            )  # fmt: skip
+        stored, stored_in_row = st.stored_scopes, len(st.stored_scopes) == 1
+        for scope, (version, deleted, key, rev) in st.entries.items():
+            in_row = not deleted and scope == single
+            entry = (scope, version, coll, ident, deleted, _text(key), rev)
+            if scope not in stored:  # replacing the tombstone it may have left before
+                plan.clears.append((coll, ident, scope))
+                if not in_row:
+                    plan.inserts.append(entry)
+            elif stored_in_row:
+                if not in_row:
+                    plan.inserts.append(entry)
+            elif in_row:
+                plan.deletes.append((scope, st.stored_version))
+            else:
+                plan.moves.append((scope, st.stored_version, version, deleted, _text(key), rev))
+    return plan

@@ -39,7 +39,7 @@ from sidecar.store.base import (
     StoreState,
     StoreUnavailable,
 )
-from sidecar.store.netting import Netting, RowState, Stored
+from sidecar.store.netting import Netting, RowState, Stored, write_plan
 from sidecar.store.sqlite_errors import as_unavailable, writes
 from sidecar.store.sqlite_read import SQLiteReader
 from sidecar.store.sqlite_reconcile import SQLiteReconcile
@@ -79,11 +79,6 @@ def _load_chunk(
     rows: list[tuple[object, ...]], entries: list[tuple[str, int, str]]
 ) -> tuple[int, bytes, bytes | None]:
     return len(rows), orjson.dumps(rows), orjson.dumps(entries) if entries else None
-
-
-def _text(blob: bytes | None) -> str | None:
-    """A JSON blob as a str, to travel inside a JSON batch."""
-    return None if blob is None else blob.decode()
 
 
 class SQLiteStore(SQLiteReconcile, SQLiteReader):
@@ -365,61 +360,17 @@ class SQLiteStore(SQLiteReconcile, SQLiteReader):
         return {b[3] for b in batch}
 
     def _write_out(self, states: Iterable[RowState]) -> None:
-        """Write the final state of the rows the general replay changed, and their entries.
-
-        A row ending in exactly one scope is its upsert entry there (`rows.scope`); any
-        other final entry is a record of `entries`. Each entry the batch touched goes from
-        where it was stored (in the row, at (scope, stored version), or nowhere but maybe
-        an old tombstone) to where it belongs now.
-        """
-        row_deletes: list[int] = []
-        row_updates: list[tuple[object, ...]] = []
-        row_inserts: list[tuple[object, ...]] = []
-        deletes: list[tuple[str, int]] = []
-        moves: list[tuple[object, ...]] = []
-        clears: list[tuple[str, str, str]] = []
-        inserts: list[tuple[object, ...]] = []
-        for st in states:
-            if not st.changed:
-                continue
-            coll, ident = st.collection, st.ident
-            single = st.scopes[0] if len(st.scopes) == 1 else None  # () once deleted
-            if st.rowid is None:
-                if st.exists:
-                    row_inserts.append(
-                        (coll, ident, st.version, st.rev, st.key.decode(), st.scopes, single,
-                         _text(st.row), st.hidden.decode())
-                    )  # fmt: skip
-            elif not st.exists:
-                row_deletes.append(st.rowid)
-            else:
-                row_updates.append(
-                    (st.rowid, st.version, st.rev, st.key.decode(), st.scopes, single,
-                     _text(st.row), st.hidden.decode())
-                )  # fmt: skip
-            stored, stored_in_row = st.stored_scopes, len(st.stored_scopes) == 1
-            for scope, (version, deleted, key, rev) in st.entries.items():
-                in_row = not deleted and scope == single
-                entry = (scope, version, coll, ident, deleted, _text(key), rev)
-                if scope not in stored:  # replacing the tombstone it may have left before
-                    clears.append((coll, ident, scope))
-                    if not in_row:
-                        inserts.append(entry)
-                elif stored_in_row:
-                    if not in_row:
-                        inserts.append(entry)
-                elif in_row:
-                    deletes.append((scope, st.stored_version))
-                else:
-                    moves.append((scope, st.stored_version, version, deleted, _text(key), rev))
+        """Write the final state of the rows the general replay changed, and their entries
+        (`netting.write_plan`)."""
+        plan = write_plan(states)
         for sql, batch in (
-            (ROWS_DELETE, row_deletes),
-            (ROWS_UPDATE, row_updates),
-            (ROWS_INSERT, row_inserts),
-            (ENTRIES_DELETE, deletes),
-            (ENTRIES_MOVE, moves),
-            (TOMBSTONES_DELETE, clears),
-            (ENTRIES_INSERT, inserts),
+            (ROWS_DELETE, plan.row_deletes),
+            (ROWS_UPDATE, plan.row_updates),
+            (ROWS_INSERT, plan.row_inserts),
+            (ENTRIES_DELETE, plan.deletes),
+            (ENTRIES_MOVE, plan.moves),
+            (TOMBSTONES_DELETE, plan.clears),
+            (ENTRIES_INSERT, plan.inserts),
         ):
             if batch:
                 self._w.execute(sql, (orjson.dumps(batch),))

@@ -2,7 +2,8 @@
 
 `store` is a fresh store of each implementation in `tests/support/stores.py` (every
 contract test runs once per engine); `make_store` opens more of them, or the same one
-again (a reopen).
+again (a reopen). `place` is where the test keeps them: a temporary directory, and for
+PostgreSQL a fresh database of the test cluster (`pg_url`), one schema per store name.
 """
 
 from __future__ import annotations
@@ -16,20 +17,44 @@ import pytest
 
 from sidecar.changes import Image, rev_of
 from sidecar.store.base import StoredRow, StoreReader
-from tests.support.stores import STORES, InspectableStore, RowWrite, write
+from tests.support.stores import (
+    NEEDS_POSTGRES,
+    STORES,
+    InspectableStore,
+    Place,
+    RowWrite,
+    write,
+)
 
 
 @pytest.fixture(params=sorted(STORES))
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each store engine in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def place(request: pytest.FixtureRequest, engine: str, tmp_path: Path) -> Callable[[str], Place]:
+    """Where the test's store named `name` lives ("": the test's store)."""
+    url = request.getfixturevalue("pg_url") if engine in NEEDS_POSTGRES else None
+
+    def at(name: str = "") -> Place:
+        directory = tmp_path / name
+        directory.mkdir(exist_ok=True)
+        return Place(directory, url, f"store_{name}" if name else "sidecar_store")
+
+    return at
+
+
+@pytest.fixture
 def make_store(
-    request: pytest.FixtureRequest, tmp_path: Path
+    engine: str, place: Callable[[str], Place]
 ) -> Iterator[Callable[..., InspectableStore]]:
     opened: list[InspectableStore] = []
 
     def make(name: str = "") -> InspectableStore:
         """The test's store (again, if opened before); `name`: another one."""
-        directory = tmp_path / name
-        directory.mkdir(exist_ok=True)
-        s = STORES[request.param](directory)
+        s = STORES[engine](place(name))
         opened.append(s)
         return s
 

@@ -4,23 +4,23 @@ pruned."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from sidecar.store.base import PendingMutations, PendingRecord
-from sidecar.store.sqlite_pending import SQLitePending, pending_path
+from tests.support.stores import PENDING, Place
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return pending_path(tmp_path / "store.db")
+def opener(engine: str, place: Callable[[str], Place]) -> Callable[[], PendingMutations]:
+    """Opens the test's pending ids (again, as after a restart), of each engine."""
+    return lambda: PENDING[engine](place(""))
 
 
 @pytest.fixture
-def pending(path: Path) -> Iterator[PendingMutations]:
-    p = SQLitePending(path)
+def pending(opener: Callable[[], PendingMutations]) -> Iterator[PendingMutations]:
+    p = opener()
     yield p
     p.close()
 
@@ -29,11 +29,11 @@ def rec(subject: str, mid: str, xid: int = 100, rev: str | None = "r") -> Pendin
     return PendingRecord(subject, mid, xid, rev, "sys/db/lineage")
 
 
-def test_records_are_per_subject_and_survive_reopening(path: Path) -> None:
-    first = SQLitePending(path)
+def test_records_are_per_subject_and_survive_reopening(opener) -> None:
+    first = opener()
     first.record([rec("u1", "m1", 10, "a"), rec("u1", "m2", 10, None), rec("u2", "m1", 11, "b")])
     first.close()  # as a crash would leave it: each record() is its own committed txn
-    again = SQLitePending(path)
+    again = opener()
     try:
         assert again.lookup("u1", ["m1", "m2", "m3"]) == {
             "m1": rec("u1", "m1", 10, "a"),
@@ -70,13 +70,13 @@ def test_prune_drops_captured_and_old_records(pending: PendingMutations) -> None
     assert pending.lookup("u1", ["waiting"]) == {}
 
 
-def test_covered_from_is_set_once_and_survives_reopening(path: Path) -> None:
-    first = SQLitePending(path)
+def test_covered_from_is_set_once_and_survives_reopening(opener) -> None:
+    first = opener()
     assert first.covered_from() is None
     first.cover_from(1000)
     first.cover_from(2000)  # the first position stays
     first.close()
-    again = SQLitePending(path)
+    again = opener()
     try:
         assert again.covered_from() == 1000
     finally:

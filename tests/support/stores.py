@@ -1,7 +1,9 @@
 """The store implementations the contract suite runs over, and store operations that only
 tests use (the service never calls them, so they are in no role of `store/base.py`).
 
-A second store engine is one more entry in `STORES`.
+A store engine is one entry in `STORES` (and one in `PENDING`): a function of a
+`Place`, where a test keeps its stores — a directory for SQLite, a fresh database for
+PostgreSQL (one schema per store name).
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ from pathlib import Path
 from typing import Protocol
 
 from sidecar.changes import Image
-from sidecar.store.base import ChangeStore, RowChange, StoredRow, StoreWriter
+from sidecar.store.base import (
+    ChangeStore,
+    PendingMutations,
+    RowChange,
+    StoredRow,
+    StoreWriter,
+)
+from sidecar.store.pg import PGStore
+from sidecar.store.pg_pending import PGPending
 from sidecar.store.sqlite import SQLiteStore
+from sidecar.store.sqlite_pending import SQLitePending, pending_path
 
 
 class InspectableStore(ChangeStore, Protocol):
@@ -23,9 +34,34 @@ class InspectableStore(ChangeStore, Protocol):
     def get_rows(self, collection: str, idents: Iterable[str]) -> dict[str, StoredRow]: ...
 
 
-# name → a store in the given (empty, or the same again to reopen) directory
-STORES: dict[str, Callable[[Path], InspectableStore]] = {
-    "sqlite": lambda d: SQLiteStore(d / "store.db"),
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a test's store lives: `directory` (empty, or the same again to reopen), and
+    for the engines that need a server `url` (a fresh database of the test's own) and
+    `schema` (one per store name)."""
+
+    directory: Path
+    url: str | None = None
+    schema: str = "sidecar_store"
+
+    def pg(self) -> str:
+        assert self.url is not None, "this engine needs a PostgreSQL database (pg_url)"
+        return self.url
+
+
+# engines that keep their store in PostgreSQL (their tests need a database)
+NEEDS_POSTGRES = frozenset({"postgresql"})
+
+# name → a store at the given place
+STORES: dict[str, Callable[[Place], InspectableStore]] = {
+    "sqlite": lambda p: SQLiteStore(p.directory / "store.db"),
+    "postgresql": lambda p: PGStore(p.pg(), p.schema),
+}
+
+# name → the pending mutation ids that go with that engine's store at the place
+PENDING: dict[str, Callable[[Place], PendingMutations]] = {
+    "sqlite": lambda p: SQLitePending(pending_path(p.directory / "store.db")),
+    "postgresql": lambda p: PGPending(p.pg(), p.schema),
 }
 
 

@@ -436,6 +436,29 @@ def test_store_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
     assert load_config_text(MINIMAL, env={}).store.path == StoreConfig().path
 
 
+def test_store_url_chooses_a_postgresql_store() -> None:
+    env = {"STORE_URL": "postgresql://sc@store-db:5432/state", "STORE_SCHEMA": "sync"}
+    st = load(MINIMAL + 'store: {url: "${STORE_URL}", schema: "${STORE_SCHEMA}"}\n', env).store
+    assert (st.url, st.schema) == ("postgresql://sc@store-db:5432/state", "sync")
+    st = load(MINIMAL + "store: {url: postgresql://localhost/app}\n").store
+    assert (st.url, st.schema) == ("postgresql://localhost/app", "sidecar_store")  # own schema
+    assert load(MINIMAL).store.url is None
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        # the application's own database and schema (as database.url names it)
+        ("{url: 'postgresql://localhost/app', schema: public}", "application's own schema"),
+        ("{url: 'postgresql://localhost:5432/app', schema: public}", "application's own schema"),
+        ("{url: 'postgresql://localhost/app', path: x.db}", "keep one"),
+        ("{url: 'postgresql://localhost/app', schema: 'Bad-Name'}", "store.schema"),
+    ],
+)
+def test_a_store_in_the_applications_schema_is_refused(store: str, message: str) -> None:
+    assert message in str(only(problems(MINIMAL + f"store: {store}\n")))
+
+
 def test_a_large_alias_expansion_is_refused() -> None:
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n"
