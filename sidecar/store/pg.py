@@ -148,6 +148,8 @@ class PGStore(PGReconcile, PGReader):
             backfill=m.get("backfill"),
             rules=m.get("rules"),
             lineage=m.get("lineage", ""),
+            # not recorded (an older store): its grants may have changed at its version
+            grants_version=int(m.get("grants_version") or m.get("version") or 0),
         )
 
     @property

@@ -49,21 +49,12 @@ def _page(
     limit: int,
     max_bytes: int | None,
 ) -> PageData:
-    out: list[bytes] = []
-    size = 0
-    last = after
-    for version, deleted, collection, key, rev, data in rows:
-        if len(out) == limit:
-            return PageData(out, last, True)
-        line = lines.line(
-            version, deleted, collection, key.encode(), rev, b"" if data is None else data.encode()
-        )
-        size += len(line) + 1
-        if out and max_bytes is not None and size > max_bytes:
-            return PageData(out, last, True)
-        out.append(line)
-        last = version
-    return PageData(out, last, False)
+    """`ChangeLines.page` over rows whose key and row come back as text."""
+    encoded = (
+        (v, d, c, key.encode(), rev, b"" if data is None else data.encode())
+        for v, d, c, key, rev, data in rows
+    )
+    return PageData(*lines.page(encoded, after, limit, max_bytes))
 
 
 def _read_page(
@@ -93,8 +84,11 @@ class PGView:
     def __init__(self, conn: psycopg.Connection[Any], lines: ChangeLines) -> None:
         self.conn = conn
         self.lines = lines
-        row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        self.version = int(row[0]) if row else 0
+        meta = dict(
+            conn.execute("SELECT key, value FROM meta WHERE key IN ('version', 'grants_version')")
+        )
+        self.version = int(meta.get("version", 0))
+        self.grants_version = int(meta.get("grants_version", self.version))
 
     def grants(self, lookup: str, scopes: Sequence[str], at: int) -> list[str]:
         rows = self.conn.execute(GRANTS_AT, (lookup, list(scopes), at, at))

@@ -85,6 +85,7 @@ class PGReconcile:
         touched = self._grants(changes, self._version + 1)
         if touched:
             self._version += 1
+            self._set_meta(grants_version=self._version)
         return touched
 
     @writes(batch=True)
@@ -97,6 +98,7 @@ class PGReconcile:
         touched = {f"{lookup}|{scope}" for lookup, scope in rows}
         if touched:
             self._version += 1
+            self._set_meta(grants_version=self._version)
         return touched
 
     # -- reconciling -------------------------------------------------------------------------
@@ -171,7 +173,8 @@ class PGReconcile:
         text = rules(since)
         if text != self._meta("rules"):
             self._version = since  # cursors from now on name the new rules
-            self._set_meta(rules=text)
+            # a caller's scopes may change here as with a grant (see `grants_version`)
+            self._set_meta(rules=text, grants_version=since)
 
     @writes(batch=True)
     def drop_collections(self, collections: Sequence[str]) -> None:
