@@ -248,7 +248,10 @@ def test_a_batch_applies_as_its_changes_one_by_one(make_store, seed):
     rnd = random.Random(seed)
     batched, single = make_store(), make_store("single")
     cursors = [0]
-    for step in range(25):
+    # The netting is the same code over every engine: a server engine (a round trip per
+    # statement) replays shorter sequences, so that the suite stays within its time.
+    steps = 25 if "sqlite" in type(batched).__module__ else 8
+    for step in range(steps):
         batch = _random_batch(rnd, 8)
         changes = [
             RowChange(c, orjson.dumps({"id": i}).decode() if im is None else None, im)
