@@ -53,6 +53,27 @@ class StoreState:
     # scopes at any version from it to `version` are the same.
     grants_version: int = 0
 
+    @classmethod
+    def from_meta(cls, m: Mapping[str, str]) -> StoreState:
+        """The state as a store's `meta` table (key → text value) records it."""
+        return cls(
+            epoch=m["epoch"],
+            lsn=int(m.get("lsn", 0)),
+            version=int(m.get("version", 0)),
+            snapshot_done=m.get("snapshot_done") == "1",
+            purged_version=int(m.get("purged_version", 0)),
+            slot=m.get("slot"),
+            system_id=m.get("system_id"),
+            database=m.get("database"),
+            shape=m.get("shape"),
+            acked_lsn=int(m.get("acked_lsn", 0)),
+            backfill=m.get("backfill"),
+            rules=m.get("rules"),
+            lineage=m.get("lineage", ""),
+            # not recorded (an older store): its grants may have changed at its version
+            grants_version=int(m.get("grants_version") or m.get("version") or 0),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StoredRow:

@@ -149,23 +149,7 @@ class SQLiteStore(SQLiteReconcile, SQLiteReader):
 
     def _load_state(self) -> StoreState:
         m = dict(self._w.execute("SELECT key, value FROM meta").fetchall())
-        return StoreState(
-            epoch=m["epoch"],
-            lsn=int(m.get("lsn", 0)),
-            version=int(m.get("version", 0)),
-            snapshot_done=m.get("snapshot_done") == "1",
-            purged_version=int(m.get("purged_version", 0)),
-            slot=m.get("slot"),
-            system_id=m.get("system_id"),
-            database=m.get("database"),
-            shape=m.get("shape"),
-            acked_lsn=int(m.get("acked_lsn", 0)),
-            backfill=m.get("backfill"),
-            rules=m.get("rules"),
-            lineage=m.get("lineage", ""),
-            # not recorded (an older store): its grants may have changed at its version
-            grants_version=int(m.get("grants_version") or m.get("version") or 0),
-        )
+        return StoreState.from_meta(m)
 
     @property
     def _in_txn(self) -> bool:
