@@ -126,8 +126,7 @@ async def run(
             raise
     except Aborted as abort:
         refused = aborted(mutations, abort.result, abort.results)
-        for m, r in zip(mutations, refused, strict=True):
-            px._log(principal, m, r)  # refused writes are audited too
+        px._log_all(principal, mutations, refused)  # refused writes are logged too
         return _result(refused, None, None)
     failpoints.hit("push.after_commit")  # tests: die between COMMIT and the response
     subject = principal.subject
