@@ -153,7 +153,8 @@ async def _transaction(
     subject = principal.subject
     ids = [m.id for m in mutations]
     # A mutation this process applied recently is a duplicate: its row is not locked.
-    fresh = [m for m in mutations if px.recalled(subject, m.id) is None]
+    recalled = px.recalled_many(subject, ids)
+    fresh = [m for m in mutations if m.id not in recalled]
     # round trip 1: BEGIN, the id locks, the row locks
     await send(conn, "BEGIN")
     locking = await send(conn, LOCK_IDS, (subject, subject, sorted(ids)))

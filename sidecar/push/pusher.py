@@ -189,6 +189,14 @@ class Pusher:
         applied again), as the store's and the pending records are not."""
         return self.recent.get((idempotency.origin_of(self.store), subject, mid))
 
+    def recalled_many(self, subject: str, ids: Sequence[str]) -> dict[str, MutationResult]:
+        """`recalled` of a batch's ids (the lineage read once): the ones recalled, by id."""
+        if not self.recent:
+            return {}
+        origin = idempotency.origin_of(self.store)
+        get = self.recent.get
+        return {i: hit for i in ids if (hit := get((origin, subject, i))) is not None}
+
     # -- entry point ---------------------------------------------------------------------
 
     async def push(
@@ -320,7 +328,8 @@ class Pusher:
                 try:
                     # A mutation this process applied recently is a duplicate: its row
                     # is not locked for nothing.
-                    fresh = [m for m in mutations if self.recalled(subject, m.id) is None]
+                    recalled = self.recalled_many(subject, ids)
+                    fresh = [m for m in mutations if m.id not in recalled]
                     current = await self._lock_rows(conn, principal, fresh)
                     plans = [(m, self._plan(principal, m, current.get(m.id))) for m in mutations]
                     duplicates = await finding
@@ -449,14 +458,9 @@ class Pusher:
         """The subject's ids already applied (`duplicate`), read after their locks were
         taken: this process's recent pushes, then `idempotency.applied_before`. Another
         subject's mutation of the same id is not a duplicate."""
-        found: dict[str, MutationResult] = {}
-        unknown = []
-        for i in ids:
-            hit = self.recalled(subject, i)
-            if hit is not None:
-                found[i] = MutationResult(i, "duplicate", rev=hit.rev)
-            else:
-                unknown.append(i)
+        recalled = self.recalled_many(subject, ids)
+        found = {i: MutationResult(i, "duplicate", rev=hit.rev) for i, hit in recalled.items()}
+        unknown = [i for i in ids if i not in found]
         if not unknown:
             return found
         found.update(
