@@ -27,9 +27,14 @@ def quiet_logs() -> None:
 
 
 @contextmanager
-def postgres() -> Iterator[EmbeddedPostgres]:
+def postgres(fsync: bool = False) -> Iterator[EmbeddedPostgres]:
+    """A private server; `fsync`: with its commits durable, as in production (the
+    embedded server runs without, as the tests do)."""
     quiet_logs()
-    pg = EmbeddedPostgres(settings={"max_wal_size": "'4GB'", "checkpoint_timeout": "'30min'"})
+    settings = {"max_wal_size": "'4GB'", "checkpoint_timeout": "'30min'"}
+    if fsync:
+        settings["fsync"] = "on"
+    pg = EmbeddedPostgres(settings=settings)
     pg.start()
     try:
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:

@@ -3,6 +3,10 @@
 Reference: the same UPDATEs sent directly with psycopg (`executemany` in transactions of
 100), in the same run, against the same table. Target: ≥ 0.5× direct SQL.
 
+The embedded PostgreSQL runs with `fsync=off` (as in the tests) while the sidecar fsyncs
+a push's pending mutation ids before each COMMIT (`push/idempotency.py`): `--pg-fsync`
+makes both sides pay for durability, as in production.
+
 The HTTP client encodes and decodes JSON with orjson, as a native mobile client would
 with its platform's encoder: the time measured is the sidecar's, not the json module's.
 """
@@ -34,8 +38,8 @@ COLLECTIONS = """
 """
 
 
-async def run(rows: int, batch: int) -> dict[str, float]:
-    with postgres() as pg, tempfile.TemporaryDirectory() as tmp:
+async def run(rows: int, batch: int, fsync: bool = False) -> dict[str, float]:
+    with postgres(fsync) as pg, tempfile.TemporaryDirectory() as tmp:
         dsn = pg.dsn("bench")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
@@ -112,8 +116,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--pg-fsync",
+        action="store_true",
+        help="run PostgreSQL with fsync on, as in production: the sidecar makes a push's "
+        "mutation ids durable (fsync) before its COMMIT whatever the server does, so without "
+        "it only the reference skips the disk",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.rows, args.batch))
+    asyncio.run(run(args.rows, args.batch, args.pg_fsync))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from sidecar.catalog import ColumnInfo
 from sidecar.errors import InvalidRequest, PayloadTooLarge, SidecarError, ValidationFailed
 from sidecar.pgtypes import parse_type_name
+from sidecar.values import JsonRow
 
 Op = Literal["insert", "update", "delete"]
 Status = Literal["applied", "duplicate", "conflict", "rejected"]
@@ -53,7 +54,9 @@ class MutationResult:
         out: dict[str, Any] = {"id": self.id, "status": self.status}
         if self.rev is not None:
             out["rev"] = self.rev
-        if self.row is not None:
+        if type(self.row) is JsonRow:  # the row's JSON as the store has it, never read
+            out["row"] = self.row.fragment()
+        elif self.row is not None:
             out["row"] = dict(self.row)
         if self.error is not None:
             out["error"] = dict(self.error)

@@ -38,7 +38,12 @@ from sidecar.preflight import (
 )
 from sidecar.pull import Puller, schema_version
 from sidecar.push import Pusher, PushResult
-from sidecar.push.breaker import Breaker, connect_probe, reporting_connection
+from sidecar.push.breaker import (
+    Breaker,
+    check_on_checkout,
+    connect_probe,
+    reporting_connection,
+)
 from sidecar.ratelimit import RateLimiter
 from sidecar.store.base import ChangeStore, PendingMutations
 from sidecar.store.open import open_pending, open_store
@@ -126,7 +131,7 @@ def _push_pool(config: Config, breaker: Breaker, timeouts: dict[str, str]) -> As
         kwargs=kwargs,
         connection_class=reporting_connection(breaker),
         configure=_configure,
-        check=AsyncConnectionPool.check_connection,
+        check=check_on_checkout,
         reconnect_timeout=POOL_RECONNECT,
         open=False,
         name="sidecar-push",

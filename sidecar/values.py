@@ -27,7 +27,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -353,6 +353,39 @@ def loads_exact(data: bytes | str, levels: int = 2) -> Any:
             return value
     text = data if isinstance(data, str) else bytes(data).decode()
     return _split(text, levels)
+
+
+class JsonRow(Mapping[str, Any]):
+    """A JSON object (a row as the store keeps it) held as its text, read (`loads_exact`)
+    only when looked into: a push answers with rows it never looks into, and `as_json`
+    hands the text to orjson as it is (`fragment`)."""
+
+    __slots__ = ("_value", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._value: dict[str, Any] | None = None
+
+    def _dict(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = loads_exact(self.raw)
+        return self._value
+
+    def __getitem__(self, name: str) -> Any:
+        return self._dict()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return f"JsonRow({self.raw!r})"
+
+    def fragment(self) -> orjson.Fragment:
+        """The object for orjson: its text, as it is."""
+        return orjson.Fragment(self.raw)
 
 
 def _split(text: str, levels: int) -> dict[str, Any]:

@@ -81,6 +81,32 @@ class MutationMessage:
         it (clients match their writes by it)."""
         return orjson.dumps({**self.outcome(), "xid": xid})
 
+    @staticmethod
+    def record_of(
+        content: bytes | bytearray | memoryview, xid: int
+    ) -> tuple[str, str | None, str | None, bytes]:
+        """What the store records of a message (capture's per-mutation path): its id,
+        subject, device and `outcome_json(xid)` — the same as `decode(content)` gives,
+        without building the message. Raises :class:`MalformedMessage` as `decode` does."""
+        try:
+            body = orjson.loads(content)
+            mutation_id = str(body["id"])
+            o = body.get("outcome", {})
+            if not isinstance(o, dict):
+                raise TypeError("outcome is not an object")
+            outcome = {
+                "status": o.get("status"),
+                "rev": o.get("rev"),
+                "collection": o.get("collection"),
+                "op": o.get("op"),
+                "key": o.get("key"),
+                "client_time": o.get("client_time"),
+                "xid": xid,
+            }
+            return mutation_id, body.get("sub"), body.get("dev"), orjson.dumps(outcome)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise MalformedMessage(f"not a sidecar mutation record: {exc}") from None
+
     @classmethod
     def decode(cls, content: bytes | bytearray | memoryview) -> MutationMessage:
         """Read a message's content; raise :class:`MalformedMessage` if it is not one of ours.

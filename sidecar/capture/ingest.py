@@ -313,20 +313,12 @@ class Ingest:
 
     def _on_message(self, msg: po.LogicalMessage) -> None:
         try:
-            m = MutationMessage.decode(msg.content)
+            # The transaction id travels with the outcome: clients match their writes by it.
+            mid, subject, device, outcome = MutationMessage.record_of(msg.content, self._txn_xid)
         except MalformedMessage:
             log.warning("ignored malformed sidecar message", lsn=lsn_to_str(msg.lsn))
             return
-        # The transaction id travels with the outcome: clients match their writes by it.
-        self._mutations.append(
-            MutationRecord(
-                id=m.mutation_id,
-                subject=m.subject,
-                device=m.device,
-                lsn=msg.lsn,
-                outcome=m.outcome_json(self._txn_xid),
-            )
-        )
+        self._mutations.append(MutationRecord(mid, subject, device, msg.lsn, outcome))
 
     # -- writing -------------------------------------------------------------------------
 

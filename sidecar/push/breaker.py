@@ -6,7 +6,7 @@ opens it: from then on a push answers `503 unavailable` with `Retry-After` at on
 of each one waiting for a connection that cannot come, while a probe tries to connect in
 the background with backoff. The first probe that connects and runs `SELECT 1` closes it
 again (half-open → closed): pushes flow, through a pool that replaced its broken
-connections (it checks each connection on checkout).
+connections (it checks each connection on checkout: `check_on_checkout`).
 
 `/readyz` reports an open breaker ("database unavailable for writes"); the reason kept for
 clients never names the database's host or port (only the log does).
@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import select
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import psycopg
 import structlog
+from psycopg_pool import AsyncConnectionPool
 
 from sidecar.errors import Unavailable
 from sidecar.values import shut_down
@@ -176,3 +178,16 @@ def reporting_connection(breaker: Breaker) -> type[psycopg.AsyncConnection[Any]]
                 raise
 
     return _Connection
+
+
+async def check_on_checkout(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check of a connection before a push gets it. An idle connection has
+    nothing to read: if the server sent something meanwhile (it terminated the session,
+    shut down or closed the socket) it is checked with a round trip, which raises for a
+    dead one (the pool replaces it); one with nothing to read costs no round trip. (A
+    host that stopped answering is caught by the push's own deadline, as before.)"""
+    if conn.broken or conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)

@@ -81,7 +81,8 @@ def _lookup(
     records = pending.lookup(subject, list(ids))
     if not read_store:
         return records, None
-    return records, {i: store.mutation(subject, i) for i in ids if i not in records}
+    stored = store.mutations(subject, [i for i in ids if i not in records])
+    return records, {i: stored.get(i) for i in ids if i not in records}
 
 
 class CaptureProgress(Protocol):
@@ -141,7 +142,7 @@ async def applied_before(
                     "mutations were already applied — retry",
                     retry_after=2,
                 )
-            stored = await asyncio.to_thread(lambda: {i: store.mutation(subject, i) for i in rest})
+            stored = dict(await asyncio.to_thread(store.mutations, subject, rest))
         for i in rest:
             rec = stored.get(i)
             if rec is not None:

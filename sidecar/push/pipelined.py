@@ -126,8 +126,7 @@ async def run(
             raise
     except Aborted as abort:
         refused = aborted(mutations, abort.result, abort.results)
-        for m, r in zip(mutations, refused, strict=True):
-            px._log(principal, m, r)  # refused writes are audited too
+        px._log_all(principal, mutations, refused)  # refused writes are logged too
         return _result(refused, None, None)
     failpoints.hit("push.after_commit")  # tests: die between COMMIT and the response
     subject = principal.subject
@@ -154,7 +153,8 @@ async def _transaction(
     subject = principal.subject
     ids = [m.id for m in mutations]
     # A mutation this process applied recently is a duplicate: its row is not locked.
-    fresh = [m for m in mutations if px.recalled(subject, m.id) is None]
+    recalled = px.recalled_many(subject, ids)
+    fresh = [m for m in mutations if m.id not in recalled]
     # round trip 1: BEGIN, the id locks, the row locks
     await send(conn, "BEGIN")
     locking = await send(conn, LOCK_IDS, (subject, subject, sorted(ids)))

@@ -37,17 +37,18 @@ from sidecar.errors import Conflict, Forbidden, NotFound, SidecarError, Validati
 from sidecar.mutations import Mutation, MutationResult, check_value, rejected
 from sidecar.permissions import Permissions
 from sidecar.push import conflicts
-from sidecar.values import loads_exact, to_json_value
+from sidecar.values import JsonRow, to_json_value
 from sidecar.walmessage import MutationMessage
 
 
 @dataclass(frozen=True, slots=True)
 class Current:
-    """A locked row: its JSON values, rev, whether the caller may see it now (read rule)
-    and whether it may write it (its write scope: the read rule and `write.where`)."""
+    """A locked row (its mutation's key passed `check_key`): its typed values, JSON, rev,
+    whether the caller may see it now (read rule) and whether it may write it (its write
+    scope: the read rule and `write.where`)."""
 
     values: Mapping[str, Any]  # typed values of route.needed
-    row: Mapping[str, Any]  # JSON form of the exposed columns
+    row: Mapping[str, Any]  # JSON form of the exposed columns (a `JsonRow`: read if needed)
     rev: str
     readable: bool
     writable: bool
@@ -96,7 +97,8 @@ def plan(
         raise Forbidden(f"{m.op} is not allowed on collection {m.collection!r}")
     if permissions is not None and not permissions.can_write(principal, route.config):
         raise Forbidden(f"your token does not allow writing {m.collection!r} (scope or roles)")
-    check_key(route, m)
+    if current is None:  # a locked row's key passed `check_key` before it was locked
+        check_key(route, m)
     if m.op == "insert":
         return _plan_insert(principal, route, m, current)
     if current is None or not current.readable:
@@ -295,7 +297,7 @@ def verdict(
         unsendable = ValidationFailed(f"the written row cannot be sent to clients: {exc}")
         return rejected(m.id, unsendable), None
     key = orjson.loads(image.key)
-    result = MutationResult(m.id, "applied", rev=image.rev, row=loads_exact(image.row))
+    result = MutationResult(m.id, "applied", rev=image.rev, row=JsonRow(image.row))
     return result, record(principal, route, m, image.rev, key)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,7 @@ from sidecar.push.plan import (
     with_body_pointers,
 )
 from sidecar.store.base import PendingMutations, StoreReader
-from sidecar.values import loads_exact
+from sidecar.values import JsonRow
 
 log = structlog.get_logger("sidecar.push")
 
@@ -188,6 +189,14 @@ class Pusher:
         applied again), as the store's and the pending records are not."""
         return self.recent.get((idempotency.origin_of(self.store), subject, mid))
 
+    def recalled_many(self, subject: str, ids: Sequence[str]) -> dict[str, MutationResult]:
+        """`recalled` of a batch's ids (the lineage read once): the ones recalled, by id."""
+        if not self.recent:
+            return {}
+        origin = idempotency.origin_of(self.store)
+        get = self.recent.get
+        return {i: hit for i in ids if (hit := get((origin, subject, i))) is not None}
+
     # -- entry point ---------------------------------------------------------------------
 
     async def push(
@@ -227,6 +236,13 @@ class Pusher:
                 ) from None
             except (psycopg.OperationalError, TimeoutError) as exc:  # lost, shut down, silent
                 silent = isinstance(exc, TimeoutError)
+                if not silent and attempt < RETRIES - 1:
+                    # A connection lost (terminated, the server restarting): again on
+                    # another one, which the pool checks or makes (a database that is
+                    # down opens the breaker there). Safe whatever the lost transaction
+                    # did: a mutation it committed is answered `duplicate`.
+                    log.info("push: connection lost; again on another", error=str(exc)[:200])
+                    continue
                 error = "no answer" if silent else str(exc).strip()[:200]
                 log.warning("push: database unavailable", error=error)
                 self.breaker.failed(
@@ -312,7 +328,8 @@ class Pusher:
                 try:
                     # A mutation this process applied recently is a duplicate: its row
                     # is not locked for nothing.
-                    fresh = [m for m in mutations if self.recalled(subject, m.id) is None]
+                    recalled = self.recalled_many(subject, ids)
+                    fresh = [m for m in mutations if m.id not in recalled]
                     current = await self._lock_rows(conn, principal, fresh)
                     plans = [(m, self._plan(principal, m, current.get(m.id))) for m in mutations]
                     duplicates = await finding
@@ -343,8 +360,7 @@ class Pusher:
                     failpoints.hit("push.before_commit")  # tests: die with ids pending
         except Aborted as abort:
             refused = aborted(mutations, abort.result, results)
-            for m, r in zip(mutations, refused, strict=True):
-                self._log(principal, m, r)  # refused writes are audited too
+            self._log_all(principal, mutations, refused)  # refused writes are logged too
             return PushResult(refused, None)
         failpoints.hit("push.after_commit")  # tests: die between COMMIT and the response
         lsn = None
@@ -402,27 +418,27 @@ class Pusher:
         """The mutation decided against its locked row (`plan.py`)."""
         return plan_safely(self.routes[m.collection], self.permissions, principal, m, current)
 
-    def _log(self, principal: Principal, m: Mutation, r: MutationResult) -> None:
-        self._log_all(principal, [m], [r])
-
     def _log_all(
         self,
         principal: Principal,
         mutations: Sequence[Mutation],
         results: Sequence[MutationResult],
     ) -> None:
-        """One `mutation` line per mutation (the logger bound once per batch)."""
+        """One `push` line per batch at info: how many mutations had each outcome, and
+        each one that was neither applied nor a duplicate (id, collection, op, key,
+        outcome, code). A `mutation` line per mutation at debug only: a line costs more
+        than applying the mutation (the applied ones are in the audit trail, `/v1/audit`)."""
         bound = log.bind(subject=principal.subject, device=principal.device)
+        outcomes: dict[str, int] = {}
+        refused = []
         for m, r in zip(mutations, results, strict=True):
-            bound.info(
-                "mutation",
-                mutation_id=m.id,
-                collection=m.collection,
-                op=m.op,
-                key=dict(m.key),
-                outcome=r.status,
-                code=(r.error or {}).get("code"),
-            )
+            outcomes[r.status] = outcomes.get(r.status, 0) + 1
+            if r.status not in _ROUTINE:
+                refused.append(_line(m, r))
+        bound.info("push", mutations=len(mutations), outcomes=outcomes, refused=refused)
+        if bound.is_enabled_for(logging.DEBUG):
+            for m, r in zip(mutations, results, strict=True):
+                bound.debug("mutation", **_line(m, r))
 
     # -- idempotency ---------------------------------------------------------------------
 
@@ -442,14 +458,9 @@ class Pusher:
         """The subject's ids already applied (`duplicate`), read after their locks were
         taken: this process's recent pushes, then `idempotency.applied_before`. Another
         subject's mutation of the same id is not a duplicate."""
-        found: dict[str, MutationResult] = {}
-        unknown = []
-        for i in ids:
-            hit = self.recalled(subject, i)
-            if hit is not None:
-                found[i] = MutationResult(i, "duplicate", rev=hit.rev)
-            else:
-                unknown.append(i)
+        recalled = self.recalled_many(subject, ids)
+        found = {i: MutationResult(i, "duplicate", rev=hit.rev) for i, hit in recalled.items()}
+        unknown = [i for i in ids if i not in found]
         if not unknown:
             return found
         found.update(
@@ -502,8 +513,23 @@ class Pusher:
             m = ms[row[0]]
             values = dict(zip(route.needed, row[3:], strict=True))
             image = route.image_of_values(values)
-            row_json = loads_exact(image.row)
-            out[m.id] = Current(values, row_json, image.rev, bool(row[1]), bool(row[2]))
+            # the row's JSON is read only if the plan looks into it (a conflict, `merge`)
+            out[m.id] = Current(values, JsonRow(image.row), image.rev, bool(row[1]), bool(row[2]))
+
+
+_ROUTINE = frozenset({"applied", "duplicate"})
+
+
+def _line(m: Mutation, r: MutationResult) -> dict[str, Any]:
+    """A mutation and its outcome as log fields."""
+    return {
+        "mutation_id": m.id,
+        "collection": m.collection,
+        "op": m.op,
+        "key": dict(m.key),
+        "outcome": r.status,
+        "code": (r.error or {}).get("code"),
+    }
 
 
 async def _never() -> None:

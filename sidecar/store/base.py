@@ -221,6 +221,10 @@ class StoreReader(Protocol):
         that subject; mutation ids are unique per subject only)."""
         ...
 
+    def mutations(self, subject: str, ids: Sequence[str]) -> dict[str, MutationRecord]:
+        """`mutation` of many ids in one read: the recorded ones, by id."""
+        ...
+
     def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
         """The recorded mutations of one row (key: JSON object), newest first."""
         ...

@@ -26,6 +26,7 @@ from sidecar.store.pg_sql import (
     GRANTS_AT,
     GRANTS_CHANGED,
     MUTATION,
+    MUTATIONS,
     PULL,
     PULL_LIVE,
     ROW_XIDS,
@@ -160,6 +161,14 @@ class PGReader:
         with self._pool.connection() as conn:
             row = conn.execute(MUTATION, (subject, mutation_id)).fetchone()
         return None if row is None else _record(row)
+
+    def mutations(self, subject: str, ids: Sequence[str]) -> dict[str, MutationRecord]:
+        """`mutation` of many ids in one read: the recorded ones, by id."""
+        if not ids:
+            return {}
+        with self._pool.connection() as conn:
+            rows = conn.execute(MUTATIONS, (subject, list(ids))).fetchall()
+        return {r[0]: _record(r) for r in rows}
 
     def row_xids(self, collection: str, keys: Sequence[str], subject: str) -> dict[str, int]:
         """For row keys (JSON objects as change lines carry them), the transaction id of

@@ -199,6 +199,9 @@ FROM entries e LEFT JOIN rows r ON r.collection = e.collection AND r.ident = e.i
 WHERE e.scope = %(scope)s AND (e.deleted = 0 OR e.version > %(after)s)
 """
 MUTATION = "SELECT id, subject, device, lsn, outcome FROM mutations WHERE subject = %s AND id = %s"
+MUTATIONS = (
+    "SELECT id, subject, device, lsn, outcome FROM mutations WHERE subject = %s AND id = ANY(%s)"
+)
 AUDIT = """
 SELECT id, subject, device, lsn, outcome FROM mutations
 WHERE outcome::jsonb ->> 'collection' = %s AND outcome::jsonb -> 'key' = %s::jsonb

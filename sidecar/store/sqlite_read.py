@@ -114,6 +114,22 @@ class SQLiteReader:
             return None
         return MutationRecord(row[0], row[1], row[2], int(row[3]), bytes(row[4]))
 
+    def mutations(self, subject: str, ids: Sequence[str]) -> dict[str, MutationRecord]:
+        """`mutation` of many ids in one read: the recorded ones, by id."""
+        out: dict[str, MutationRecord] = {}
+        conn = self._reader()
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.execute(
+                "SELECT id, subject, device, lsn, outcome FROM mutations "
+                f"WHERE subject = ? AND id IN ({marks})",
+                (subject, *chunk),
+            )
+            for row in rows:
+                out[row[0]] = MutationRecord(row[0], row[1], row[2], int(row[3]), bytes(row[4]))
+        return out
+
     def row_xids(self, collection: str, keys: Sequence[str], subject: str) -> dict[str, int]:
         """For row keys (JSON objects as change lines carry them), the transaction id of
         the last mutation `subject` applied to each (keys without one are absent)."""

@@ -87,6 +87,18 @@ def test_the_same_id_from_two_subjects_is_two_mutations(store):
     assert store.mutation("u2", "m1") == theirs
 
 
+def test_many_ids_are_looked_up_in_one_read_per_subject(store):
+    mine = [MutationRecord(f"m{i}", "u1", "d1", 7, b'{"rev":"r"}') for i in range(600)]
+    theirs = MutationRecord("x", "u2", "d2", 7, b'{"rev":"t"}')
+    store.record_mutations([*mine, theirs])
+    store.commit(7)
+    ids = [f"m{i}" for i in range(0, 1200, 2)] + ["x"]  # past one chunk; half recorded
+    found = store.mutations("u1", ids)
+    assert found == {r.id: r for r in mine[::2]}  # another subject's `x` is not u1's
+    assert store.mutations("u2", ["x", "m0"]) == {"x": theirs}
+    assert store.mutations("u1", []) == {}
+
+
 def _record(
     id_: str, lsn: int, key: dict, xid: int | None, op: str = "update", sub: str = "u1"
 ) -> MutationRecord:

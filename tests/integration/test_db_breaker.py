@@ -118,3 +118,40 @@ async def test_a_stopped_database_fails_pushes_fast_and_recovers(tmp_path):
             await wait_until(ready_again, 30, "/readyz ready again")
         finally:
             await sc.stop()
+
+
+async def test_a_quiet_connection_is_handed_to_a_push_without_a_round_trip(pg_dsn):
+    """The checkout check (`check_on_checkout`) asks the server only when it sent something
+    on the idle connection (a termination, a shutdown): a push's batch is spared a round
+    trip; a terminated connection is still refused (the pool replaces it)."""
+    import psycopg
+
+    from sidecar.push.breaker import check_on_checkout
+
+    conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    other = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    try:
+        await conn.execute("SELECT 'the last statement'")
+
+        async def last_query() -> str:
+            cur = await other.execute(
+                "SELECT query FROM pg_stat_activity WHERE pid = %s", (conn.info.backend_pid,)
+            )
+            row = await cur.fetchone()
+            return row[0] if row else "(gone)"
+
+        await check_on_checkout(conn)
+        assert await last_query() == "SELECT 'the last statement'"  # nothing was sent
+        await other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        await wait_until(lambda: last_query_gone(other, conn.info.backend_pid), 10)
+        with pytest.raises(psycopg.OperationalError):
+            await check_on_checkout(conn)
+    finally:
+        await conn.close()
+        await other.close()
+
+
+async def last_query_gone(other, pid: int) -> bool:
+    cur = await other.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+    row = await cur.fetchone()
+    return row is not None and row[0] == 0

@@ -77,6 +77,10 @@ class MemoryReader:
         found = self.records.get(mutation_id)
         return found if found is not None and (found.subject or "") == subject else None
 
+    def mutations(self, subject: str, ids: Sequence[str]) -> dict[str, MutationRecord]:
+        found = {i: self.mutation(subject, i) for i in ids}
+        return {i: r for i, r in found.items() if r is not None}
+
     def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
         return []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from sidecar.catalog import ColumnInfo
@@ -259,3 +260,17 @@ def test_null_only_where_the_column_allows_it() -> None:
     check_value(column("text", nullable=True), None)
     with pytest.raises(ValidationFailed, match="column c cannot be null"):
         check_value(column("text", nullable=False), None)
+
+
+def test_a_result_row_kept_as_json_is_answered_as_its_text_and_read_only_if_looked_into():
+    from sidecar.mutations import MutationResult
+    from sidecar.values import JsonRow
+
+    raw = b'{"id":1,"big":123456789012345678901234567890,"f":0.1000000000000000055511}'
+    row = JsonRow(raw)
+    result = MutationResult("m", "applied", rev="r", row=row)
+    assert orjson.dumps(result.as_json()["row"]) == raw  # exactly the stored text
+    assert row._value is None  # answered without being read
+    assert row["id"] == 1 and len(row) == 3 and row.get("nope") is None
+    assert row == {"id": 1, "big": row["big"], "f": row["f"]}  # a Mapping like any other
+    assert orjson.dumps(row["big"]) == b"123456789012345678901234567890"  # exact

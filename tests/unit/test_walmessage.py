@@ -82,4 +82,19 @@ def test_only_the_id_is_required() -> None:
 def test_malformed_content_is_refused(content: bytes) -> None:
     with pytest.raises(MalformedMessage):
         MutationMessage.decode(content)
+    with pytest.raises(MalformedMessage):
+        MutationMessage.record_of(content, 5)
     assert issubclass(MalformedMessage, ValueError)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [TODAY, b'{"id": 17}', b'{"id":"d","sub":"u","outcome":{"op":"delete","key":{"a":[1,2]}}}',
+     b'{"id":"x","sub":"u","dev":"p","outcome":{"status":"applied","extra":1,"rev":"r"}}'],
+)  # fmt: skip
+def test_capture_records_what_decode_would_give(content: bytes) -> None:
+    """Capture's path (`record_of`, no message built) records the same bytes."""
+    m = MutationMessage.decode(content)
+    expected = (m.mutation_id, m.subject, m.device, m.outcome_json(77))
+    assert MutationMessage.record_of(content, 77) == expected
+    assert MutationMessage.record_of(memoryview(content), 77) == expected
