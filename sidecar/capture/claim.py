@@ -16,6 +16,7 @@ process that holds no lock (an older sidecar, `pg_recvlogical`) is refused as we
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from typing import Any
@@ -29,6 +30,8 @@ from sidecar.values import NETWORK_KWARGS
 log = structlog.get_logger("sidecar.capture")
 
 __all__ = ["SlotClaim", "lock_key"]
+
+KEEP_EVERY = 5.0  # seconds between checks of the lock's session while streaming
 
 # Who holds the lock: the backend's pid and application name, for the message.
 _HOLDER = (
@@ -98,6 +101,20 @@ class SlotClaim:
             "this one waits until it is free and never drops it",
             retry_after=5,
         )
+
+    async def keep(self, every: float = KEEP_EVERY) -> None:
+        """While streaming: check the lock's session every `every` seconds and take the
+        lock again at once if the session was lost (ended by an operator, cut by a proxy).
+        Streaming goes on meanwhile: the slot, active, cannot be dropped by anyone."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                async with asyncio.timeout(every):
+                    await self.acquire()
+            except SlotInUse as exc:
+                log.warning("the slot's lock is held by another session", reason=exc.detail)
+            except (psycopg.Error, OSError, TimeoutError):
+                pass  # the next check tries again
 
     async def release(self) -> None:
         """Let the lock go (closing its session)."""

@@ -196,6 +196,7 @@ class CaptureRunner:
                     if (self.status.phase, self.status.error) != ("slot_in_use", exc.detail):
                         log.warning("replication slot in use; waiting", reason=exc.detail)
                     self.status.phase, self.status.error = "slot_in_use", exc.detail
+                    await self.claim.release()  # a waiting instance holds nothing
                     with contextlib.suppress(StoreUnavailable):
                         await self._in_writer(self.store.rollback)
                     await asyncio.sleep(self.slot_wait)
@@ -319,6 +320,7 @@ class CaptureRunner:
         helpers = [
             asyncio.create_task(self._feedback(source, every)),
             asyncio.create_task(watch(silence, source)),
+            asyncio.create_task(self.claim.keep()),
         ]
         try:
             await self._stream(source, ingest, silence)

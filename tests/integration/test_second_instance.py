@@ -93,7 +93,9 @@ async def test_a_second_instance_on_the_same_slot_waits_and_never_harms_the_firs
                 return body if status == 503 and body.get("code") == "slot_in_use" else None
 
             body = await _until(waiting, 60, "the second instance to say slot_in_use")
-            assert "run_test" in body["detail"] and "waits" in body["detail"], body
+            detail = body["detail"]
+            assert "run_test" in detail and "PostgreSQL backend" in detail, body
+            assert body["progress"]["phase"] == "slot_in_use", body
 
             # Each cut leaves the slot unstreamed while the first one reconnects: the
             # second one (retrying meanwhile) must not take it.
