@@ -220,7 +220,10 @@ def migrate_sqlite_to_pg(source: Path, url: str, schema: str, *, force: bool = F
             raise TransferError(f"{source} holds no completed initial copy: nothing to keep")
         pending_file = pending_path(source)
         pend = _open_sqlite(pending_file) if pending_file.is_file() else None
-        with connect(url, schema) as pg:
+        with contextlib.ExitStack() as stack:
+            if pend is not None:
+                stack.callback(pend.close)
+            pg = stack.enter_context(connect(url, schema))
             create(pg, schema, pg_sql.SCHEMA + pg_sql.PENDING_SCHEMA)
             with pg.transaction():
                 pg.execute("LOCK TABLE meta IN EXCLUSIVE MODE")  # one migration at a time
@@ -250,7 +253,6 @@ def migrate_sqlite_to_pg(source: Path, url: str, schema: str, *, force: bool = F
                             "INSERT INTO pending_meta (key, value) VALUES (%s, %s)",
                             list(pend.execute("SELECT key, value FROM meta")),
                         )
-                    pend.close()
     finally:
         src.close()
     return Copied(counts, meta["epoch"], int(meta.get("version", 0)))
