@@ -96,6 +96,10 @@ async def test_a_second_instance_on_the_same_slot_waits_and_never_harms_the_firs
             detail = body["detail"]
             assert "run_test" in detail and "PostgreSQL backend" in detail, body
             assert body["progress"]["phase"] == "slot_in_use", body
+            async with http.get(f"{second.base}/v1/pull", headers=auth(1)) as r:
+                refused = await r.json(content_type=None)
+            assert r.status == 503 and refused["code"] == "unavailable", refused
+            assert "another sidecar" in refused["detail"], refused
 
             # Each cut leaves the slot unstreamed while the first one reconnects: the
             # second one (retrying meanwhile) must not take it.
