@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | check | init | drop | status | demo`.
+"""Command line: `sidecar run | check | init | drop | status | backup | migrate-store | demo`.
 
 Every failure the user can fix prints a message and exits non-zero, never a traceback.
 """
@@ -153,6 +153,64 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sidecar.store.open import store_name
+    from sidecar.store.transfer import TransferError, backup_sqlite
+
+    config = load_config(args.config)
+    if config.store.url is not None:
+        print(
+            f"sidecar backup: the store is in PostgreSQL ({store_name(config.store)}): back "
+            f"it up with that server's backups, or `pg_dump -n {config.store.schema} -Fc "
+            "-f FILE` on its database (see docs/ops.md, Backups)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    try:
+        done = backup_sqlite(Path(config.store.path), Path(args.to), force=args.force)
+    except TransferError as exc:
+        print(f"sidecar backup: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    rows = ", ".join(f"{n:,} {t}" for t, n in done.tables.items())
+    print(
+        f"backed up {config.store.path} to {args.to}: epoch {done.epoch}, "
+        f"version {done.version}, {rows}"
+    )
+    return EXIT_OK
+
+
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sidecar.store.open import store_name
+    from sidecar.store.transfer import TransferError, migrate_sqlite_to_pg
+
+    config = load_config(args.config)
+    if config.store.url is None:
+        print(
+            "sidecar migrate-store: the config's store is not a PostgreSQL store "
+            "(set store.url in the config the sidecar will run with)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    try:
+        done = migrate_sqlite_to_pg(
+            Path(args.source), config.store.url, config.store.schema, force=args.force
+        )
+    except TransferError as exc:
+        print(f"sidecar migrate-store: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    rows = ", ".join(f"{n:,} {t}" for t, n in done.tables.items())
+    print(
+        f"copied {args.source} into {store_name(config.store)}: epoch {done.epoch}, "
+        f"version {done.version}, {rows}. Clients keep their cursors; start the "
+        "sidecar with this config."
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sidecar.demo.tour import run_demo
 
@@ -188,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser(
+        "backup", help="copy the SQLite store to a file while the sidecar runs (VACUUM INTO)"
+    )
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument("--to", required=True, help="the backup file (and <file>.pending)")
+    p.add_argument("--force", action="store_true", help="replace an existing backup file")
+    p.set_defaults(func=cmd_backup)
+    p = sub.add_parser(
+        "migrate-store",
+        help="copy an SQLite store into the config's PostgreSQL store (cursors stay valid)",
+    )
+    p.add_argument("--config", "-c", default=_default_config(), help="the config with store.url")
+    p.add_argument("--from", dest="source", required=True, help="the SQLite store file to copy")
+    p.add_argument("--force", action="store_true", help="replace what the target store holds")
+    p.set_defaults(func=cmd_migrate_store)
     p = sub.add_parser("demo", help="start a private PostgreSQL with a demo app and sync it")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--keep", action="store_true", help="keep the demo data directory")

@@ -106,6 +106,13 @@ class Unavailable(_RetryAfter):
     code, status, title = "unavailable", 503, "Service unavailable"
 
 
+class SlotInUse(_RetryAfter):
+    """Another sidecar captures from the configured replication slot (it holds the slot's
+    lock, or streams from it): this one waits, and never drops the slot (`/readyz`)."""
+
+    code, status, title = "slot_in_use", 503, "Replication slot in use"
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One located problem in a config file."""

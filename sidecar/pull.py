@@ -226,8 +226,12 @@ class Puller:
 
     def _check_ready(self) -> None:
         if not self.capture.ready:
+            waiting = self.capture.progress().get("phase") == "slot_in_use"
             raise Unavailable(
-                "the initial copy is in progress; retry shortly",
+                "another sidecar captures from this replication slot and this one has no "
+                "store to serve yet (see /readyz); retry shortly"
+                if waiting
+                else "the initial copy is in progress; retry shortly",
                 retry_after=5,
                 progress=self.capture.progress(),
             )

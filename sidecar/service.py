@@ -368,7 +368,13 @@ class Service:
         Pulls and pushes go on with the old routes over the store's last committed state
         until the new runner has reconciled the store with the new ones and streams."""
         self.store.rollback()  # whatever the old runner left half-written
-        self.capture = CaptureRunner(self.config, self.store, list(routes.values()), self.notifier)
+        self.capture = CaptureRunner(
+            self.config,
+            self.store,
+            list(routes.values()),
+            self.notifier,
+            claim=self.capture.claim,  # the slot's lock goes on with the new runner
+        )
         self.puller.capture = self.capture
         self.pusher.capture = self.capture
         runner = self.capture
@@ -545,6 +551,7 @@ class Service:
         await self.pusher.breaker.close()
         await self.pool.close()
         await self.capture.stop()
+        await self.capture.release_slot()
         self.store.close()
         if self.pusher.pending is not None:
             self.pusher.pending.close()

@@ -28,6 +28,7 @@ import structlog
 
 from sidecar.capture.bootstrap import Target, backfilled, plan
 from sidecar.capture.budget import MemoryBudget
+from sidecar.capture.claim import SlotClaim
 from sidecar.capture.framing import (
     KEEPALIVE_TAG,
     XLOG_DATA_TAG,
@@ -47,6 +48,7 @@ from sidecar.capture.watchdog import ReplicationSilent, Silence, reply_every, se
 from sidecar.capture.weather import Backoff, wait_out
 from sidecar.collection import Collection, collection_shapes
 from sidecar.config.model import Config
+from sidecar.errors import SlotInUse
 from sidecar.lsn import covers, lsn_to_str
 from sidecar.notify import Notifier
 from sidecar.store.base import StoreUnavailable, StoreWriter
@@ -60,6 +62,7 @@ STATUS_INTERVAL = 1.0
 IDLE_REPLY_INTERVAL = 10.0  # when idle, ask the server for its position this often
 ACK_PERSIST_INTERVAL = 1.0  # seconds between store writes of an idle acknowledged position
 STEP_TIMEOUT = 30.0  # a session's set-up queries (identify, slot, start) give up after this
+SLOT_WAIT = 2.0  # seconds between tries while another sidecar holds the slot (claim.py)
 
 
 def _cancelling() -> bool:
@@ -73,7 +76,7 @@ def _cancelling() -> bool:
 # table that changed being looked at, a config that no longer fits the database (capture
 # waits for a fix; /readyz says why).
 _SERVING = frozenset(
-    {"starting", "paused", "reconnecting", "reconciling", "schema_changed", "failed"}
+    {"starting", "paused", "reconnecting", "reconciling", "schema_changed", "failed", "slot_in_use"}
 )
 
 
@@ -88,8 +91,13 @@ class CaptureRunner:
         notifier: Notifier,
         *,
         on_commit: Callable[[set[str]], None] | None = None,
+        claim: SlotClaim | None = None,
     ) -> None:
         self.config = config
+        # The slot's lock (claim.py): kept by the runner that replaces this one (a reload,
+        # a change of shape); let go by `release_slot()` when the service closes.
+        self.claim = claim or SlotClaim(config.database.url, config.database.slot)
+        self.slot_wait = SLOT_WAIT
         self.store = store
         self.routes = list(routes)
         self._shapes = collection_shapes(self.routes)
@@ -182,6 +190,17 @@ class CaptureRunner:
                     with contextlib.suppress(StoreUnavailable):  # the next runner's probe
                         await self._in_writer(self.store.rollback)
                     return
+                except SlotInUse as exc:  # another sidecar captures: wait, touch nothing
+                    if self._stopping:
+                        return
+                    if (self.status.phase, self.status.error) != ("slot_in_use", exc.detail):
+                        log.warning("replication slot in use; waiting", reason=exc.detail)
+                    self.status.phase, self.status.error = "slot_in_use", exc.detail
+                    await self.claim.release()  # a waiting instance holds nothing
+                    with contextlib.suppress(StoreUnavailable):
+                        await self._in_writer(self.store.rollback)
+                    await asyncio.sleep(self.slot_wait)
+                    continue
                 except StoreUnavailable as exc:  # weather: wait until the store writes again
                     if self._stopping or await self._run_task(
                         wait_out(exc, self.status, self.store, self._in_writer)
@@ -244,12 +263,18 @@ class CaptureRunner:
         await asyncio.to_thread(self.router.shutdown)
         await asyncio.to_thread(self.writer.shutdown)
 
+    async def release_slot(self) -> None:
+        """Let the slot's lock go (after `stop()`): another sidecar may capture now."""
+        await self.claim.release()
+
     async def _close_source(self) -> None:
         if self._source is not None:
             await self._source.close()
             self._source = None
 
     async def _session(self) -> None:
+        async with asyncio.timeout(STEP_TIMEOUT):
+            await self.claim.acquire()  # SlotInUse: another sidecar captures from the slot
         source = ReplicationStream(
             self.config.database.url, self.config.database.slot, self.config.database.publication
         )
@@ -295,6 +320,7 @@ class CaptureRunner:
         helpers = [
             asyncio.create_task(self._feedback(source, every)),
             asyncio.create_task(watch(silence, source)),
+            asyncio.create_task(self.claim.keep()),
         ]
         try:
             await self._stream(source, ingest, silence)
@@ -465,9 +491,11 @@ class CaptureRunner:
         returns the database's lineage, `<timeline>:<database OID>`."""
         slot = await self._slot()
         if slot is not None and slot.active:
-            raise ReplicationError(
-                f"replication slot {self.config.database.slot!r} is in use by process "
-                f"{slot.active_pid}; is another sidecar running with the same slot?"
+            raise SlotInUse(
+                f"replication slot {self.config.database.slot!r} is streamed by PostgreSQL "
+                f"backend {slot.active_pid} (another sidecar, or another program on the same "
+                "slot): this one waits until it is free and never drops it",
+                retry_after=5,
             )
         async with await psycopg.AsyncConnection.connect(
             self.config.database.url, autocommit=True, **NETWORK_KWARGS

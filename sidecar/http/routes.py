@@ -26,7 +26,7 @@ from sidecar.edge import (
     revalidated,
     service_of,
 )
-from sidecar.errors import InvalidRequest, Unavailable
+from sidecar.errors import InvalidRequest, SlotInUse, Unavailable
 from sidecar.lsn import lsn_to_str, str_to_lsn
 from sidecar.mutations import parse_push
 from sidecar.pull import PullRequest, StreamEvent, render_page
@@ -98,6 +98,8 @@ async def readyz(request: web.Request) -> web.Response:
             progress=progress,
         )
     phase = service.capture.status.phase
+    if phase == "slot_in_use":  # another sidecar captures from the slot: this one waits
+        raise SlotInUse(f"not ready: {progress['error']}", retry_after=5, progress=progress)
     if phase in ("reconnecting", "failed"):  # a complete store is still pulled
         raise Unavailable(f"not ready: {progress['error']}", retry_after=5, progress=progress)
     paused = service.capture.status.store_reason()

@@ -3,7 +3,7 @@
 `SidecarRun(tmp_path, url, collections, extra)` writes a config (`server` on a free port),
 starts `python -m sidecar.cli run` with its stdout and stderr in files of their own (not a
 terminal: the process logs JSON), waits until `/readyz` answers 200, and stops with
-SIGTERM. `nofile` sets the child's RLIMIT_NOFILE.
+SIGTERM (`start(wait_ready=False)` returns at once). `nofile` sets the child's RLIMIT_NOFILE.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ collections:
         if self.nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
-    async def start(self, timeout: float = 60) -> SidecarRun:
+    async def start(self, timeout: float = 60, wait_ready: bool = True) -> SidecarRun:
+        """Start the process; wait until `/readyz` answers 200 (unless not `wait_ready`)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.stdout.open("ab") as out, self.stderr.open("ab") as err:
             self.proc = subprocess.Popen(
@@ -65,6 +66,8 @@ collections:
                 env=env,
                 preexec_fn=self._limit,
             )
+        if not wait_ready:
+            return self
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
