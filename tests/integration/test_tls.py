@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
+from structlog.testing import LogCapture
 
 from sidecar.embedded import free_port
 from sidecar.http.listeners import Listeners
@@ -32,6 +34,7 @@ NOTES = """
   notes:
     table: notes
     read: "owner_id = :sub"
+    write: {ops: [insert], check: "owner_id = :sub"}
 """
 
 Start = Callable[[str], Awaitable[str]]
@@ -68,9 +71,15 @@ def _client_context(ca: Authority, client: Issued | None = None) -> ssl.SSLConte
 
 
 async def _get(base: str, path: str, context: ssl.SSLContext, **kw: object) -> tuple[int, dict]:
+    return await _call("GET", base, path, context, **kw)
+
+
+async def _call(
+    method: str, base: str, path: str, context: ssl.SSLContext, **kw: object
+) -> tuple[int, dict]:
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http,
-        http.get(base + path, **kw) as resp,  # type: ignore[arg-type]
+        http.request(method, base + path, **kw) as resp,  # type: ignore[arg-type]
     ):
         return resp.status, await resp.json(content_type=None)
 
@@ -120,6 +129,21 @@ async def test_mutual_tls_refuses_clients_without_a_certificate_of_the_ca(
     context = _client_context(server_ca, phone)
     status, body = await _get(base, "/v1/pull", context, headers=auth(1, device_id="device-7"))
     assert status == 200 and len(body["changes"]) == 1
+    # the request's log lines name the client certificate
+    push = {"mutations": [{"id": "m1", "collection": "notes", "op": "insert",
+                           "data": {"id": 2, "owner_id": 1, "body": "b"}}]}  # fmt: skip
+    logs = LogCapture()
+    saved = structlog.get_config()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, logs])
+    try:
+        status, body = await _call(
+            "POST", base, "/v1/push", context, json=push, headers=auth(1, device_id="device-7")
+        )
+    finally:
+        structlog.configure(**saved)
+    assert status == 200 and body["results"][0]["status"] == "applied", body
+    [line] = [e for e in logs.entries if e["event"] == "mutation"]
+    assert line["client_cn"] == "device-7" and line["client_cert"] == phone.fingerprint
     # a token of another device (or none named) is refused over this certificate
     for claims in ({"device_id": "device-8"}, {}):
         status, body = await _get(base, "/v1/pull", context, headers=auth(1, **claims))
