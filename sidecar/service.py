@@ -81,10 +81,10 @@ def routes_for(config: Config, report: PreflightReport) -> dict[str, Collection]
     return {name: report.collection(coll) for name, coll in config.collections.items()}
 
 
-def _listening(server: ServerConfig) -> tuple[object, ...]:
-    """What the listeners were opened with (a change needs a restart; the TLS files'
+def _listeners(server: ServerConfig) -> tuple[object, ...]:
+    """What else the listeners were opened with (a change needs a restart; the TLS files'
     contents are re-read by the listener itself)."""
-    return (server.host, server.port, server.tls, server.admin_port, server.admin_host)
+    return (server.tls, server.admin_port, server.admin_host)
 
 
 def _limiter(rate: Rate | None) -> RateLimiter | None:
@@ -248,9 +248,14 @@ class Service:
                 ("database", old.database, new.database),
                 ("store", old.store, new.store),
                 (
-                    "server (host, port, tls, admin_port, admin_host)",
-                    _listening(old.server),
-                    _listening(new.server),
+                    "server.host/port",
+                    (old.server.host, old.server.port),
+                    (new.server.host, new.server.port),
+                ),
+                (
+                    "server.tls/admin_port/admin_host",
+                    _listeners(old.server),
+                    _listeners(new.server),
                 ),
                 ("limits.max_body", old.limits.max_body, new.limits.max_body),
                 ("limits.page_cache", old.limits.page_cache, new.limits.page_cache),

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from sidecar.embedded import free_port
+from sidecar.errors import ConfigError
 from sidecar.http.listeners import Listeners
 from sidecar.serve import start_http
 from sidecar.service import Service
@@ -90,3 +91,14 @@ async def test_without_admin_port_everything_is_on_the_one_port(listening: Start
     assert admin is None
     statuses = await _statuses(f"http://{host}:{port}", (*OPS, AUDIT, *SYNC))
     assert set(statuses.values()) == {200}, statuses
+
+
+async def test_moving_the_admin_port_needs_a_restart(pg_dsn, pg_url, tmp_path, sidecar_factory):
+    run_sql(pg_dsn, SCHEMA)
+    first, second = free_port(), free_port()
+    sc = await sidecar_factory(pg_url, NOTES, extra=f"server: {{admin_port: {first}}}")
+    before = sc.service.config
+    moved = make_config(pg_url, tmp_path / "store.db", NOTES, f"server: {{admin_port: {second}}}")
+    with pytest.raises(ConfigError, match=r"server\.tls/admin_port/admin_host changed"):
+        await sc.service.reload(moved)
+    assert sc.service.config is before
