@@ -14,6 +14,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import orjson
@@ -21,10 +22,19 @@ import structlog
 from aiohttp import web
 
 from sidecar.auth import Principal
-from sidecar.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, Unauthorized
+from sidecar.errors import (
+    CertificateMismatch,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+)
+from sidecar.ratelimit import Quota
 from sidecar.service import Service
 
 SERVICE = web.AppKey("service", Service)
+RATE_QUOTA = web.RequestKey("rate_quota", Quota)
+"""The quota of the rate limit the request spent (its RateLimit-* headers)."""
 COMPRESS_FROM = 1400  # bytes: smaller JSON bodies are sent as they are (one packet anyway)
 
 
@@ -36,7 +46,9 @@ def service_of(request: web.Request) -> Service:
 async def principal_of(request: web.Request) -> Principal:
     """The authenticated caller, who also spends one token of their subject's rate limit
     (`limits.rate`, shared by all their devices). A token refused with 401 spends one of
-    the client address's `limits.unauthenticated_rate` (429 once it is spent)."""
+    the client address's `limits.unauthenticated_rate` (429 once it is spent). Over mutual
+    TLS with `server.tls.bind_claim`, the token's claim must name the client certificate
+    (403 `certificate_mismatch`)."""
     service = service_of(request)
     try:
         principal = await service.auth.authenticate(request.headers.get("Authorization"))
@@ -45,8 +57,54 @@ async def principal_of(request: web.Request) -> Principal:
         raise
     structlog.contextvars.bind_contextvars(subject=principal.subject)  # on every log line
     if service.limiter is not None:
-        service.limiter.take(principal.subject)
+        request[RATE_QUOTA] = service.limiter.take(principal.subject)
+    tls = service.config.server.tls
+    if tls is not None and tls.bind_claim is not None and _over_tls(request):
+        _check_binding(principal, client_certificate(request), tls.bind_claim)
     return principal
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """The verified certificate a client presented over mutual TLS (`server.tls.client_ca`)."""
+
+    cn: str | None  # the subject's common name
+    fingerprint: str  # SHA-256 of the DER certificate, lowercase hex
+
+
+def _over_tls(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and transport.get_extra_info("ssl_object") is not None
+
+
+def client_certificate(request: web.Request) -> ClientCertificate | None:
+    """The client's verified certificate, when the request came over mutual TLS."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    info = ssl_object.getpeercert()  # empty unless the certificate was verified
+    if not der or not info:
+        return None
+    names = [v for rdn in info.get("subject", ()) for k, v in rdn if k == "commonName"]
+    return ClientCertificate(names[0] if names else None, hashlib.sha256(der).hexdigest())
+
+
+def bind_client_certificate(request: web.Request) -> None:
+    """Put the client certificate's CN and fingerprint on the request's log lines."""
+    cert = client_certificate(request)
+    if cert is not None:
+        structlog.contextvars.bind_contextvars(client_cn=cert.cn, client_cert=cert.fingerprint)
+
+
+def _check_binding(principal: Principal, cert: ClientCertificate | None, claim: str) -> None:
+    claimed = principal.claims.get(claim)
+    if cert is None or cert.cn is None or not isinstance(claimed, str) or claimed != cert.cn:
+        raise CertificateMismatch(
+            f"the token's {claim} claim does not name the client certificate of this "
+            "connection (its subject CN; server.tls.bind_claim)",
+        )
 
 
 _PUBLIC: set[object] = set()
@@ -72,7 +130,9 @@ def count_unauthenticated(request: web.Request) -> None:
     RateLimited (429 with Retry-After)."""
     limiter = service_of(request).ip_limiter
     if limiter is not None:
-        limiter.take(request.remote or "unknown", "this address (limits.unauthenticated_rate)")
+        request[RATE_QUOTA] = limiter.take(
+            request.remote or "unknown", "this address (limits.unauthenticated_rate)"
+        )
 
 
 async def json_body(request: web.Request, max_body: int, timeout: float = 30.0) -> object:

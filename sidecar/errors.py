@@ -101,6 +101,25 @@ class _RetryAfter(SidecarError):
 class RateLimited(_RetryAfter):
     code, status, title = "rate_limited", 429, "Too many requests"
 
+    def __init__(
+        self,
+        detail: str,
+        retry_after: int = 1,
+        rate_headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail, retry_after, **extra)
+        self.rate_headers = dict(rate_headers or {})  # RateLimit-* (sidecar.ratelimit)
+
+    def headers(self) -> dict[str, str]:
+        return {**self.rate_headers, **super().headers()}
+
+
+class CertificateMismatch(Forbidden):
+    """The token names another device than the client certificate (server.tls.bind_claim)."""
+
+    code, title = "certificate_mismatch", "Certificate mismatch"
+
 
 class Unavailable(_RetryAfter):
     code, status, title = "unavailable", 503, "Service unavailable"

@@ -6,14 +6,22 @@ logs once at start), without refusing them.
 - a read rule that admits every row (`read: "true"`) over every column (no `columns:`);
 - `conflict: client_wins` on a collection with `write.immutable` columns;
 - an HMAC secret shorter than its algorithm's hash (RFC 7518 §3.2: 32 bytes for HS256) or
-  a value published with the demo, the Docker files or common examples.
+  a value published with the demo, the Docker files or common examples;
+- a database URL (`database.url`, `store.url`) to a host other than this one whose
+  `sslmode` (or `PGSSLMODE`) is below `verify-full`: the server is not verified, so the
+  password and every row may be read or changed on the way.
 
 Messages never show a secret.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Mapping
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from sidecar.config.model import CollectionConfig, Config, JwtConfig
 from sidecar.rules.scopes import ReadRule
@@ -39,6 +47,9 @@ def config_warnings(config: Config, read_rules: Mapping[str, ReadRule]) -> list[
     """Every warning for `config`; `read_rules` are the collections' compiled read rules
     (those that compiled: a rule that did not is a preflight problem already)."""
     warnings = _secret_warnings(config.auth.jwt)
+    warnings.extend(_sslmode_warning("database.url", config.database.url))
+    if config.store.url is not None:
+        warnings.extend(_sslmode_warning("store.url", config.store.url))
     for coll in config.collections.values():
         rule = read_rules.get(coll.name)
         if rule is not None:
@@ -93,3 +104,41 @@ def _secret_warnings(jwt: JwtConfig) -> list[str]:
             "use a random secret (e.g. `openssl rand -base64 48`)"
         ]
     return []
+
+
+def _is_local(host: str) -> bool:
+    """A Unix socket (a path, or none given) or a loopback name or address."""
+    host = host.strip().strip("[]")
+    if not host or host.startswith(("/", "@")) or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _sslmode_warning(key: str, url: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning when `url` reaches a non-local host without verifying it (libpq reads
+    the host and sslmode the URL does not give from PGHOST/PGHOSTADDR/PGSSLMODE)."""
+    env = os.environ if environ is None else environ
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return []  # not a URL: the connection itself says so
+    hosts = [
+        h
+        for name, var in (("host", "PGHOST"), ("hostaddr", "PGHOSTADDR"))
+        for h in str(info.get(name) or env.get(var) or "").split(",")
+    ]
+    remote = [h.strip() for h in hosts if not _is_local(h)]
+    if not remote:
+        return []
+    mode = str(info.get("sslmode") or env.get("PGSSLMODE") or "")
+    if mode == "verify-full":
+        return []
+    said = f"sslmode={mode}" if mode else "no sslmode (libpq's default: prefer)"
+    return [
+        f"{key} connects to {', '.join(dict.fromkeys(remote))} with {said}: the server's "
+        "certificate is not verified, so the password and every row can be read or changed "
+        "on the way; add sslmode=verify-full (and sslrootcert=<the CA file>) to the URL"
+    ]

@@ -19,29 +19,41 @@ from adapters import install_all
 from sidecar.config.loader import load_config
 from sidecar.config.model import Config
 from sidecar.errors import SidecarError
-from sidecar.http.app import create_app
-from sidecar.http.connections import ConnectionGuard, GuardedSite, guard_for, update_guard
+from sidecar.http.app import Part, create_app
+from sidecar.http.listeners import Listeners, open_listeners
 from sidecar.observability import configure_logging
 from sidecar.service import Service
 
 CONFIG_POLL = 2.0  # seconds between checks of the config file's modification time
 
 
-def build_app(service: Service) -> web.Application:
-    """The HTTP app of `service`: the sync API and every protocol adapter."""
-    return create_app(service, extensions=(install_all,))
+def build_app(service: Service, part: Part = "all") -> web.Application:
+    """The HTTP app of `service`: the sync API and every protocol adapter (`part`: all of
+    it, or one listener's share when `server.admin_port` is set)."""
+    return create_app(service, extensions=(install_all,), part=part)
+
+
+async def start_http(service: Service) -> Listeners:
+    """The service's listeners: everything on server.port, or the sync protocol there and
+    the operations endpoints on server.admin_port."""
+    server = service.config.server
+    if server.admin_port is None:
+        return await open_listeners(server, service.config.limits, build_app(service))
+    return await open_listeners(
+        server,
+        service.config.limits,
+        build_app(service, "sync"),
+        build_app(service, "admin"),
+    )
 
 
 async def serve(config: Config, *, ready_message: str | None = None, watch: bool = True) -> None:
     """Run the service and its HTTP server until SIGINT/SIGTERM; SIGHUP or an edit of the
     config file reloads what can change without a restart (`watch`)."""
     service = await Service.start(config)
-    runner = web.AppRunner(build_app(service), access_log=None)
-    await runner.setup()
-    guard = guard_for(config.limits)
-    site = GuardedSite(runner, config.server.host, config.server.port, guard, access_log=None)
+    listeners: Listeners | None = None
     try:
-        await site.start()
+        listeners = await start_http(service)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -50,7 +62,7 @@ async def serve(config: Config, *, ready_message: str | None = None, watch: bool
             hup = asyncio.Event()
             loop.add_signal_handler(signal.SIGHUP, hup.set)
             service.tasks.append(
-                asyncio.create_task(watch_config(service, config.file, hup, guard))
+                asyncio.create_task(watch_config(service, config.file, hup, listeners))
             )
         capture_task = service.tasks[0]
         if sys.stderr.isatty():
@@ -71,12 +83,13 @@ async def serve(config: Config, *, ready_message: str | None = None, watch: bool
         if capture_task.done() and not stop.is_set():
             raise SidecarError(f"capture stopped: {_capture_failure(service, capture_task)}")
     finally:
-        await runner.cleanup()
+        if listeners is not None:
+            await listeners.close()
         await service.close()
 
 
 async def watch_config(
-    service: Service, path: str, hup: asyncio.Event, guard: ConnectionGuard | None = None
+    service: Service, path: str, hup: asyncio.Event, listeners: Listeners | None = None
 ) -> None:
     """Reload the config on SIGHUP (`hup`) or when its file changes; a config that is
     invalid or needs a restart is refused and the running one stays (logged)."""
@@ -98,8 +111,8 @@ async def watch_config(
             continue
         if "log" in changed or "auth" in changed:  # (the JWT secret is redacted from logs)
             configure_logging(new.log.level, new.log.format, secrets=new.secrets())
-        if "limits" in changed and guard is not None:
-            update_guard(guard, new.limits)
+        if "limits" in changed and listeners is not None:
+            listeners.update_limits(new.limits)
 
 
 def _mtime(path: str) -> float | None:

@@ -23,7 +23,7 @@ from sidecar.auth import Authenticator, Principal
 from sidecar.capture.runner import CaptureRunner
 from sidecar.capture.slots import read_slot_async
 from sidecar.collection import Collection, collection_shapes
-from sidecar.config.model import Config, Rate
+from sidecar.config.model import Config, Rate, ServerConfig
 from sidecar.errors import ConfigError, ConfigProblem, PreflightError
 from sidecar.lsn import str_to_lsn
 from sidecar.mutations import Mutation
@@ -84,6 +84,12 @@ def prepare_database(config: Config) -> PreflightReport:
 def routes_for(config: Config, report: PreflightReport) -> dict[str, Collection]:
     """Each collection's route over its table as the preflight found it."""
     return {name: report.collection(coll) for name, coll in config.collections.items()}
+
+
+def _listeners(server: ServerConfig) -> tuple[object, ...]:
+    """What else the listeners were opened with (a change needs a restart; the TLS files'
+    contents are re-read by the listener itself)."""
+    return (server.tls, server.admin_port, server.admin_host)
 
 
 def _limiter(rate: Rate | None) -> RateLimiter | None:
@@ -250,6 +256,11 @@ class Service:
                     "server.host/port",
                     (old.server.host, old.server.port),
                     (new.server.host, new.server.port),
+                ),
+                (
+                    "server.tls/admin_port/admin_host",
+                    _listeners(old.server),
+                    _listeners(new.server),
                 ),
                 ("limits.max_body", old.limits.max_body, new.limits.max_body),
                 ("limits.page_cache", old.limits.page_cache, new.limits.page_cache),

@@ -74,10 +74,28 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """HTTPS on the public listener: PEM files (paths relative to the config file resolved
+    by the loader), re-read when they change. With `client_ca`, clients must present a
+    certificate it signed (mutual TLS); with `bind_claim` too, a token's claim of that
+    name must equal the client certificate's subject CN."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+    bind_claim: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
     ready_max_lag: float | None = None  # seconds
+    tls: TlsConfig | None = None
+    # A separate listener for /healthz, /readyz, /metrics, the OpenAPI document and the
+    # admin API (then not served on `port`); None: everything on `port`.
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)

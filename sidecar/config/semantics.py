@@ -44,9 +44,11 @@ from sidecar.config.model import (
     SetValue,
     StoreConfig,
     TableRef,
+    TlsConfig,
     WriteConfig,
 )
 from sidecar.config.problems import KeyPath, Problems
+from sidecar.config.tls import tls_file_problems
 from sidecar.config.units import parse_duration, parse_rate, parse_size
 from sidecar.rules.functions import FUNCTIONS
 
@@ -273,15 +275,49 @@ class Builder:
 
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         defaults = ServerConfig()
+        port = _typed(raw, "port", int, defaults.port)
+        admin_port = _optional_int(raw, "admin_port")
+        if admin_port is not None and admin_port == port:
+            self.problems.add(
+                ("server", "admin_port"),
+                f"{admin_port} is server.port: give the admin listener a port of its own",
+            )
         return ServerConfig(
             host=_typed(raw, "host", str, defaults.host),
-            port=_typed(raw, "port", int, defaults.port),
+            port=port,
             ready_max_lag=(
                 self.duration(raw, ("server", "ready_max_lag"), 0.0)
                 if raw.get("ready_max_lag") is not None
                 else None
             ),
+            tls=self.tls(raw.get("tls")),
+            admin_port=admin_port,
+            admin_host=_typed(raw, "admin_host", str, defaults.admin_host),
         )
+
+    def tls(self, raw: Any) -> TlsConfig | None:
+        """`server.tls`, its paths resolved like store.path and its files read now, so a
+        missing, unreadable or mismatched file is a located problem, not a failed start."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("cert"), str):
+            return None  # absent, null, or the schema reported it
+        if not isinstance(raw.get("key"), str):
+            return None
+        ca = _optional_str(raw, "client_ca")
+        tls = TlsConfig(
+            cert=self.store_path(raw["cert"]),
+            key=self.store_path(raw["key"]),
+            client_ca=self.store_path(ca) if ca else None,
+            bind_claim=_optional_str(raw, "bind_claim"),
+        )
+        if tls.bind_claim is not None and tls.client_ca is None:
+            self.problems.add(
+                ("server", "tls", "bind_claim"),
+                "needs server.tls.client_ca (the claim is matched against the client "
+                "certificate's subject CN)",
+            )
+        for key, message in tls_file_problems(tls):
+            self.problems.add(("server", "tls", key), message)
+        return tls
 
     def auth(self, raw: dict[str, Any]) -> AuthConfig:
         claims = _section(raw, "claims")

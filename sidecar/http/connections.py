@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,7 +235,8 @@ class GuardedHandler(RequestHandler):
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP site whose connections are `GuardedHandler`s sharing `guard`."""
+    """A TCP site whose connections are `GuardedHandler`s sharing `guard`; HTTPS with
+    `ssl_context` (`sidecar.http.tls`)."""
 
     __slots__ = ("_guard", "_handler_args", "_host", "_port")
 
@@ -244,15 +246,17 @@ class GuardedSite(web.BaseSite):
         host: str,
         port: int,
         guard: ConnectionGuard,
+        ssl_context: ssl.SSLContext | None = None,
         **handler_args: Any,
     ) -> None:
-        super().__init__(runner)
+        super().__init__(runner, ssl_context=ssl_context)
         self._host, self._port, self._guard = host, port, guard
         self._handler_args = handler_args
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -270,4 +274,14 @@ class GuardedSite(web.BaseSite):
                 **self._handler_args,
             )
 
-        self._server = await loop.create_server(factory, self._host, self._port, reuse_address=True)
+        # A TLS handshake comes before the handler sees the connection: it is bounded by
+        # the header timeout too.
+        handshake = self._guard.header_timeout if self._ssl_context is not None else None
+        self._server = await loop.create_server(
+            factory,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=handshake,
+            reuse_address=True,
+        )

@@ -10,7 +10,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from sidecar.edge import count_unauthenticated, is_public
+from sidecar.edge import RATE_QUOTA, bind_client_certificate, count_unauthenticated, is_public
 from sidecar.errors import MethodNotAllowed, NotFound, PayloadTooLarge, SidecarError
 from sidecar.http.connections import SECURITY_HEADERS, SERVER_NAME
 from sidecar.observability import Metrics
@@ -55,6 +55,7 @@ def make_middleware(
         endpoint = _endpoint(request)
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(request_id=rid)
+        bind_client_certificate(request)  # mutual TLS: client_cn, client_cert
         try:
             try:
                 if is_public(request):
@@ -87,7 +88,9 @@ def make_middleware(
             status = getattr(locals().get("response"), "status", 500)
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.latency.labels(endpoint, str(status)).observe(time.perf_counter() - started)
-            structlog.contextvars.unbind_contextvars("request_id", "subject")
+            structlog.contextvars.unbind_contextvars(
+                "request_id", "subject", "client_cn", "client_cert"
+            )
 
     return middleware
 
@@ -100,3 +103,13 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
         response.headers["X-Request-Id"] = rid
     response.headers["Server"] = SERVER_NAME
     response.headers.update(SECURITY_HEADERS)
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: an answer to a request a rate limit applied to says where the
+    caller stands (RateLimit-Limit, -Remaining, -Reset, -Policy; a 429 has them from its
+    error, with Retry-After)."""
+    quota = request.get(RATE_QUOTA)
+    if quota is not None:
+        for name, value in quota.headers().items():
+            response.headers.setdefault(name, value)

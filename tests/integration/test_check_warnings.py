@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from structlog.testing import capture_logs
@@ -126,3 +127,25 @@ async def test_run_logs_the_same_warnings_once_at_start(pg_dsn, pg_url, tmp_path
     logged = [e["event"] for e in logs if e["log_level"] == "warning"]
     for warning in expected:
         assert logged.count(warning) == 1, (warning, logged)
+
+
+def test_check_warns_when_a_remote_database_is_not_verified(pg_dsn, pg_url, tmp_path):
+    """Issue 17, item 1: a database URL naming another host without sslmode=verify-full.
+    (`hostaddr` reaches the test server while `host` names a remote one, as libpq does.)"""
+    run_sql(pg_dsn, TABLES)
+    parts = urlsplit(pg_url)
+    remote = urlunsplit(
+        parts._replace(
+            netloc=parts.netloc.replace(parts.hostname or "", "db.example.com"),
+            query=f"hostaddr={parts.hostname}" + (f"&{parts.query}" if parts.query else ""),
+        )
+    )
+    proc = _cli("check", "--config", str(_file(tmp_path / "r.yaml", remote, SECRET, SAFE)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, warnings
+    assert "database.url connects to db.example.com with no sslmode" in warnings[0]
+    assert "sslmode=verify-full" in warnings[0]
+    # the same server by its local address: nothing to say
+    proc = _cli("check", "--config", str(_file(tmp_path / "l.yaml", pg_url, SECRET, SAFE)))
+    assert proc.returncode == 0 and "warning" not in proc.stdout, proc.stdout

@@ -121,3 +121,43 @@ def test_writes_under_a_sub_select_that_names_no_claim_warn():
     rules = {"t": compile_read_rule(config.collections["t"].read, types, _tables)}
     [found] = config_warnings(config, rules)
     assert "SELECT id FROM projects WHERE public" in found and "write.where" in found
+
+
+def test_database_urls_that_do_not_verify_a_remote_server_warn():
+    """Issue 17, item 1: sslmode missing or below verify-full, on a host that is not this
+    one; the password is never shown."""
+    from sidecar.hazards import _sslmode_warning
+
+    remote = "postgresql://app:hunter2@db.example.com:5432/app"
+    for url, mode in (
+        (remote, "no sslmode"),
+        (remote + "?sslmode=require", "sslmode=require"),
+        (remote + "?sslmode=verify-ca", "sslmode=verify-ca"),
+        ("host=10.0.0.5 dbname=app sslmode=prefer", "sslmode=prefer"),
+    ):
+        [found] = _sslmode_warning("database.url", url, {})
+        assert mode in found and "verify-full" in found and "hunter2" not in found
+    assert _sslmode_warning("database.url", remote + "?sslmode=verify-full", {}) == []
+    assert _sslmode_warning("store.url", remote, {"PGSSLMODE": "verify-full"}) == []
+    for local in (
+        "postgresql://app:pw@localhost/app",
+        "postgresql://app@127.0.0.1:5433/app",
+        "postgresql://app@[::1]/app",
+        "postgresql:///app?host=/var/run/postgresql",
+        "postgresql:///app",
+        "dbname=app",
+    ):
+        assert _sslmode_warning("database.url", local, {}) == [], local
+    # the host libpq takes from the environment counts too
+    [found] = _sslmode_warning("database.url", "dbname=app", {"PGHOST": "db.internal"})
+    assert "db.internal" in found
+    # through config_warnings, for the store's URL as well
+    config = load_config_text(
+        "database: {url: 'postgresql://db.example.com/app?sslmode=verify-full'}\n"
+        "store: {url: 'postgresql://store.example.com/s'}\n"
+        'auth: {jwt: {secret: "0123456789abcdef0123456789abcdef"}}\n'
+        "collections:\n  t: {table: t, columns: [id], read: 'owner_id = :sub'}\n",
+        env={},
+    )
+    found = config_warnings(config, {})
+    assert len(found) == 1 and found[0].startswith("store.url connects to store.example.com")
