@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | check | init | drop | status | demo`.
+"""Command line: `sidecar run | check | init | drop | status | rekey | demo`.
 
 Every failure the user can fix prints a message and exits non-zero, never a traceback.
 """
@@ -153,6 +153,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sidecar.store.sqlite_files import rekey
+
+    config = load_config(args.config)
+    if config.store.url is not None:
+        print(
+            "sidecar rekey: store.url is a PostgreSQL store: it is not encrypted by the "
+            "sidecar (docs/ops.md)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    new_key = os.environ.get(args.new_key_env)
+    if not new_key:
+        print(
+            f"sidecar rekey: the environment variable {args.new_key_env} (the new key) is "
+            "not set or empty",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    done = rekey(Path(config.store.path), config.store.encryption_key, new_key)
+    print(f"rekeyed: {', '.join(str(p) for p in done)}")
+    print(f"-- set store.encryption_key to the value of {args.new_key_env} before the next run")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sidecar.demo.tour import run_demo
 
@@ -188,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser(
+        "rekey", help="change the key of the encrypted SQLite store (the sidecar stopped)"
+    )
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument(
+        "--new-key-env",
+        required=True,
+        metavar="VAR",
+        help="environment variable holding the new key (a key is never an argument)",
+    )
+    p.set_defaults(func=cmd_rekey)
     p = sub.add_parser("demo", help="start a private PostgreSQL with a demo app and sync it")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--keep", action="store_true", help="keep the demo data directory")
