@@ -17,7 +17,7 @@ import psycopg
 
 from sidecar.config.loader import load_config
 from sidecar.errors import SidecarError
-from sidecar.observability import configure_logging
+from sidecar.observability import Redactor, configure_logging
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
@@ -238,16 +238,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SidecarError as exc:
-        print(f"sidecar {args.command}: {exc.detail}", file=sys.stderr)
+        _fail(args.command, exc.detail)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_OK
     except psycopg.OperationalError as exc:
-        print(f"sidecar {args.command}: cannot reach the database: {exc}", file=sys.stderr)
+        _fail(args.command, f"cannot reach the database: {exc}")
         return EXIT_FAIL
     except OSError as exc:
-        print(f"sidecar {args.command}: {exc}", file=sys.stderr)
+        _fail(args.command, str(exc))
         return EXIT_FAIL
+
+
+def _fail(command: str, message: str) -> None:
+    """A failure on stderr, redacted as log lines are (tokens, passwords in URLs)."""
+    print(f"sidecar {command}: {Redactor().text(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -90,9 +89,13 @@ class SQLiteStore(SQLiteReconcile, SQLiteReader):
         super().__init__(Path(path), key)
         prepare(self.path)  # 0700 directory, 0600 files (store/sqlite_files.py)
         self._in_use = hold(self.path)
-        self._w = connect(
-            self.path, key, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
-        )
+        try:
+            self._w = connect(
+                self.path, key, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+            )
+        except BaseException:
+            os.close(self._in_use)
+            raise
         self._w.execute("PRAGMA journal_mode=WAL")
         self._w.execute("PRAGMA synchronous=FULL")
         self._w.execute("PRAGMA cache_size=-65536")

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import structlog
 
-from sidecar.errors import SidecarError
+from sidecar.errors import EncryptionUnavailable, StoreInUse, StoreKeyInvalid
 
 log = structlog.get_logger(__name__)
 
@@ -38,24 +38,6 @@ DIR_MODE = 0o700
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
 _NOTADB = 26  # SQLITE_NOTADB: what a wrong key (or none) looks like
 _warned: set[Path] = set()
-
-
-class StoreKeyInvalid(SidecarError):
-    """The store cannot be read with the key the config gives (or without one)."""
-
-    code, status, title = "store_key_invalid", 500, "Store key invalid"
-
-
-class StoreInUse(SidecarError):
-    """`sidecar rekey` needs the store to itself; a sidecar has it open (or the reverse)."""
-
-    code, status, title = "store_in_use", 500, "Store in use"
-
-
-class EncryptionUnavailable(SidecarError):
-    """`store.encryption_key` is set but the SQLCipher binding is not installed."""
-
-    code, status, title = "store_encryption_unavailable", 500, "Store encryption unavailable"
 
 
 def _cipher() -> ModuleType | None:
@@ -129,7 +111,9 @@ def hold(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StoreInUse(f"the store at {path} is being rekeyed: wait for `sidecar rekey`") from None
+        raise StoreInUse(
+            f"the store at {path} is being rekeyed: wait for `sidecar rekey`"
+        ) from None
     return fd
 
 
@@ -161,9 +145,15 @@ def connect(
         if getattr(exc, "sqlite_errorcode", None) != _NOTADB:
             raise
         if key is None:
-            detail = f"the {what} at {path} cannot be read: it is encrypted (set store.encryption_key) or not a SQLite database"
+            detail = (
+                f"the {what} at {path} cannot be read: it is encrypted (set "
+                "store.encryption_key) or not a SQLite database"
+            )
         else:
-            detail = f"the {what} at {path} cannot be read with store.encryption_key: a wrong key, or a store made without encryption (remove it: the next run rebuilds it)"
+            detail = (
+                f"the {what} at {path} cannot be read with store.encryption_key: a wrong "
+                "key, or a store made without encryption (remove it: the next run rebuilds it)"
+            )
         raise StoreKeyInvalid(detail) from None
     return conn
 

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sidecar.errors import StoreKeyInvalid
 from sidecar.store.base import MutationRecord, PageData, StoreView
 from sidecar.store.lines import ChangeLines, merged
-from sidecar.store.sqlite_files import DATABASE_ERRORS, StoreKeyInvalid, connect
+from sidecar.store.sqlite_files import DATABASE_ERRORS, connect
 from sidecar.store.sqlite_grants import SQLiteView
 from sidecar.store.sqlite_sql import PULL, PULL_LIVE
 

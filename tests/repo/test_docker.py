@@ -512,7 +512,8 @@ def test_published_ports_bind_to_loopback_unless_told_otherwise(
 
 
 @pytest.mark.parametrize(
-    "host_env", [{"SIDECAR_JWT_SECRET": "t" * 40}, {"SIDECAR_JWT_SECRET": "s" * 40, "POSTGRES_DB": "x"}]
+    "host_env",
+    [{"SIDECAR_JWT_SECRET": "t" * 40}, {"SIDECAR_JWT_SECRET": "s" * 40, "POSTGRES_DB": "x"}],
 )
 def test_sidecar_yaml_loads_with_the_compose_environment(
     services: dict[str, Any], host_env: dict[str, str]
