@@ -2,11 +2,12 @@
 
 Permissions: the store's directory is created `0700` and every file of the store (the
 database, its `-wal` and `-shm`, the pending file `<store>.pending` and its own `-wal`
-and `-shm`) `0600`. SQLite gives a database's `-wal` and `-shm` the mode of the database
-file, so creating that file `0600` before SQLite opens it is enough; a file of an older
-run with a wider mode is tightened (it is the sidecar's own). A directory that exists
-already is not the sidecar's to change (it may be shared, e.g. `/var/lib` or a volume): a
-wider mode than `0700` is logged as a warning, once per directory, and left as it is.
+and `-shm`, the empty lock file `<store>.lock`) `0600`. SQLite gives a database's `-wal`
+and `-shm` the mode of the database file, so creating that file `0600` before SQLite
+opens it is enough; a file of an older run with a wider mode is tightened (it is the
+sidecar's own). A directory that exists already is not the sidecar's to change (it may
+be shared, e.g. `/var/lib` or a volume): a wider mode than `0700` is logged as a
+warning, once per directory, and left as it is.
 
 Encryption (`store.encryption_key`): every connection, the writer's, each reader's, the
 pending file's and `sidecar status`'s, is opened through SQLCipher (the `sqlcipher3`
@@ -65,7 +66,8 @@ def encryption_available() -> bool:
 def store_files(path: Path) -> list[Path]:
     """The files of the store at `path` that exist now (database, pending file, theirs)."""
     bases = [path, path.with_name(path.name + ".pending")]
-    return [Path(f"{b}{s}") for b in bases for s in _SUFFIXES if Path(f"{b}{s}").exists()]
+    found = [Path(f"{b}{s}") for b in bases for s in _SUFFIXES]
+    return [p for p in [*found, lock_path(path)] if p.exists()]
 
 
 def prepare(path: Path) -> None:
@@ -86,10 +88,20 @@ def prepare(path: Path) -> None:
                 mode=oct(mode),
                 hint="the store's files are 0600; chmod 700 the directory to hide their names",
             )
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    os.close(fd)
+    _create(path)
     for suffix in _SUFFIXES:
         tighten(Path(f"{path}{suffix}"))
+
+
+def _create(path: Path) -> None:
+    """`path` made `0600` if it does not exist. An existing database file is never opened
+    here: closing any descriptor of a file drops the POSIX locks SQLite holds on it in
+    this process."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def tighten(path: Path) -> None:
@@ -102,11 +114,23 @@ def tighten(path: Path) -> None:
         os.chmod(path, FILE_MODE)
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file of the store at `path` (`<store>.lock`, empty)."""
+    return path.with_name(path.name + ".lock")
+
+
+def _lock_file(path: Path) -> int:
+    lock = lock_path(path)
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, FILE_MODE)
+    tighten(lock)
+    return fd
+
+
 def hold(path: Path) -> int:
-    """A shared `flock` on the database at `path` while a store has it open (a file
-    descriptor to close): `rekey` takes it exclusively, so it never runs beside a sidecar.
-    (On Linux `flock` and SQLite's own `fcntl` locks do not interact.)"""
-    fd = os.open(path, os.O_RDONLY)
+    """A shared `flock` on the lock file of the store at `path` while a store has it open
+    (a file descriptor to close): `rekey` takes it exclusively, so it never runs beside a
+    sidecar. (A file of its own: the database file is only ever opened by SQLite.)"""
+    fd = _lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -171,7 +195,7 @@ def rekey(path: Path, key: str | None, new_key: str) -> list[Path]:
         )
     if not path.exists():
         raise StoreKeyInvalid(f"there is no store at {path} to rekey")
-    fd = os.open(path, os.O_RDONLY)
+    fd = _lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -67,7 +67,8 @@ async def test_store_files_are_0600_in_a_0700_directory_the_sidecar_made(pg_dsn,
     try:
         files = sorted(p for p in store.parent.iterdir())
         names = {p.name for p in files}
-        assert {"store.db", "store.db-wal", "store.db-shm", "store.db.pending"} <= names, names
+        expected = {"store.db", "store.db-wal", "store.db-shm", "store.db.pending", "store.db.lock"}
+        assert expected <= names, names
         assert _mode(store.parent) == 0o700
         for path in files:
             assert path.is_file() and _mode(path) == 0o600, (path.name, oct(_mode(path)))
