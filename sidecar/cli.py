@@ -1,4 +1,5 @@
-"""Command line: `sidecar run | check | init | drop | status | backup | migrate-store | demo`.
+"""Command line: `sidecar run | check | init | drop | status | backup | migrate-store | rekey |
+demo`.
 
 Every failure the user can fix prints a message and exits non-zero, never a traceback.
 """
@@ -17,7 +18,7 @@ import psycopg
 
 from sidecar.config.loader import load_config
 from sidecar.errors import SidecarError
-from sidecar.observability import configure_logging
+from sidecar.observability import Redactor, configure_logging
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
@@ -211,6 +212,33 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sidecar.store.sqlite_files import rekey
+
+    config = load_config(args.config)
+    if config.store.url is not None:
+        print(
+            "sidecar rekey: store.url is a PostgreSQL store: it is not encrypted by the "
+            "sidecar (docs/ops.md)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    new_key = os.environ.get(args.new_key_env)
+    if not new_key:
+        print(
+            f"sidecar rekey: the environment variable {args.new_key_env} (the new key) is "
+            "not set or empty",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    done = rekey(Path(config.store.path), config.store.encryption_key, new_key)
+    print(f"rekeyed: {', '.join(str(p) for p in done)}")
+    print(f"-- set store.encryption_key to the value of {args.new_key_env} before the next run")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sidecar.demo.tour import run_demo
 
@@ -261,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, help="the SQLite store file to copy")
     p.add_argument("--force", action="store_true", help="replace what the target store holds")
     p.set_defaults(func=cmd_migrate_store)
+    p = sub.add_parser(
+        "rekey", help="change the key of the encrypted SQLite store (the sidecar stopped)"
+    )
+    p.add_argument("--config", "-c", default=_default_config(), help="YAML config file")
+    p.add_argument(
+        "--new-key-env",
+        required=True,
+        metavar="VAR",
+        help="environment variable holding the new key (a key is never an argument)",
+    )
+    p.set_defaults(func=cmd_rekey)
     p = sub.add_parser("demo", help="start a private PostgreSQL with a demo app and sync it")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--keep", action="store_true", help="keep the demo data directory")
@@ -273,16 +312,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SidecarError as exc:
-        print(f"sidecar {args.command}: {exc.detail}", file=sys.stderr)
+        _fail(args.command, exc.detail)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_OK
     except psycopg.OperationalError as exc:
-        print(f"sidecar {args.command}: cannot reach the database: {exc}", file=sys.stderr)
+        _fail(args.command, f"cannot reach the database: {exc}")
         return EXIT_FAIL
     except OSError as exc:
-        print(f"sidecar {args.command}: {exc}", file=sys.stderr)
+        _fail(args.command, str(exc))
         return EXIT_FAIL
+
+
+def _fail(command: str, message: str) -> None:
+    """A failure on stderr, redacted as log lines are (tokens, passwords in URLs)."""
+    print(f"sidecar {command}: {Redactor().text(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

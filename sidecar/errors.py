@@ -168,3 +168,21 @@ class PreflightError(SidecarError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"the database is not ready for the sidecar:\n{lines}")
+
+
+class StoreKeyInvalid(SidecarError):
+    """The store cannot be read with the key the config gives (or without one)."""
+
+    code, status, title = "store_key_invalid", 500, "Store key invalid"
+
+
+class StoreInUse(SidecarError):
+    """`sidecar rekey` needs the store to itself; a sidecar has it open (or the reverse)."""
+
+    code, status, title = "store_in_use", 500, "Store in use"
+
+
+class EncryptionUnavailable(SidecarError):
+    """`store.encryption_key` is set but the SQLCipher binding is not installed."""
+
+    code, status, title = "store_encryption_unavailable", 500, "Store encryption unavailable"

@@ -184,7 +184,11 @@ class Service:
         report = await asyncio.to_thread(prepare_database, config)
         routes = routes_for(config, report)
         store = open_store(config.store)
-        pending = open_pending(config.store)
+        try:
+            pending = open_pending(config.store)
+        except BaseException:
+            store.close()
+            raise
         notifier = Notifier()
         permissions = Permissions(config.auth)
         capture = CaptureRunner(config, store, list(routes.values()), notifier)

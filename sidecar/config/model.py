@@ -71,6 +71,8 @@ class StoreConfig:
     # and the schema that holds its tables.
     url: str | None = None
     schema: str = "sidecar_store"
+    # The SQLite store encrypted with SQLCipher under this passphrase (never in a repr).
+    encryption_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +221,10 @@ class Config:
     collections: Mapping[str, CollectionConfig] = field(hash=False)  # declaration order
 
     def secrets(self) -> tuple[str, ...]:
-        """Values no log line may show: the JWT secret and the database password."""
-        found = [self.auth.jwt.secret or ""]
-        with contextlib.suppress(psycopg.ProgrammingError):
-            found.append(str(conninfo_to_dict(self.database.url).get("password") or ""))
+        """Values no log line may show: the JWT secret, the passwords of the database and
+        of a PostgreSQL store, and the store's encryption key."""
+        found = [self.auth.jwt.secret or "", self.store.encryption_key or ""]
+        for url in (self.database.url, self.store.url):
+            with contextlib.suppress(psycopg.ProgrammingError):
+                found.append(str(conninfo_to_dict(url or "").get("password") or ""))
         return tuple(s for s in found if s)

@@ -109,6 +109,28 @@ class Problems:
             raise ConfigError(sorted(self._found, key=lambda p: p.line or 0))
 
 
+# Keys whose values are secrets (`auth.jwt.secret`, `store.encryption_key`): a message never
+# quotes them, and a `${VAR}` there stays text (a numeric passphrase is still a string).
+SECRET_KEYS = frozenset({"secret", "encryption_key"})
+
+
+def is_secret(path: KeyPath) -> bool:
+    """`path` is, or is inside, the value of a secret key."""
+    return any(isinstance(key, str) and key in SECRET_KEYS for key in path)
+
+
+def kind(value: object) -> str:
+    """What a value is, without the value: `a mapping`, `an integer`, `a string`."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return names.get(type(value), type(value).__name__)
+
+
 def describe(value: object) -> str:
     """What a value is, for a message: `a mapping`, `a list`, `integer 3`, `string 'x'`."""
     if isinstance(value, dict):

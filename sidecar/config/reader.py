@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.config.problems import KeyPath, Problems
+from sidecar.config.problems import KeyPath, Problems, is_secret
 from sidecar.config.substitution import is_whole, substitute
 
 __all__ = ["UNREADABLE", "Reader"]
@@ -133,7 +133,12 @@ class Reader:
             except ValueError as error:
                 self.problems.add(path, str(error))
                 return None
-            if node.style is None and tag == _STR_TAG and is_whole(node.value):
+            if (
+                node.style is None
+                and tag == _STR_TAG
+                and is_whole(node.value)
+                and not is_secret(path)  # a numeric passphrase is a string all the same
+            ):
                 # types-PyYAML leaves BaseResolver.resolve unannotated (it returns the tag).
                 tag = self._resolver.resolve(  # type: ignore[no-untyped-call]
                     yaml.ScalarNode, value, (True, False)

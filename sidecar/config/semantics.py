@@ -12,6 +12,7 @@ silently (the problem is reported once, by the schema).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -220,6 +221,18 @@ class Builder:
         )
         url = _typed(raw, "url", str, "").strip() or None
         schema = _typed(raw, "schema", str, defaults.schema)
+        key = _typed(raw, "encryption_key", str, "") or None
+        if key is not None and url is not None:
+            self.problems.add(
+                ("store", "encryption_key"),
+                "encrypts the SQLite store only: a PostgreSQL store (store.url) relies on the "
+                "server's disk encryption, TLS and privileges (docs/ops.md)",
+            )
+        elif key is not None and importlib.util.find_spec("sqlcipher3") is None:
+            self.problems.add(
+                ("store", "encryption_key"),
+                "needs the SQLCipher binding: pip install 'sidecar[encryption]' (sqlcipher3)",
+            )
         if url is not None:
             if "path" in raw:
                 self.problems.add(
@@ -237,7 +250,9 @@ class Builder:
                 "must be a file: the store is read from several threads and must survive "
                 "restarts (e.g. ./data/sidecar.db)",
             )
-        return StoreConfig(path=self.store_path(path), tombstone_retention=retention)
+        return StoreConfig(
+            path=self.store_path(path), tombstone_retention=retention, encryption_key=key
+        )
 
     def store_place(self, url: str, schema: str, app_url: str, app_schemas: set[str]) -> None:
         """A PostgreSQL store never goes into the application's own schema: in the

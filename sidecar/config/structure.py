@@ -17,7 +17,15 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.exceptions import best_match
 
-from sidecar.config.problems import KeyPath, Problems, describe, show, yaml_scalar
+from sidecar.config.problems import (
+    KeyPath,
+    Problems,
+    describe,
+    is_secret,
+    kind,
+    show,
+    yaml_scalar,
+)
 from sidecar.config.schema import strict_schema
 
 __all__ = ["check_structure"]
@@ -44,7 +52,19 @@ def check_structure(data: Any, problems: Problems) -> None:
     """Add a problem for every way `data` does not match the schema."""
     for error in _validator().iter_errors(data):
         for path, message, at_key in _explain(error):
+            value_path = path[:-1] if at_key else path  # at a key: the key is in the value
+            if is_secret(value_path):
+                path, message, at_key = value_path, _secret_message(error), False
             problems.add(path, message, at_key=at_key)
+
+
+def _secret_message(error: ValidationError) -> str:
+    """A problem with a secret's value, said without the value."""
+    if error.validator == "type":
+        types = _items(error.validator_value) or [error.validator_value]
+        expected = " or ".join(_TYPE_NAMES.get(str(t), f"a {t}") for t in types)
+        return f"expected {expected}, got {kind(error.instance)} (a secret: its value is not shown)"
+    return f"not a valid value ({error.validator}; a secret: its value is not shown)"
 
 
 def _explain(error: ValidationError) -> Iterator[Found]:

@@ -24,7 +24,6 @@ is not trusted, as the store's own ids are not across lineages.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -34,6 +33,7 @@ import psycopg
 from sidecar.errors import Unavailable
 from sidecar.mutations import MutationResult
 from sidecar.store.base import MutationRecord, PendingMutations, PendingRecord, StoreReader
+from sidecar.store.sqlite_files import ERRORS as SQLITE_ERRORS
 
 
 def origin_of(store: StoreReader) -> str:
@@ -63,7 +63,7 @@ async def record(
     records = [PendingRecord(subject, r.id, xid, r.rev, origin) for r in applied]
     try:
         await asyncio.to_thread(pending.record, records)
-    except sqlite3.Error as exc:
+    except SQLITE_ERRORS as exc:
         raise Unavailable(
             f"cannot record the mutation ids ({exc}); nothing was applied — retry",
             retry_after=2,

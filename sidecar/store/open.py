@@ -29,7 +29,7 @@ def open_store(config: StoreConfig) -> ChangeStore:
     """Open (creating it if need be) the store `config` names."""
     if config.url is not None:
         return PGStore(config.url, config.schema)
-    return SQLiteStore(Path(config.path))
+    return SQLiteStore(Path(config.path), config.encryption_key)
 
 
 def open_pending(config: StoreConfig) -> PendingMutations:
@@ -37,14 +37,14 @@ def open_pending(config: StoreConfig) -> PendingMutations:
     before COMMIT; see `store/sqlite_pending.py`)."""
     if config.url is not None:
         return PGPending(config.url, config.schema)
-    return SQLitePending(pending_path(Path(config.path)))
+    return SQLitePending(pending_path(Path(config.path)), config.encryption_key)
 
 
 def store_summary(config: StoreConfig) -> dict[str, Any] | None:
     """The store's state as `sidecar status` prints it (None when there is no store yet)."""
     if config.url is not None:
         return pg_summary(config.url, config.schema)
-    return summary(Path(config.path))
+    return summary(Path(config.path), config.encryption_key)
 
 
 def store_name(config: StoreConfig) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -41,6 +40,7 @@ from sidecar.store.base import (
 )
 from sidecar.store.netting import Netting, RowState, Stored, write_plan
 from sidecar.store.sqlite_errors import as_unavailable, writes
+from sidecar.store.sqlite_files import ERRORS, connect, hold, prepare
 from sidecar.store.sqlite_read import SQLiteReader
 from sidecar.store.sqlite_reconcile import SQLiteReconcile
 from sidecar.store.sqlite_sql import (
@@ -85,12 +85,17 @@ class SQLiteStore(SQLiteReconcile, SQLiteReader):
     """ChangeStore on one SQLite file. Writer methods must be called from one thread;
     the reader methods (`SQLiteReader`) from any."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(Path(path))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
-        )
+    def __init__(self, path: str | os.PathLike[str], key: str | None = None) -> None:
+        super().__init__(Path(path), key)
+        prepare(self.path)  # 0700 directory, 0600 files (store/sqlite_files.py)
+        self._in_use = hold(self.path)
+        try:
+            self._w = connect(
+                self.path, key, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+            )
+        except BaseException:
+            os.close(self._in_use)
+            raise
         self._w.execute("PRAGMA journal_mode=WAL")
         self._w.execute("PRAGMA synchronous=FULL")
         self._w.execute("PRAGMA cache_size=-65536")
@@ -161,7 +166,7 @@ class SQLiteStore(SQLiteReconcile, SQLiteReader):
         try:
             if self._w.in_transaction:
                 self._w.execute("ROLLBACK")
-        except sqlite3.Error:
+        except ERRORS:
             return False
         return True
 
@@ -210,6 +215,7 @@ class SQLiteStore(SQLiteReconcile, SQLiteReader):
             self.rollback()
         self._w.close()
         self._close_reader()
+        os.close(self._in_use)
 
     # -- writer side ---------------------------------------------------------------------
 
@@ -479,7 +485,7 @@ class SQLiteStore(SQLiteReconcile, SQLiteReader):
             self._version = int(self._meta("version") or 0)
             sql = "SELECT count(*) FROM sqlite_master WHERE name = 'rows_ident'"
             self._indexed = self._w.execute(sql).fetchone()[0] > 0
-        except sqlite3.Error as exc:
+        except ERRORS as exc:
             trouble = as_unavailable(exc)
             if trouble is None:
                 raise

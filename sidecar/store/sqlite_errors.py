@@ -9,11 +9,11 @@ Any other error (CORRUPT, a constraint, …) is damage or a bug and stays fatal.
 from __future__ import annotations
 
 import functools
-import sqlite3
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
 from sidecar.store.base import StoreUnavailable
+from sidecar.store.sqlite_files import ERRORS
 
 # SQLite primary result codes (sqlite3.h) → StoreUnavailable.kind
 _TROUBLE = {5: "locked", 6: "locked", 13: "disk_full", 10: "io", 14: "io", 15: "io"}
@@ -27,7 +27,7 @@ class _Writer(Protocol):
     def _discard(self) -> bool: ...
 
 
-def as_unavailable(exc: sqlite3.Error) -> StoreUnavailable | None:
+def as_unavailable(exc: Exception) -> StoreUnavailable | None:
     """The error as `StoreUnavailable` if it may pass (None: it may not)."""
     code = getattr(exc, "sqlite_errorcode", None)
     kind = None if code is None else _TROUBLE.get(code & 0xFF)
@@ -47,7 +47,7 @@ def writes(batch: bool) -> Callable[[F], F]:
                 raise self._broken
             try:
                 return fn(self, *args, **kwargs)
-            except sqlite3.Error as exc:
+            except ERRORS as exc:
                 trouble = as_unavailable(exc)
                 if trouble is None:
                     raise

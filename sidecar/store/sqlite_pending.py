@@ -10,13 +10,13 @@ that capture has stored are pruned: from then on the store's `mutations` table a
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sidecar.store.base import PendingRecord
+from sidecar.store.sqlite_files import connect, prepare
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -40,12 +40,14 @@ def pending_path(store_path: Path) -> Path:
 class SQLitePending:
     """`PendingMutations` over one SQLite file (WAL mode, `synchronous=FULL`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: str | None = None) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare(path)  # 0700 directory, 0600 files, as the store's
         self._lock = threading.Lock()
         self._covered: int | None = None
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = connect(
+            path, key, what="pending file", isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")

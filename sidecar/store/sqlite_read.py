@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sidecar.errors import StoreKeyInvalid
 from sidecar.store.base import MutationRecord, PageData, StoreView
 from sidecar.store.lines import ChangeLines, merged
+from sidecar.store.sqlite_files import DATABASE_ERRORS, connect
 from sidecar.store.sqlite_grants import SQLiteView
 from sidecar.store.sqlite_sql import PULL, PULL_LIVE
 
@@ -26,8 +28,9 @@ class SQLiteReader:
     """The `StoreReader` methods but `state` (the writer keeps it) over the file at
     `path`; safe to call from any thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: str | None = None) -> None:
         self.path = path
+        self._key = key
         self._local = threading.local()
         self._lines = ChangeLines()
 
@@ -41,11 +44,8 @@ class SQLiteReader:
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
+            conn = connect(
+                self.path, self._key, readonly=True, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA cache_size=-8192")
             self._local.conn = conn
@@ -172,17 +172,20 @@ class SQLiteReader:
         return {"rows": int(rows), "tombstones": int(tombs), "bytes": size}
 
 
-def summary(path: Path) -> dict[str, Any] | None:
+def summary(path: Path, key: str | None = None) -> dict[str, Any] | None:
     """The store file's state, read-only (None when there is no store yet)."""
     if not path.exists():
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        conn = connect(path, key, readonly=True)
+    except StoreKeyInvalid as exc:
+        return {"error": exc.detail}
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
         tombstones = conn.execute("SELECT count(*) FROM entries WHERE deleted = 1").fetchone()[0]
         mutations = conn.execute("SELECT count(*) FROM mutations").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
+    except DATABASE_ERRORS as exc:
         return {"error": f"not a sidecar store: {exc}"}
     finally:
         conn.close()

@@ -368,7 +368,7 @@ def test_sidecar_build_config_store_and_port(
     context = (DOCKER / build["context"]).resolve()
     assert context == ROOT
     assert (context / build["dockerfile"]).resolve() == DOCKERFILE
-    env = service_env(sidecar, {})
+    env = service_env(sidecar, {"SIDECAR_JWT_SECRET": "s" * 40})
     by_target = {m.target: m for m in mounts(sidecar)}
     config = by_target[env["SIDECAR_CONFIG"]]
     assert (DOCKER / config.source).resolve() == SIDECAR_YAML and config.read_only
@@ -434,24 +434,87 @@ def _docker_compose_available() -> bool:
     return probe.returncode == 0
 
 
+def _compose_config(profile: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), *profile, "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
 @pytest.mark.skipif(not _docker_compose_available(), reason="no `docker compose` CLI plugin")
 def test_docker_compose_config_validates() -> None:
+    env = {**os.environ, "SIDECAR_JWT_SECRET": "s" * 40}
     for profile in ([], ["--profile", "observability"]):
-        done = subprocess.run(
-            ["docker", "compose", "-f", str(COMPOSE), *profile, "config", "-q"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _compose_config(profile, env)
         assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(not _docker_compose_available(), reason="no `docker compose` CLI plugin")
+def test_docker_compose_config_fails_without_a_jwt_secret() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SIDECAR_JWT_SECRET"}
+    done = _compose_config([], env)
+    assert done.returncode != 0
+    assert "SIDECAR_JWT_SECRET" in done.stderr
+
+
+# The value the compose file used to fall back to (and sidecar/demo/demo.yaml still uses for
+# the embedded demo): public, so it must not be a default of the container files.
+DEMO_SECRET = "demo-secret-change-me"
+
+
+def test_compose_refuses_to_start_without_an_operator_set_jwt_secret(
+    services: dict[str, Any],
+) -> None:
+    raw = str(services["sidecar"]["environment"]["SIDECAR_JWT_SECRET"])
+    assert re.fullmatch(r"\$\{SIDECAR_JWT_SECRET:\?[^}]+\}", raw), raw
+    with pytest.raises(AssertionError, match="SIDECAR_JWT_SECRET"):
+        service_env(services["sidecar"], {})
+    with pytest.raises(AssertionError, match="SIDECAR_JWT_SECRET"):
+        service_env(services["sidecar"], {"SIDECAR_JWT_SECRET": ""})  # `:?`: empty is unset
+    env = service_env(services["sidecar"], {"SIDECAR_JWT_SECRET": "x" * 40})
+    assert env["SIDECAR_JWT_SECRET"] == "x" * 40
+
+
+def test_no_demo_secret_in_the_container_files() -> None:
+    for path in DOCKER.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            assert DEMO_SECRET not in text, f"{path.relative_to(ROOT)} holds the demo secret"
+
+
+def _published(service: Mapping[str, Any], host_env: Mapping[str, str]) -> list[str]:
+    out = []
+    for port in service.get("ports") or []:
+        assert isinstance(port, str), "short syntax, so the host address is in the string"
+        out.append(interpolate(port, host_env))
+    return out
+
+
+def test_published_ports_bind_to_loopback_unless_told_otherwise(
+    services: dict[str, Any],
+) -> None:
+    published = {n: _published(s, {}) for n, s in services.items() if s.get("ports")}
+    assert "sidecar" in published
+    for name, ports in published.items():
+        for port in ports:
+            # host-address:host-port:container-port, the address loopback
+            assert port.count(":") == 2 and port.startswith("127.0.0.1:"), (name, port)
+    told = {"SIDECAR_BIND": "0.0.0.0", "SIDECAR_PORT": "9000"}
+    assert _published(services["sidecar"], told) == [f"0.0.0.0:9000:{HTTP_PORT}"]
 
 
 # ---------------------------------------------------------------------------- sidecar.yaml
 
 
-@pytest.mark.parametrize("host_env", [{}, {"SIDECAR_JWT_SECRET": "s" * 40, "POSTGRES_DB": "x"}])
+@pytest.mark.parametrize(
+    "host_env",
+    [{"SIDECAR_JWT_SECRET": "t" * 40}, {"SIDECAR_JWT_SECRET": "s" * 40, "POSTGRES_DB": "x"}],
+)
 def test_sidecar_yaml_loads_with_the_compose_environment(
     services: dict[str, Any], host_env: dict[str, str]
 ) -> None:
@@ -463,9 +526,7 @@ def test_sidecar_yaml_loads_with_the_compose_environment(
     assert url.hostname == "postgres" and url.hostname in services
     assert (url.username, url.password) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"])
     assert url.path == "/" + pg_env["POSTGRES_DB"]
-    assert config.auth.jwt.secret == env["SIDECAR_JWT_SECRET"]
-    if "SIDECAR_JWT_SECRET" in host_env:
-        assert config.auth.jwt.secret == host_env["SIDECAR_JWT_SECRET"]
+    assert config.auth.jwt.secret == env["SIDECAR_JWT_SECRET"] == host_env["SIDECAR_JWT_SECRET"]
     assert Path(config.store.path).parent == Path(STORE_DIR)
     assert (config.server.host, config.server.port) == ("0.0.0.0", HTTP_PORT)
 

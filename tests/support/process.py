@@ -3,7 +3,9 @@
 `SidecarRun(tmp_path, url, collections, extra)` writes a config (`server` on a free port),
 starts `python -m sidecar.cli run` with its stdout and stderr in files of their own (not a
 terminal: the process logs JSON), waits until `/readyz` answers 200, and stops with
-SIGTERM (`start(wait_ready=False)` returns at once). `nofile` sets the child's RLIMIT_NOFILE.
+SIGTERM (`start(wait_ready=False)` returns at once). `nofile` sets the child's RLIMIT_NOFILE;
+`store` replaces the `store:` mapping (YAML flow text), `env` is added to the child's
+environment.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class SidecarRun:
         collections: str,
         extra: str = "",
         nofile: int | None = None,
+        store: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -37,10 +41,12 @@ class SidecarRun:
         self.stdout = tmp_path / "sidecar.out"
         self.stderr = tmp_path / "sidecar.err"
         self.nofile = nofile
+        self.env = env or {}
+        store = store or f'{{path: "{tmp_path / "store.db"}"}}'
         self.config.write_text(
             f"""
 database: {{url: "{url}", slot: run_test, publication: run_test}}
-store: {{path: "{tmp_path / "store.db"}"}}
+store: {store}
 server: {{host: 127.0.0.1, port: {self.port}}}
 auth: {{jwt: {{secret: "{SECRET}"}}}}
 {extra}
@@ -56,7 +62,7 @@ collections:
 
     async def start(self, timeout: float = 60, wait_ready: bool = True) -> SidecarRun:
         """Start the process; wait until `/readyz` answers 200 (unless not `wait_ready`)."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with self.stdout.open("ab") as out, self.stderr.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sidecar.cli", "run", "--config", str(self.config)],

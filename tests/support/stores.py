@@ -49,18 +49,26 @@ class Place:
         return self.url
 
 
+# the passphrase of the encrypted SQLite engine's stores
+CONTRACT_KEY = "contract key, with a ' quote"
+
 # engines that keep their store in PostgreSQL (their tests need a database)
 NEEDS_POSTGRES = frozenset({"postgresql"})
 
 # name → a store at the given place
 STORES: dict[str, Callable[[Place], InspectableStore]] = {
     "sqlite": lambda p: SQLiteStore(p.directory / "store.db"),
+    # the SQLite store through SQLCipher (store.encryption_key)
+    "sqlite-encrypted": lambda p: SQLiteStore(p.directory / "store.db", CONTRACT_KEY),
     "postgresql": lambda p: PGStore(p.pg(), p.schema),
 }
 
 # name → the pending mutation ids that go with that engine's store at the place
 PENDING: dict[str, Callable[[Place], PendingMutations]] = {
     "sqlite": lambda p: SQLitePending(pending_path(p.directory / "store.db")),
+    "sqlite-encrypted": lambda p: SQLitePending(
+        pending_path(p.directory / "store.db"), CONTRACT_KEY
+    ),
     "postgresql": lambda p: PGPending(p.pg(), p.schema),
 }
 
