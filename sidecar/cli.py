@@ -170,7 +170,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
         )
         return EXIT_FAIL
     try:
-        done = backup_sqlite(Path(config.store.path), Path(args.to), force=args.force)
+        done = backup_sqlite(
+            Path(config.store.path),
+            Path(args.to),
+            key=config.store.encryption_key,
+            force=args.force,
+        )
     except TransferError as exc:
         print(f"sidecar backup: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -197,8 +202,9 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
         )
         return EXIT_FAIL
     try:
+        key = os.environ.get(args.from_key_env) if args.from_key_env else None
         done = migrate_sqlite_to_pg(
-            Path(args.source), config.store.url, config.store.schema, force=args.force
+            Path(args.source), config.store.url, config.store.schema, key=key, force=args.force
         )
     except TransferError as exc:
         print(f"sidecar migrate-store: {exc}", file=sys.stderr)
@@ -287,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", "-c", default=_default_config(), help="the config with store.url")
     p.add_argument("--from", dest="source", required=True, help="the SQLite store file to copy")
+    p.add_argument(
+        "--from-key-env",
+        metavar="VAR",
+        help="environment variable holding the key of an encrypted SQLite store",
+    )
     p.add_argument("--force", action="store_true", help="replace what the target store holds")
     p.set_defaults(func=cmd_migrate_store)
     p = sub.add_parser(

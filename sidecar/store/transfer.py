@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from sidecar.store import pg_sql, sqlite_sql
+from sidecar.store import pg_sql, sqlite_files, sqlite_sql
 from sidecar.store.pg_conn import connect, create
 from sidecar.store.sqlite_pending import pending_path
 
@@ -50,10 +50,11 @@ class Copied:
     version: int
 
 
-def _open_sqlite(path: Path) -> sqlite3.Connection:
+def _open_sqlite(path: Path, key: str | None) -> sqlite3.Connection:
+    """The store file at `path`, through SQLCipher with `key` when it is encrypted."""
     if not path.is_file():
         raise TransferError(f"no store at {path}")
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite_files.connect(path, key, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     return conn
 
@@ -68,10 +69,13 @@ def _meta(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
 # -- backup ---------------------------------------------------------------------------
 
 
-def _vacuum_into(source: Path, target: Path) -> None:
+def _vacuum_into(source: Path, target: Path, key: str | None) -> None:
+    """`source` copied to `target` (0600, like the store's own files; encrypted with the
+    same key when the store is)."""
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
-    conn = _open_sqlite(source)
+    sqlite_files.prepare(partial)  # an empty 0600 file: VACUUM INTO fills it
+    conn = _open_sqlite(source, key)
     try:
         conn.execute("VACUUM INTO ?", (str(partial),))
     finally:
@@ -79,23 +83,24 @@ def _vacuum_into(source: Path, target: Path) -> None:
     partial.replace(target)
 
 
-def backup_sqlite(store: Path, to: Path, *, force: bool = False) -> Copied:
+def backup_sqlite(store: Path, to: Path, *, key: str | None = None, force: bool = False) -> Copied:
     """Back up the SQLite store at `store` (and its pending ids) to `to` (and
-    `<to>.pending`) while the sidecar runs. Refuses an existing `to` unless `force`."""
+    `<to>.pending`) while the sidecar runs; an encrypted store (`key`) gives a copy
+    encrypted with the same key. Refuses an existing `to` unless `force`."""
     if to.resolve() == store.resolve():
         raise TransferError("the backup cannot be the store itself")
     targets = [to, pending_path(to)]
     if not force and any(t.exists() for t in targets):
         raise TransferError(f"{to} exists: choose another file, or pass --force")
-    with contextlib.closing(_open_sqlite(store)) as conn:
+    with contextlib.closing(_open_sqlite(store, key)) as conn:
         _meta(conn, store)
     to.parent.mkdir(parents=True, exist_ok=True)
     for t in targets:
         t.unlink(missing_ok=True)
-    _vacuum_into(store, to)
+    _vacuum_into(store, to, key)
     if pending_path(store).is_file():
-        _vacuum_into(pending_path(store), pending_path(to))
-    with contextlib.closing(sqlite3.connect(f"file:{to}?mode=ro", uri=True)) as copy:
+        _vacuum_into(pending_path(store), pending_path(to), key)
+    with contextlib.closing(sqlite_files.connect(to, key, readonly=True)) as copy:
         meta = _meta(copy, to)
         counts = {
             t: int(copy.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
@@ -203,11 +208,13 @@ def _target_used(pg: psycopg.Connection[Any]) -> str | None:
     return None
 
 
-def migrate_sqlite_to_pg(source: Path, url: str, schema: str, *, force: bool = False) -> Copied:
+def migrate_sqlite_to_pg(
+    source: Path, url: str, schema: str, *, key: str | None = None, force: bool = False
+) -> Copied:
     """Copy the SQLite store at `source` into the PostgreSQL store (`url`, `schema`),
     in one transaction. Refuses a target that holds anything unless `force` (then it
     is emptied first, in the same transaction)."""
-    src = _open_sqlite(source)
+    src = _open_sqlite(source, key)
     try:
         src.execute("BEGIN")  # one snapshot of every table
         meta = _meta(src, source)
@@ -219,7 +226,7 @@ def migrate_sqlite_to_pg(source: Path, url: str, schema: str, *, force: bool = F
         if meta.get("snapshot_done") != "1":
             raise TransferError(f"{source} holds no completed initial copy: nothing to keep")
         pending_file = pending_path(source)
-        pend = _open_sqlite(pending_file) if pending_file.is_file() else None
+        pend = _open_sqlite(pending_file, key) if pending_file.is_file() else None
         with contextlib.ExitStack() as stack:
             if pend is not None:
                 stack.callback(pend.close)
