@@ -42,6 +42,7 @@ from sidecar.push.breaker import Breaker, connect_probe, reporting_connection
 from sidecar.ratelimit import RateLimiter
 from sidecar.store.base import ChangeStore, PendingMutations
 from sidecar.store.open import open_pending, open_store
+from sidecar.tracing import Tracing
 from sidecar.values import NETWORK_KWARGS, configure_connection, session_options
 
 log = structlog.get_logger("sidecar")
@@ -162,6 +163,7 @@ class Service:
     metrics: Metrics
     limiter: RateLimiter | None
     ip_limiter: RateLimiter | None
+    tracing: Tracing = field(default_factory=Tracing)  # spans, and their export (OTLP)
     push_timeouts: dict[str, str] = field(default_factory=dict)  # the push pool's settings
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
@@ -176,7 +178,8 @@ class Service:
         pending = open_pending(config.store)
         notifier = Notifier()
         permissions = Permissions(config.auth)
-        capture = CaptureRunner(config, store, list(routes.values()), notifier)
+        tracing = Tracing(config.observability.otlp_endpoint)
+        capture = CaptureRunner(config, store, list(routes.values()), notifier, tracing=tracing)
         puller = Puller(
             store,
             routes,
@@ -189,6 +192,7 @@ class Service:
             live_per_subject=config.limits.live_per_subject,
             live_total=config.limits.live_total,
             cache_bytes=config.limits.page_cache,
+            tracing=tracing,
         )
         breaker = Breaker(connect_probe(config.database.url, **NETWORK_KWARGS))
         timeouts = _push_timeouts(config)
@@ -205,6 +209,7 @@ class Service:
             breaker=breaker,
             statement_timeout=config.limits.push_statement_timeout,
             pending=pending,
+            tracing=tracing,
         )
         service = cls(
             config=config,
@@ -220,6 +225,7 @@ class Service:
             limiter=_limiter(config.limits.rate),
             ip_limiter=_limiter(config.limits.unauthenticated_rate),
             push_timeouts=timeouts,
+            tracing=tracing,
         )
         service.metrics.registry.register(StoreWeather(service._store_weather))
         service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
@@ -232,8 +238,8 @@ class Service:
         conflict strategies, permissions, limits, auth, log level. Returns the top-level
         sections that changed. Raises ConfigError, keeping the running config, when the
         change needs a restart (database, store, server, page cache, body size, memory
-        budget, or anything that changes what the store holds: collections, tables, keys,
-        columns, read rules).
+        budget, observability, or anything that changes what the store holds: collections,
+        tables, keys, columns, read rules).
         """
         old = self.config
         fixed = [
@@ -249,6 +255,7 @@ class Service:
                 ("limits.max_body", old.limits.max_body, new.limits.max_body),
                 ("limits.page_cache", old.limits.page_cache, new.limits.page_cache),
                 ("limits.memory", old.limits.memory, new.limits.memory),
+                ("observability", old.observability, new.observability),
             )
             if a != b
         ]
@@ -363,7 +370,9 @@ class Service:
         Pulls and pushes go on with the old routes over the store's last committed state
         until the new runner has reconciled the store with the new ones and streams."""
         self.store.rollback()  # whatever the old runner left half-written
-        self.capture = CaptureRunner(self.config, self.store, list(routes.values()), self.notifier)
+        self.capture = CaptureRunner(
+            self.config, self.store, list(routes.values()), self.notifier, tracing=self.tracing
+        )
         self.puller.capture = self.capture
         self.pusher.capture = self.capture
         runner = self.capture
@@ -543,3 +552,4 @@ class Service:
         self.store.close()
         if self.pusher.pending is not None:
             self.pusher.pending.close()
+        await self.tracing.close()

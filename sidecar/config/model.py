@@ -190,6 +190,11 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ObservabilityConfig:
+    otlp_endpoint: str | None = None  # an OTLP/HTTP collector: spans exported there
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     file: str
     database: DatabaseConfig
@@ -199,6 +204,7 @@ class Config:
     limits: LimitsConfig
     log: LogConfig
     collections: Mapping[str, CollectionConfig] = field(hash=False)  # declaration order
+    observability: ObservabilityConfig = field(default_factory=lambda: ObservabilityConfig())
 
     def secrets(self) -> tuple[str, ...]:
         """Values no log line may show: the JWT secret and the database password."""

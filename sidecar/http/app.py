@@ -9,7 +9,7 @@ from aiohttp import web
 
 from sidecar.edge import SERVICE
 from sidecar.http import routes
-from sidecar.http.middleware import add_request_id, make_middleware
+from sidecar.http.middleware import add_request_id, make_middleware, make_tracing_middleware
 from sidecar.service import Service
 
 Extension = Callable[[web.Application, Service], None]
@@ -20,7 +20,10 @@ def create_app(service: Service, extensions: Iterable[Extension] = ()) -> web.Ap
     """An aiohttp app serving `service` (started by the caller, closed by the caller), with
     each of `extensions` installed after the sync API's own routes, in order."""
     app = web.Application(
-        middlewares=[make_middleware(service.metrics, service.config.limits.max_body)],
+        middlewares=[
+            make_tracing_middleware(service.tracing),
+            make_middleware(service.metrics, service.config.limits.max_body),
+        ],
         client_max_size=service.config.limits.max_body,
     )
     app[SERVICE] = service
