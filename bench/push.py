@@ -34,7 +34,7 @@ COLLECTIONS = """
 """
 
 
-async def run(rows: int, batch: int) -> dict[str, float]:
+async def run(rows: int, batch: int, otlp: str | None = None) -> dict[str, float]:
     with postgres() as pg, tempfile.TemporaryDirectory() as tmp:
         dsn = pg.dsn("bench")
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -52,7 +52,8 @@ async def run(rows: int, batch: int) -> dict[str, float]:
                         "UPDATE items SET val = %s WHERE id = %s",
                         [(1, i) for i in range(start, min(start + batch, rows + 1))],
                     )
-        service = await Service.start(config(pg, Path(tmp) / "store.db", COLLECTIONS))
+        traced = f'observability: {{otlp_endpoint: "{otlp}"}}' if otlp else ""
+        service = await Service.start(config(pg, Path(tmp) / "store.db", COLLECTIONS, traced))
         await service.capture.wait_ready(300)
         runner = web.AppRunner(build_app(service))
         await runner.setup()
@@ -112,8 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--otlp-endpoint", help="export traces there (an OTLP/HTTP collector): tracing's cost"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.rows, args.batch))
+    asyncio.run(run(args.rows, args.batch, args.otlp_endpoint))
 
 
 if __name__ == "__main__":

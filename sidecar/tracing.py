@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from cachetools import TTLCache
@@ -28,8 +28,18 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Tracer
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sidecar import __version__
@@ -45,6 +55,7 @@ CLOSE_WAIT = 5.0  # seconds `close` waits for the last spans to be exported
 Committed = tuple[int, int, int]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_IDS = RandomIdGenerator()
 
 
 def traces_url(endpoint: str) -> str:
@@ -64,6 +75,23 @@ def _resource() -> Resource:
     return Resource.create(attributes)
 
 
+def _unrecorded(parent: Context | None) -> Span:
+    """A span that records nothing: the client's trace id (else a new one), a new span id."""
+    client = INVALID_SPAN_CONTEXT
+    if parent is not None:
+        client = trace.get_current_span(parent).get_span_context()
+    trace_id = client.trace_id if client.is_valid else _IDS.generate_trace_id()
+    return NonRecordingSpan(
+        SpanContext(
+            trace_id,
+            _IDS.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.DEFAULT),
+            trace_state=client.trace_state,
+        )
+    )
+
+
 class Tracing:
     """A service's tracer. `endpoint`: export there by OTLP/HTTP (protobuf); `processor`:
     export through it instead (tests: an in-memory exporter); neither: record nothing."""
@@ -78,8 +106,8 @@ class Tracing:
             processor = BatchSpanProcessor(exporter)
         self.recording = processor is not None
         self._provider = TracerProvider(
-            # not recording: ids only; else the SDK's sampler (OTEL_TRACES_SAMPLER,
-            # parent-based always-on by default: a client's unsampled trace stays so)
+            # the SDK's sampler (OTEL_TRACES_SAMPLER, parent-based always-on by default:
+            # a client's unsampled trace stays so); not recording, the SDK is not used
             sampler=None if self.recording else ALWAYS_OFF,
             resource=_resource(),
             shutdown_on_exit=False,
@@ -92,27 +120,32 @@ class Tracing:
 
     # -- requests ------------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def server_span(
         self, name: str, headers: Mapping[str, str], attributes: Mapping[str, str]
-    ) -> Iterator[Span]:
+    ) -> contextlib.AbstractContextManager[Span]:
         """The span of one HTTP request, a child of the client's span when `headers` carry
-        a valid `traceparent` (and `tracestate`), current while the block runs."""
-        parent = _PROPAGATOR.extract(headers)
-        with self.tracer.start_as_current_span(
+        a valid `traceparent` (and `tracestate`), current while the block runs. Not
+        recording: a span of ids only, the client's trace id kept (no SDK span: the
+        cheapest way to the ids of the log lines and `traceresponse`)."""
+        parent = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
+        if not self.recording:
+            return contextlib.nullcontext(_unrecorded(parent))
+        return self.tracer.start_as_current_span(
             name,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes=dict(attributes),
+            attributes=attributes,
             record_exception=False,  # the middleware answers every error itself
             set_status_on_exception=False,
-        ) as span:
-            yield span
+        )
 
     def span(
         self, name: str, **attributes: str | int | bool
     ) -> contextlib.AbstractContextManager[Span]:
-        """A child of the current span (pull's store read, push's transaction)."""
+        """A child of the current span (pull's store read, push's transaction); nothing
+        when not recording."""
+        if not self.recording:
+            return contextlib.nullcontext(INVALID_SPAN)
         return self.tracer.start_as_current_span(name, attributes=attributes)
 
     # -- push → capture ------------------------------------------------------------------

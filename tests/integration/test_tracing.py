@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
+from sidecar.embedded import free_port
 from tests.fixtures.service import auth, run_sql
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.process import SidecarRun
@@ -94,9 +95,7 @@ async def test_a_push_is_traced_from_the_client_to_the_live_pull_it_wakes(
                 assert [c["row"]["body"] for c in woke["changes"]] == ["traced"]
 
             spans = await otlp.wait_for(
-                lambda spans: any(
-                    s.name == "capture" and s.trace_id == PUSH_TRACE for s in spans
-                ),
+                lambda spans: any(s.name == "capture" and s.trace_id == PUSH_TRACE for s in spans),
             )
         finally:
             run.stop()
@@ -127,3 +126,39 @@ async def test_a_push_is_traced_from_the_client_to_the_live_pull_it_wakes(
     (mutation,) = [e for e in events if e.get("event") == "mutation"]
     assert mutation["trace_id"] == PUSH_TRACE and mutation["span_id"] == push.span_id
     assert mutation["mutation_id"] == "m1"
+
+
+async def test_without_an_endpoint_requests_still_show_the_clients_trace(
+    pg_dsn, pg_url, sidecar_factory
+):
+    run_sql(pg_dsn, *SCHEMA)
+    sc = await sidecar_factory(pg_url, NOTES)
+    assert not sc.service.tracing.recording  # nothing exported, nothing recorded
+    resp = await sc.get("/v1/pull", headers=traceparent(PULL_TRACE, PULL_SPAN))
+    assert resp.status == 200
+    trace_id, span_id, flags = resp.headers["traceresponse"].split("-")[1:]
+    assert trace_id == PULL_TRACE and span_id != PULL_SPAN and flags == "00"
+    resp = await sc.get("/v1/pull", headers={"traceparent": "00-not-a-trace-01"})
+    assert resp.status == 200  # a malformed traceparent starts a new trace
+    assert resp.headers["traceresponse"].split("-")[1] not in (PULL_TRACE, "0" * 32)
+    resp = await sc.get("/v1/pull", params={"limit": "0"})  # refused: traced all the same
+    assert resp.status == 400 and resp.headers["traceresponse"]
+    resp = await sc.get("/healthz", sub=None)  # probes: no span unless asked for one
+    assert resp.status == 200 and "traceresponse" not in resp.headers
+    resp = await sc.get("/healthz", sub=None, headers=traceparent(PULL_TRACE, PULL_SPAN))
+    assert resp.headers["traceresponse"].split("-")[1] == PULL_TRACE
+
+
+async def test_a_collector_that_is_down_does_not_hold_pushes_or_the_stop(
+    pg_dsn, pg_url, sidecar_factory
+):
+    run_sql(pg_dsn, *SCHEMA)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    sc = await sidecar_factory(pg_url, NOTES, extra=f'observability: {{otlp_endpoint: "{dead}"}}')
+    assert sc.service.tracing.recording
+    for n in range(3):
+        status, body = await sc.push(
+            [{"id": f"d{n}", "collection": "notes", "op": "insert", "data": {"body": "x"}}]
+        )
+        assert status == 200 and body["results"][0]["status"] == "applied", body
+    await asyncio.wait_for(sc.stop(), 30)  # exporting gives up within tracing.CLOSE_WAIT
