@@ -44,12 +44,13 @@ def postgres(fsync: bool = False) -> Iterator[EmbeddedPostgres]:
         pg.stop()
 
 
-def config(pg: EmbeddedPostgres, store: Path, collections: str) -> Config:
+def config(pg: EmbeddedPostgres, store: Path, collections: str, extra: str = "") -> Config:
     text = f"""
 database: {{url: "{pg.url("bench")}", slot: bench, publication: bench}}
 store: {{path: "{store}"}}
 auth: {{jwt: {{secret: "{SECRET}"}}}}
 log: {{level: warning, format: json}}
+{extra}
 collections:
 {collections}
 """

@@ -38,7 +38,9 @@ COLLECTIONS = """
 """
 
 
-async def run(rows: int, batch: int, fsync: bool = False) -> dict[str, float]:
+async def run(
+    rows: int, batch: int, fsync: bool = False, otlp: str | None = None
+) -> dict[str, float]:
     with postgres(fsync) as pg, tempfile.TemporaryDirectory() as tmp:
         dsn = pg.dsn("bench")
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -56,7 +58,8 @@ async def run(rows: int, batch: int, fsync: bool = False) -> dict[str, float]:
                         "UPDATE items SET val = %s WHERE id = %s",
                         [(1, i) for i in range(start, min(start + batch, rows + 1))],
                     )
-        service = await Service.start(config(pg, Path(tmp) / "store.db", COLLECTIONS))
+        traced = f'observability: {{otlp_endpoint: "{otlp}"}}' if otlp else ""
+        service = await Service.start(config(pg, Path(tmp) / "store.db", COLLECTIONS, traced))
         await service.capture.wait_ready(300)
         runner = web.AppRunner(build_app(service))
         await runner.setup()
@@ -123,8 +126,11 @@ def main() -> None:
         "mutation ids durable (fsync) before its COMMIT whatever the server does, so without "
         "it only the reference skips the disk",
     )
+    parser.add_argument(
+        "--otlp-endpoint", help="export traces there (an OTLP/HTTP collector): tracing's cost"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.rows, args.batch, args.pg_fsync))
+    asyncio.run(run(args.rows, args.batch, args.pg_fsync, args.otlp_endpoint))
 
 
 if __name__ == "__main__":

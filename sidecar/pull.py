@@ -30,6 +30,7 @@ from sidecar.pagecache import PageCache
 from sidecar.permissions import Permissions
 from sidecar.rules.scopes import Grants
 from sidecar.store.base import StoreReader
+from sidecar.tracing import Tracing
 from sidecar.views import History, Known, read_view, rule_at, rules_changed
 
 log = structlog.get_logger("sidecar.pull")
@@ -118,7 +119,9 @@ class Puller:
         live_per_subject: int = 16,
         live_total: int = 20_000,
         cache_bytes: int = 64 * 1024 * 1024,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing or Tracing()
         self.permissions = permissions
         self.live_per_subject = live_per_subject
         self.live_total = live_total
@@ -264,6 +267,21 @@ class Puller:
         return max(1, bound - ENVELOPE)
 
     async def _read(
+        self,
+        principal: Principal,
+        routes: Sequence[Collection],
+        cursor: Cursor | None,
+        limit: int,
+        budget: int,
+    ) -> tuple[Page, tuple[str, ...]]:
+        """`_read_page` in a `store read` span (its page's size as attributes)."""
+        with self.tracing.span("store read", **{"sidecar.limit": limit}) as span:
+            page, watch = await self._read_page(principal, routes, cursor, limit, budget)
+            span.set_attribute("sidecar.changes", len(page.lines))
+            span.set_attribute("sidecar.has_more", page.has_more)
+            return page, watch
+
+    async def _read_page(
         self,
         principal: Principal,
         routes: Sequence[Collection],

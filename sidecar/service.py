@@ -47,6 +47,7 @@ from sidecar.push.breaker import (
 from sidecar.ratelimit import RateLimiter
 from sidecar.store.base import ChangeStore, PendingMutations
 from sidecar.store.open import open_pending, open_store
+from sidecar.tracing import Tracing
 from sidecar.values import NETWORK_KWARGS, configure_connection, session_options
 
 log = structlog.get_logger("sidecar")
@@ -173,6 +174,7 @@ class Service:
     metrics: Metrics
     limiter: RateLimiter | None
     ip_limiter: RateLimiter | None
+    tracing: Tracing = field(default_factory=Tracing)  # spans, and their export (OTLP)
     push_timeouts: dict[str, str] = field(default_factory=dict)  # the push pool's settings
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
@@ -191,7 +193,8 @@ class Service:
             raise
         notifier = Notifier()
         permissions = Permissions(config.auth)
-        capture = CaptureRunner(config, store, list(routes.values()), notifier)
+        tracing = Tracing(config.observability.otlp_endpoint)
+        capture = CaptureRunner(config, store, list(routes.values()), notifier, tracing=tracing)
         puller = Puller(
             store,
             routes,
@@ -204,6 +207,7 @@ class Service:
             live_per_subject=config.limits.live_per_subject,
             live_total=config.limits.live_total,
             cache_bytes=config.limits.page_cache,
+            tracing=tracing,
         )
         breaker = Breaker(connect_probe(config.database.url, **NETWORK_KWARGS))
         timeouts = _push_timeouts(config)
@@ -220,6 +224,7 @@ class Service:
             breaker=breaker,
             statement_timeout=config.limits.push_statement_timeout,
             pending=pending,
+            tracing=tracing,
         )
         service = cls(
             config=config,
@@ -235,6 +240,7 @@ class Service:
             limiter=_limiter(config.limits.rate),
             ip_limiter=_limiter(config.limits.unauthenticated_rate),
             push_timeouts=timeouts,
+            tracing=tracing,
         )
         service.metrics.registry.register(StoreWeather(service._store_weather))
         service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
@@ -247,8 +253,8 @@ class Service:
         conflict strategies, permissions, limits, auth, log level. Returns the top-level
         sections that changed. Raises ConfigError, keeping the running config, when the
         change needs a restart (database, store, server, page cache, body size, memory
-        budget, or anything that changes what the store holds: collections, tables, keys,
-        columns, read rules).
+        budget, observability, or anything that changes what the store holds: collections,
+        tables, keys, columns, read rules).
         """
         old = self.config
         fixed = [
@@ -269,6 +275,7 @@ class Service:
                 ("limits.max_body", old.limits.max_body, new.limits.max_body),
                 ("limits.page_cache", old.limits.page_cache, new.limits.page_cache),
                 ("limits.memory", old.limits.memory, new.limits.memory),
+                ("observability", old.observability, new.observability),
             )
             if a != b
         ]
@@ -389,6 +396,7 @@ class Service:
             list(routes.values()),
             self.notifier,
             claim=self.capture.claim,  # the slot's lock goes on with the new runner
+            tracing=self.tracing,
         )
         self.puller.capture = self.capture
         self.pusher.capture = self.capture
@@ -570,3 +578,4 @@ class Service:
         self.store.close()
         if self.pusher.pending is not None:
             self.pusher.pending.close()
+        await self.tracing.close()

@@ -42,7 +42,7 @@ SSE_SECONDS = 60.0  # an SSE response ends after this; the client reconnects at 
 CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z: the live cursor counts 20 s from it
 EXPOSED = (
     "electric-handle, electric-offset, electric-schema, electric-cursor, "
-    "electric-up-to-date, retry-after, x-request-id, "
+    "electric-up-to-date, retry-after, x-request-id, traceresponse, "
     "ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy"
 )
 UP_TO_DATE: dict[str, Any] = {"headers": {"control": "up-to-date"}}

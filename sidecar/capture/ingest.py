@@ -23,6 +23,7 @@ changes instead, written after the batch's row changes (`StoreWriter.apply_grant
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -95,6 +96,9 @@ class BatchResult:
     touched: set[str] = field(default_factory=set)
     rows: int = 0
     commits: int = 0
+    # (xid, end LSN, decoded at: ns since the epoch) of each transaction the store
+    # committed, when asked for (`Ingest.commit_log`: tracing)
+    committed: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 class Ingest:
@@ -146,6 +150,8 @@ class Ingest:
         self._touched: set[str] = set()
         self._last_commit_lsn: int | None = None
         self.rows_applied = 0
+        # when a list: each commit applied is noted in it until the store commits it
+        self.commit_log: list[tuple[int, int, int]] | None = None
 
     @property
     def in_transaction(self) -> bool:
@@ -233,6 +239,8 @@ class Ingest:
                 if not self._skipping:
                     self._last_commit_lsn = msg.end_lsn
                     commits += 1
+                    if self.commit_log is not None:
+                        self.commit_log.append((self._txn_xid, msg.end_lsn, time.time_ns()))
                 self._skipping = False
             elif type(msg) is po.Relation:  # even in a skipped transaction: it is sent once
                 self._on_relation(msg)
@@ -249,6 +257,8 @@ class Ingest:
             result.committed_lsn = self._last_commit_lsn
             result.touched = self._touched
             self._touched = set()
+            if self.commit_log:
+                result.committed, self.commit_log = self.commit_log, []
             self._last_commit_lsn = None
         return result
 

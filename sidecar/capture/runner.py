@@ -52,6 +52,7 @@ from sidecar.errors import SlotInUse
 from sidecar.lsn import covers, lsn_to_str
 from sidecar.notify import Notifier
 from sidecar.store.base import StoreUnavailable, StoreWriter
+from sidecar.tracing import Tracing
 from sidecar.values import NETWORK_KWARGS
 
 log = structlog.get_logger("sidecar.capture")
@@ -92,7 +93,9 @@ class CaptureRunner:
         *,
         on_commit: Callable[[set[str]], None] | None = None,
         claim: SlotClaim | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing or Tracing()  # spans of the pushes' transactions stored
         self.config = config
         # The slot's lock (claim.py): kept by the runner that replaces this one (a reload,
         # a change of shape); let go by `release_slot()` when the service closes.
@@ -305,6 +308,7 @@ class CaptureRunner:
             backfilled=backfilled(state),
             flush_bytes=self.budget.batch,
         )
+        ingest.commit_log = [] if self.tracing.recording else None
         async with asyncio.timeout(STEP_TIMEOUT):
             await source.start(state.lsn)
         self.status.phase, self.status.error, self.status.silent = "streaming", None, None
@@ -360,10 +364,13 @@ class CaptureRunner:
                         st.acked_lsn = max(st.acked_lsn, result.committed_lsn)
                         st.note_store_ok()
                         self.backoff.worked()
+                        stored, woken = time.time_ns(), 0
                         if result.touched:
-                            self.notifier.publish(result.touched)
+                            woken = self.notifier.publish(result.touched)
                             if self.on_commit:
                                 self.on_commit(result.touched)
+                        if result.committed:
+                            self.tracing.captured(result.committed, stored, time.time_ns(), woken)
                 # Nothing of ours in flight: the server's position is safe to acknowledge,
                 # once the store remembers it (a store restored from an older backup is
                 # then recognised at start: the slot is ahead of it).

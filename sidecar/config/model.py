@@ -210,6 +210,11 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ObservabilityConfig:
+    otlp_endpoint: str | None = None  # an OTLP/HTTP collector: spans exported there
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     file: str
     database: DatabaseConfig
@@ -219,6 +224,7 @@ class Config:
     limits: LimitsConfig
     log: LogConfig
     collections: Mapping[str, CollectionConfig] = field(hash=False)  # declaration order
+    observability: ObservabilityConfig = field(default_factory=lambda: ObservabilityConfig())
 
     def secrets(self) -> tuple[str, ...]:
         """Values no log line may show: the JWT secret, the passwords of the database and

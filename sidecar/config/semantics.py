@@ -40,6 +40,7 @@ from sidecar.config.model import (
     LogConfig,
     LogFormat,
     LogLevel,
+    ObservabilityConfig,
     Rate,
     ServerConfig,
     SetValue,
@@ -138,6 +139,9 @@ class Builder:
             auth=self.auth(_section(data, "auth")),
             limits=self.limits(_section(data, "limits")),
             log=self.log(_section(data, "log")),
+            observability=ObservabilityConfig(
+                _optional_str(_section(data, "observability"), "otlp_endpoint")
+            ),
             collections=MappingProxyType({k: c for k, c in built.items() if c is not None}),
         )
 

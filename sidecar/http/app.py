@@ -16,7 +16,12 @@ from aiohttp import web
 
 from sidecar.edge import SERVICE
 from sidecar.http import routes
-from sidecar.http.middleware import add_rate_limit_headers, add_request_id, make_middleware
+from sidecar.http.middleware import (
+    add_rate_limit_headers,
+    add_request_id,
+    make_middleware,
+    make_tracing_middleware,
+)
 from sidecar.service import Service
 
 Extension = Callable[[web.Application, Service], None]
@@ -32,7 +37,10 @@ def create_app(
     each of `extensions` installed after the sync API's own routes, in order; `part`: the
     endpoints of one listener when the operations endpoints have their own (see above)."""
     app = web.Application(
-        middlewares=[make_middleware(service.metrics, service.config.limits.max_body)],
+        middlewares=[
+            make_tracing_middleware(service.tracing),
+            make_middleware(service.metrics, service.config.limits.max_body),
+        ],
         client_max_size=service.config.limits.max_body,
     )
     app[SERVICE] = service

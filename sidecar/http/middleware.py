@@ -1,4 +1,5 @@
-"""Middleware: request id, problem+json for every refusal, metrics, and no tracebacks out."""
+"""Middleware: request id, problem+json for every refusal, metrics, and no tracebacks out;
+the trace context of every request (`make_tracing_middleware`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from collections.abc import Awaitable, Callable
 import orjson
 import structlog
 from aiohttp import web
+from opentelemetry.trace import StatusCode
 
 from sidecar.edge import RATE_QUOTA, bind_client_certificate, count_unauthenticated, is_public
 from sidecar.errors import MethodNotAllowed, NotFound, PayloadTooLarge, SidecarError
 from sidecar.http.connections import SECURITY_HEADERS, SERVER_NAME
 from sidecar.observability import Metrics
+from sidecar.tracing import Tracing
 
 log = structlog.get_logger("sidecar.http")
 
@@ -21,6 +24,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROBLEM_JSON = "application/problem+json"
 REQUEST_ID = web.RequestKey("request_id", str)
+TRACE_RESPONSE = web.RequestKey("traceresponse", str)
+# Probes and scrapes get a span only when they carry a `traceparent` (no trace a second
+# from each load balancer)
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def problem_response(exc: SidecarError, request: web.Request) -> web.Response:
@@ -95,12 +102,56 @@ def make_middleware(
     return middleware
 
 
+def make_tracing_middleware(tracing: Tracing) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The request's span (`tracing.server_span`: a child of the client's `traceparent`),
+    outside the app's middleware: its trace and span ids in every log line of the request
+    and in the `traceresponse` header of the answer."""
+
+    @web.middleware
+    async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+        endpoint = _endpoint(request)
+        if endpoint in UNTRACED and "traceparent" not in request.headers:
+            return await handler(request)
+        name = request.method if endpoint == "unmatched" else f"{request.method} {endpoint}"
+        attributes = {"http.request.method": request.method, "url.path": request.path}
+        if endpoint != "unmatched":
+            attributes["http.route"] = endpoint
+        with tracing.server_span(name, request.headers, attributes) as span:
+            ids = tracing.log_ids(span)
+            header = tracing.traceresponse(span)
+            if header is not None:
+                request[TRACE_RESPONSE] = header
+            structlog.contextvars.bind_contextvars(**ids)
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                structlog.contextvars.unbind_contextvars(*ids)
+                span.set_attribute("http.response.status_code", status)
+                rid = request.get(REQUEST_ID)
+                if rid:
+                    span.set_attribute("sidecar.request_id", rid)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+
+    return traced
+
+
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: streamed responses carry the request id too; every answer
-    (the adapters' too) says `Server: sidecar` (no versions) and `nosniff`."""
+    """on_response_prepare: streamed responses carry the request id too (and the trace's
+    `traceresponse`); every answer (the adapters' too) says `Server: sidecar` (no
+    versions) and `nosniff`."""
     rid = request.get(REQUEST_ID)
     if rid and "X-Request-Id" not in response.headers:
         response.headers["X-Request-Id"] = rid
+    traced = request.get(TRACE_RESPONSE)
+    if traced:
+        response.headers["traceresponse"] = traced
     response.headers["Server"] = SERVER_NAME
     response.headers.update(SECURITY_HEADERS)
 

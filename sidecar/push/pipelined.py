@@ -222,6 +222,7 @@ async def _apply(
         results.update(done)
         written = [done[w.m.id] for w in writes]
         txid = xid & 0xFFFFFFFF
+        px.tracing.note_xid(xid)  # capture's span of this transaction: a child of ours
         # round trip 3: the WAL messages, while the ids are recorded (fsync) before COMMIT
         recording = asyncio.create_task(
             idempotency.record(px.pending, px.store, subject, written, xid)

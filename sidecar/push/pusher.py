@@ -44,7 +44,7 @@ from sidecar import failpoints, write_sql
 from sidecar.auth import Principal
 from sidecar.collection import Collection
 from sidecar.errors import Conflict, Forbidden, SidecarError, Unavailable, ValidationFailed
-from sidecar.lsn import str_to_lsn
+from sidecar.lsn import lsn_to_str, str_to_lsn
 from sidecar.mutations import Mutation, MutationResult, rejected
 from sidecar.permissions import Permissions
 from sidecar.push import conflicts, idempotency, pipelined
@@ -69,6 +69,7 @@ from sidecar.push.plan import (
     with_body_pointers,
 )
 from sidecar.store.base import PendingMutations, StoreReader
+from sidecar.tracing import Tracing
 from sidecar.values import JsonRow
 
 log = structlog.get_logger("sidecar.push")
@@ -144,7 +145,9 @@ class Pusher:
         breaker: Breaker | None = None,
         statement_timeout: float = 10.0,
         pending: PendingMutations,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing or Tracing()
         self.permissions = permissions
         self.pending = pending  # ids recorded before COMMIT (`idempotency.py`)
         self.breaker = breaker or Breaker(_never)
@@ -262,10 +265,19 @@ class Pusher:
         mutations: Sequence[Mutation],
         atomic: bool,
     ) -> PushResult:
-        """One attempt on a pool connection, which `held` shows to `within`."""
-        async with self._connection() as conn:
-            held.append(conn)
-            return await self._push_once(conn, principal, mutations, atomic)
+        """One attempt on a pool connection, which `held` shows to `within`, in a span
+        of its PostgreSQL transaction (whose id `note_xid` gives capture's span)."""
+        with self.tracing.span(
+            "PostgreSQL transaction", **{"db.system.name": "postgresql"}
+        ) as span:
+            async with self._connection() as conn:
+                held.append(conn)
+                result = await self._push_once(conn, principal, mutations, atomic)
+            if result.txid is not None:
+                span.set_attribute("sidecar.xid", result.txid)
+            if result.lsn is not None:
+                span.set_attribute("sidecar.commit_lsn", lsn_to_str(result.lsn))
+            return result
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -356,6 +368,7 @@ class Pusher:
                 if written:
                     xid = await idempotency.current_xid(conn)
                     txid = xid & 0xFFFFFFFF
+                    self.tracing.note_xid(xid)
                     await idempotency.record(self.pending, self.store, subject, written, xid)
                     failpoints.hit("push.before_commit")  # tests: die with ids pending
         except Aborted as abort:

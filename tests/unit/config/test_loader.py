@@ -222,7 +222,7 @@ def test_unknown_key_at_depth() -> None:
 def test_unknown_top_level_key() -> None:
     found = only(problems("colections: {}\n" + MINIMAL))
     assert (found.line, found.path) == (1, "colections")
-    assert "database, store, server, auth, limits, log, collections" in found.message
+    assert "database, store, server, auth, limits, log, observability, collections" in found.message
 
 
 def test_several_problems_are_all_reported_sorted_by_line() -> None:
