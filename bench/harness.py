@@ -44,10 +44,13 @@ def postgres(fsync: bool = False) -> Iterator[EmbeddedPostgres]:
         pg.stop()
 
 
-def config(pg: EmbeddedPostgres, store: Path, collections: str, extra: str = "") -> Config:
+def config(pg: EmbeddedPostgres, store: Path | str, collections: str, extra: str = "") -> Config:
+    """A service config over the `bench` database; `store` is the SQLite file, or the
+    libpq URL of a PostgreSQL store (`store_database`); `extra`: more top-level YAML."""
+    where = f'url: "{store}"' if isinstance(store, str) else f'path: "{store}"'
     text = f"""
 database: {{url: "{pg.url("bench")}", slot: bench, publication: bench}}
-store: {{path: "{store}"}}
+store: {{{where}}}
 auth: {{jwt: {{secret: "{SECRET}"}}}}
 log: {{level: warning, format: json}}
 {extra}
@@ -55,6 +58,45 @@ collections:
 {collections}
 """
     return load_config_text(text, file="bench.yaml", env={})
+
+
+STORES = ("sqlite", "postgresql")
+STORE_DATABASE = "sidecar_store_bench"
+
+
+def store_database(pg: EmbeddedPostgres, tmp: Path, engine: str) -> Path | str:
+    """Where a benchmark keeps its store: a SQLite file in `tmp`, or (`postgresql`) a
+    separate database of the same server, the deployment the docs describe ("a separate
+    database on the application's server"): its writes share the server, its WAL and
+    the two cores with the database being captured, as they would in production."""
+    if engine == "sqlite":
+        return tmp / "store.db"
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {STORE_DATABASE}")
+        conn.execute(f"CREATE DATABASE {STORE_DATABASE}")
+    return pg.url(STORE_DATABASE)
+
+
+def server_cpu(pg: EmbeddedPostgres) -> float:
+    """CPU seconds the server's processes have used so far: the postmaster, its live
+    children (backends, walsenders, background workers) and the children it reaped
+    (`cutime`/`cstime`), so a backend that exits between two readings still counts."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile: counted in the postmaster's cutime
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid == main:
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        elif ppid == main:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def current_lsn(pg: EmbeddedPostgres) -> str:

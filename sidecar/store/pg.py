@@ -57,11 +57,13 @@ from sidecar.store.pg_sql import (
     ENTRIES_MOVE,
     ENTRIES_RENUMBER,
     FORMAT,
+    KEYED_PLANS,
     LOOKUP,
     RECORD_MUTATION,
     ROWS_DELETE,
     ROWS_INSERT,
     ROWS_REWRITE,
+    ROWS_REWRITE_IN_SCOPE,
     ROWS_UPDATE,
     SCHEMA,
     SET_META,
@@ -71,6 +73,7 @@ from sidecar.store.pg_sql import (
 
 _LOOKUP_CHUNK = 20_000  # identities per lookup statement
 _EMPTY = b"{}"
+_IN_SCOPE_SKIP = 8  # batches that skip the one-statement attempt after it missed
 
 
 def _columns(batch: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
@@ -86,6 +89,8 @@ def _scopes_json(batch: list[tuple[Any, ...]], at: int) -> list[tuple[Any, ...]]
 class PGStore(PGReconcile, PGReader):
     """ChangeStore in a PostgreSQL schema. Writer methods must be called from one thread;
     the reader methods (`PGReader`) from any."""
+
+    _in_scope_skip = 0  # batches left that go the general way directly (`_rewrite_in_scope`)
 
     def __init__(self, url: str, schema: str = DEFAULT_SCHEMA, readers: int = 4) -> None:
         self.url = url
@@ -212,11 +217,12 @@ class PGStore(PGReconcile, PGReader):
 
     def _lookup(self, collection: str, idents: Iterable[str], with_row: bool) -> list[list[Any]]:
         """Stored rows by identity: [ident, rid, version, rev, scopes, key, hidden(, data)]."""
-        sql = LOOKUP.format(row=", data" if with_row else "")
+        sql = LOOKUP.format(row=", r.data" if with_row else "")
         wanted = list(idents)
         found: list[list[Any]] = []
         for i in range(0, len(wanted), _LOOKUP_CHUNK):
-            rows = self._w.execute(sql.encode(), (collection, wanted[i : i + _LOOKUP_CHUNK]))
+            chunk = wanted[i : i + _LOOKUP_CHUNK]
+            rows = self._w.execute(sql.encode(), ([collection] * len(chunk), chunk))
             found.extend(list(r) for r in rows)
         return found
 
@@ -260,24 +266,76 @@ class PGStore(PGReconcile, PGReader):
 
     @writes(batch=True)
     def apply(self, changes: Sequence[RowChange]) -> set[str]:
-        """Apply row changes in order; returns the scopes whose content changed. The
-        batch is netted in memory (see `netting`) over one lookup of the rows it names,
-        then written with a few set-based statements."""
+        """Apply row changes in order; returns the scopes whose content changed.
+
+        The usual batch (stored rows changed once each, staying in their one scope) is one
+        statement. Any other is netted in memory (see `netting`) over one lookup of the
+        rows it names, then written with a few set-based statements, sent together.
+        """
         self._begin()
+        self._w.execute(KEYED_PLANS)
+        touched = self._rewrite_in_scope(changes)
+        if touched is not None:
+            return touched
         netting = Netting(self._version, *self._stored(changes))
         for change in changes:
             netting.replay(change)
-        if netting.rewrites:
-            self._w.execute(ROWS_REWRITE, _columns(netting.rewrites, 6))
-        if netting.renumbers:
-            self._w.execute(ENTRIES_RENUMBER, _columns(netting.renumbers, 3))
-        self._write_out(netting.states.values())
+        with self._w.pipeline():
+            if netting.rewrites:
+                self._w.execute(ROWS_REWRITE, _columns(netting.rewrites, 6))
+            if netting.renumbers:
+                self._w.execute(ENTRIES_RENUMBER, _columns(netting.renumbers, 3))
+            self._write_out(netting.states.values())
         self._version = netting.version
         return netting.touched
 
+    def _rewrite_in_scope(self, changes: Sequence[RowChange]) -> set[str] | None:
+        """Apply the batch in one statement if it is the usual one: stored rows, each
+        changed once and staying in its one scope (a bulk UPDATE). None if it is not,
+        with nothing written.
+
+        The statement needs no lookup: it finds each row by identity and rewrites the
+        batch only if every row is in that scope with another rev (`ROWS_REWRITE_IN_SCOPE`,
+        all or nothing, so no savepoint). After a miss the next few batches go the general
+        way directly.
+        """
+        if self._in_scope_skip:
+            self._in_scope_skip -= 1
+            return None
+        if not changes:
+            return None
+        cols: tuple[list[str | None], ...] = ([], [], [], [], [], [], [])
+        colls, idents, revs, scopes, rows, keys, hidden = cols
+        for coll, gone, im in changes:
+            if gone is not None or type(im) is not Image or len(im.scopes) != 1:
+                return None
+            key = im.key.decode()
+            colls.append(coll)
+            idents.append(im.ident)
+            revs.append(im.rev)
+            scopes.append(im.scopes[0])
+            rows.append(im.row.decode())
+            # A key equal to the identity, or hidden columns as "{}", travel as null.
+            keys.append(None if key == im.ident else key)
+            hidden.append(None if im.hidden == _EMPTY else im.hidden.decode())
+        if len(set(zip(colls, idents, strict=True))) < len(changes):
+            return None
+        count = len(changes)
+        written = self._w.execute(ROWS_REWRITE_IN_SCOPE, (*cols, self._version, count)).rowcount
+        if written == 0:
+            self._in_scope_skip = _IN_SCOPE_SKIP
+            return None
+        if written != count:  # rows found, then changed by someone else meanwhile
+            self._broken = StoreUnavailable(
+                "locked", f"another writer changed the store's rows ({written} of {count})"
+            )
+            raise self._broken
+        self._version += count
+        return set(scopes)  # type: ignore[arg-type]  # every scope is a str
+
     def _write_out(self, states: Iterable[RowState]) -> None:
         """Write the final state of the rows the general replay changed, and their entries
-        (`netting.write_plan`)."""
+        (`netting.write_plan`), in a pipeline the caller opened."""
         plan = write_plan(states)
         if plan.row_deletes:
             self._w.execute(ROWS_DELETE, (plan.row_deletes,))

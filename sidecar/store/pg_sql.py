@@ -5,8 +5,9 @@ schema of their own (`store.schema`) that every store connection puts first on i
 `search_path`; JSON values (keys, rows, hidden columns, outcomes) are kept as text, a
 row's scopes as `text[]`. `rows.rid` and `entries.eid` play SQLite's rowid.
 
-Batched statements take their rows as parallel arrays (`unnest`): a batch is one
-statement and one round trip whatever its size. A row's scopes travel as JSON text.
+Batched statements take their rows as parallel arrays (`unnest`), in binary: a batch is
+one statement whatever its size, and the writer sends a batch's statements in one round
+trip (pipeline mode). A row's scopes travel as JSON text.
 The pending mutation ids (`store/pg_pending.py`) are the tables `pending` and
 `pending_meta` of the same schema.
 """
@@ -99,60 +100,89 @@ SET_META = (
 )
 
 # -- row changes ------------------------------------------------------------------------
+# The writer's batch statements take their parameters in binary (`%b`: no quoting or
+# escaping of JSON on either side) and join a batch's identities to the stored rows,
+# which is one index probe per identity: `KEYED_PLANS` (run in each batch's transaction)
+# keeps the planner to nested loops for the rest of the transaction, where a hash or merge
+# join would read the whole table for every batch (the planner misjudges how few rows a
+# batch names, most of all after a bulk load, before the table has statistics). Every
+# statement of the writer's transactions is such a keyed one, or one that reads no join.
+KEYED_PLANS = (
+    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+)
 # Stored rows by identity, as the netting wants them: [ident, rid, version, rev, scopes,
-# key, hidden(, data)].
+# key, hidden(, data)]. The collection comes with each identity (a constant would let
+# the planner read the collection's rows once, whole, and join them in memory).
 LOOKUP = """
-SELECT ident, rid, version, rev, scopes, key, hidden{row}
-FROM rows WHERE collection = %s AND ident = ANY(%s::text[])
+SELECT r.ident, r.rid, r.version, r.rev, r.scopes, r.key, r.hidden{row}
+FROM unnest(%b::text[], %b::text[]) AS v(collection, ident)
+JOIN rows r ON r.collection = v.collection AND r.ident = v.ident
 """
-ROWS_DELETE = "DELETE FROM rows WHERE rid = ANY(%s::bigint[])"
+# The usual batch of a bulk UPDATE in one statement, without a lookup: stored rows, each
+# changed once, staying in their one scope (`rows.scope`) with another rev; versions
+# from the parameter on, in the batch's order (`n`). Parameters: collection, ident, rev,
+# scope, data, key (null: the identity), hidden (null: {}), as arrays, then the version
+# before the batch and the batch's length. All or nothing: when not every row of the
+# batch is such a row, nothing is written (0 rows) and the batch takes the general way.
+ROWS_REWRITE_IN_SCOPE = """
+WITH v AS MATERIALIZED (
+    SELECT r.ctid AS tid, v.n, v.ident, v.rev, v.data, v.key, v.hidden
+    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+        %b::text[]) WITH ORDINALITY AS v(collection, ident, rev, scope, data, key, hidden, n)
+    JOIN rows r ON r.collection = v.collection AND r.ident = v.ident AND r.scope = v.scope
+        AND r.rev <> v.rev)
+UPDATE rows SET version = %b::bigint + v.n, rev = v.rev, key = coalesce(v.key, v.ident),
+    data = v.data, hidden = coalesce(v.hidden, '{}')
+FROM v WHERE rows.ctid = v.tid AND (SELECT count(*) FROM v) = %b::bigint
+"""
+ROWS_DELETE = "DELETE FROM rows USING unnest(%b::bigint[]) AS v(rid) WHERE rows.rid = v.rid"
 ROWS_UPDATE = """
 UPDATE rows SET version = v.version, rev = v.rev, key = v.key,
     scopes = ARRAY(SELECT jsonb_array_elements_text(v.scopes::jsonb)), scope = v.scope,
     data = coalesce(v.data, rows.data), hidden = v.hidden
-FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-    %s::text[], %s::text[]) AS v(rid, version, rev, key, scopes, scope, data, hidden)
+FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+    %b::text[], %b::text[]) AS v(rid, version, rev, key, scopes, scope, data, hidden)
 WHERE rows.rid = v.rid
 """
 ROWS_INSERT = """
 INSERT INTO rows (collection, ident, version, rev, key, scopes, scope, data, hidden)
 SELECT v.collection, v.ident, v.version, v.rev, v.key,
     ARRAY(SELECT jsonb_array_elements_text(v.scopes::jsonb)), v.scope, v.data, v.hidden
-FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[],
-    %s::text[], %s::text[], %s::text[])
+FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[],
+    %b::text[], %b::text[], %b::text[])
     AS v(collection, ident, version, rev, key, scopes, scope, data, hidden)
 """
 ROWS_REWRITE = """
 UPDATE rows SET version = v.version, rev = v.rev, key = v.key, data = v.data,
     hidden = v.hidden
-FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[])
+FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])
     AS v(rid, version, rev, key, data, hidden)
 WHERE rows.rid = v.rid
 """
 ENTRIES_RENUMBER = """
 UPDATE entries SET version = v.version
-FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS v(scope, old, version)
+FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) AS v(scope, old, version)
 WHERE entries.scope = v.scope AND entries.version = v.old
 """
 ENTRIES_MOVE = """
 UPDATE entries SET version = v.version, deleted = v.deleted, key = v.key, rev = v.rev
-FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::smallint[], %s::text[], %s::text[])
+FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::smallint[], %b::text[], %b::text[])
     AS v(scope, old, version, deleted, key, rev)
 WHERE entries.scope = v.scope AND entries.version = v.old
 """
 ENTRIES_DELETE = """
-DELETE FROM entries e USING unnest(%s::text[], %s::bigint[]) AS v(scope, version)
+DELETE FROM entries e USING unnest(%b::text[], %b::bigint[]) AS v(scope, version)
 WHERE e.scope = v.scope AND e.version = v.version
 """
 TOMBSTONES_DELETE = """
 DELETE FROM entries e
-USING unnest(%s::text[], %s::text[], %s::text[]) AS v(collection, ident, scope)
+USING unnest(%b::text[], %b::text[], %b::text[]) AS v(collection, ident, scope)
 WHERE e.collection = v.collection AND e.ident = v.ident AND e.scope = v.scope AND e.deleted = 1
 """
 ENTRIES_INSERT = """
 INSERT INTO entries (scope, version, collection, ident, deleted, key, rev)
-SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::smallint[],
-    %s::text[], %s::text[])
+SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::smallint[],
+    %b::text[], %b::text[])
 """
 # The initial copy (COPY … FROM STDIN, rows written by the writer with their versions).
 COPY_ROWS = (
