@@ -71,6 +71,9 @@ class StoreConfig:
     # and the schema that holds its tables.
     url: str | None = None
     schema: str = "sidecar_store"
+    # Several replicas over a PostgreSQL store: the bound (s) within which another replica
+    # takes over capture from a leader that died or was cut off.
+    takeover_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,6 +218,13 @@ class Builder:
         )
         url = _typed(raw, "url", str, "").strip() or None
         schema = _typed(raw, "schema", str, defaults.schema)
+        takeover = self.duration(raw, ("store", "takeover_timeout"), defaults.takeover_timeout)
+        if takeover < 3:
+            self.problems.add(
+                ("store", "takeover_timeout"),
+                "must be at least 3s (the leader's lost session is detected by TCP keepalives "
+                "counted in whole seconds)",
+            )
         if url is not None:
             if "path" in raw:
                 self.problems.add(
@@ -227,7 +234,11 @@ class Builder:
                 )
             self.store_place(url, schema, app_url, app_schemas)
             return StoreConfig(
-                path=defaults.path, tombstone_retention=retention, url=url, schema=schema
+                path=defaults.path,
+                tombstone_retention=retention,
+                url=url,
+                schema=schema,
+                takeover_timeout=takeover,
             )
         if path == ":memory:":
             self.problems.add(
