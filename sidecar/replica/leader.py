@@ -101,6 +101,10 @@ class ReplicaCapture(CaptureRunner):
             with contextlib.suppress(Exception):
                 await self._in_writer(self.pg.resign)
             self.status.phase, self.status.error = "following", None
+            # the others (polling every `poll` s) go first: a replica that lost its
+            # session is the likeliest to lose the next one
+            if await self._run_task(asyncio.sleep(3 * self.poll)):
+                return
 
     async def _session(self) -> None:
         if self._lost is not None:

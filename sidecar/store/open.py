@@ -29,9 +29,7 @@ def open_store(config: StoreConfig, *, shared: bool = False) -> ChangeStore:
     """Open (creating it if need be) the store `config` names; `shared`: a PostgreSQL
     store several replicas may share (its writer writes only while it leads: `replica/`)."""
     if config.url is not None:
-        return PGStore(
-            config.url, config.schema, shared=shared, takeover=config.takeover_timeout
-        )
+        return PGStore(config.url, config.schema, shared=shared, takeover=config.takeover_timeout)
     return SQLiteStore(Path(config.path))
 
 

@@ -1,7 +1,7 @@
 """A store in PostgreSQL (`ChangeStore`): the tables of the SQLite store in a schema of a
 database the operator chooses (`store.url`, `store.schema`), for deployments that want
-their state on a server they already run and back up — and, later, several sidecar
-processes sharing it.
+their state on a server they already run and back up — and several sidecar replicas
+sharing it (`replica/`).
 
 The layout and the statements are in `store/pg_sql.py`; the read side (`PGReader`:
 pull, views, mutation lookups, audit, counts) in `store/pg_read.py`; grants and
@@ -13,10 +13,11 @@ The writer is one connection used from capture's writer thread; a batch and its 
 commit in one PostgreSQL transaction. Opened `shared` (the service: several replicas may
 share the store), the writer writes only while it leads (`lead()`; `store/pg_lead.py`):
 each write transaction checks its term, raising `Fenced` when another replica leads;
-each commit notifies the other replicas; a follower's cached state is `refresh()`ed. A write that fails for a reason that may pass (the
-connection lost, the server restarting or failing over, the disk full) raises
-`StoreUnavailable`; the open batch is then lost and every write is refused until
-`rollback()`, which connects again if it must.
+each commit notifies the other replicas; a follower's cached state is `refresh()`ed.
+
+A write that fails for a reason that may pass (the connection lost, the server restarting
+or failing over, the disk full) raises `StoreUnavailable`; the open batch is then lost and
+every write is refused until `rollback()`, which connects again if it must.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ from sidecar.store.pg_read import PGReader
 from sidecar.store.pg_reconcile import PGReconcile
 from sidecar.store.pg_sql import (
     COPY_ENTRIES,
-    DDL_LOCK,
     COPY_ROWS,
+    DDL_LOCK,
     ENTRIES_DELETE,
     ENTRIES_INSERT,
     ENTRIES_MOVE,
@@ -300,6 +301,7 @@ class PGStore(PGReconcile, PGReader):
             database=database,
             shape=shape,
             lineage=lineage,
+            term=self._term,  # the leadership goes on through a new epoch
         )
         self._commit()
         self._version = 0
@@ -330,9 +332,7 @@ class PGStore(PGReconcile, PGReader):
     def _commit(self) -> None:
         """Commit the open transaction; shared, notify the other replicas in it."""
         if self.shared:
-            self._w.execute(
-                NOTIFY, (channel(self.schema), payload(self._version, self._touched))
-            )
+            self._w.execute(NOTIFY, (channel(self.schema), payload(self._version, self._touched)))
         self._w.execute("COMMIT")
         self._touched = set()
 

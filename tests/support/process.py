@@ -3,7 +3,8 @@
 `SidecarRun(tmp_path, url, collections, extra)` writes a config (`server` on a free port),
 starts `python -m sidecar.cli run` with its stdout and stderr in files of their own (not a
 terminal: the process logs JSON), waits until `/readyz` answers 200, and stops with
-SIGTERM. `nofile` sets the child's RLIMIT_NOFILE.
+SIGTERM. `nofile` sets the child's RLIMIT_NOFILE; `store` replaces the SQLite store (e.g.
+a PostgreSQL store several runs share as replicas).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class SidecarRun:
         collections: str,
         extra: str = "",
         nofile: int | None = None,
+        store: str | None = None,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -37,10 +39,11 @@ class SidecarRun:
         self.stdout = tmp_path / "sidecar.out"
         self.stderr = tmp_path / "sidecar.err"
         self.nofile = nofile
+        where = store or f'{{path: "{tmp_path / "store.db"}"}}'
         self.config.write_text(
             f"""
 database: {{url: "{url}", slot: run_test, publication: run_test}}
-store: {{path: "{tmp_path / "store.db"}"}}
+store: {where}
 server: {{host: 127.0.0.1, port: {self.port}}}
 auth: {{jwt: {{secret: "{SECRET}"}}}}
 {extra}
