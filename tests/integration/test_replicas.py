@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
@@ -161,3 +162,39 @@ async def test_a_leader_whose_lock_session_ends_is_fenced_and_another_takes_over
 
 async def _is(pred) -> bool:
     return bool(pred())
+
+
+async def test_sidecar_status_lists_every_replica_and_which_one_leads(
+    two, pg_url, tmp_path, capsys
+):
+    from sidecar.cli import main
+    from tests.fixtures.service import SECRET
+
+    leader = two[0]
+    cfg = tmp_path / "status.yaml"
+    cfg.write_text(
+        f"""
+database: {{url: "{pg_url}", slot: sidecar_test, publication: sidecar_test}}
+store: {{url: "{pg_url}", schema: sidecar_store}}
+auth: {{jwt: {{secret: "{SECRET}"}}}}
+collections:
+{ITEMS}
+"""
+    )
+
+    async def listed() -> list[dict]:
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["status", "-c", str(cfg), "--json"]) == 0
+        return orjson.loads(capsys.readouterr().out)["store"]["replicas"]
+
+    async def both() -> bool:
+        return len(await listed()) == 2
+
+    await wait_until(both, 15, "both replicas' heartbeats")
+    rows = await listed()
+    assert [r["role"] for r in rows] == ["leader", "follower"]
+    assert rows[0]["term"] == store_of(leader).term
+    assert all(r["lag_seconds"] >= 0 and r["lsn"] for r in rows)
+    assert await asyncio.to_thread(main, ["status", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("replica      ") == 2 and ": leader, term" in out
