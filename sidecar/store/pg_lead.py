@@ -67,10 +67,11 @@ def read_payload(text: str) -> tuple[int, list[str] | None]:
 
 def keepalives(takeover: float) -> tuple[int, int, int]:
     """(idle, interval, count) in seconds: a silent peer is given up on after
-    idle + interval × count, two thirds of `takeover`."""
+    idle + interval × count, about two thirds of `takeover` (never more than it)."""
     idle = max(1, int(takeover / 3))
     interval = max(1, int(takeover / 9))
-    return idle, interval, 3
+    count = max(1, min(3, int((takeover - idle) / interval)))  # short bounds: fewer probes
+    return idle, interval, count
 
 
 def lead_kwargs(takeover: float) -> dict[str, Any]:
