@@ -143,6 +143,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{store['tombstones']:,} tombstones, {store['mutations']:,} mutation ids, "
             f"initial copy {copy}, version {store['version']}"
         )
+        for r in store.get("replicas", ()):  # a PostgreSQL store shared by replicas
+            print(
+                f"replica      {r['id']}: {r['role']}, term {r['term'] or '-'}, "
+                f"store at {r['lsn']}, lag {r['lag_seconds']:.1f}s, since {r['started_at']}, "
+                f"heartbeat {r['heartbeat_at']}"
+            )
     service = info["service"]
     if service is None:
         print(f"service      not reachable on port {config.server.port}")

@@ -30,6 +30,13 @@ class Notifier:
             ev.set()
         return len(woken)
 
+    def publish_all(self) -> int:
+        """Wake every waiter (a change whose scopes are not known); returns how many."""
+        woken = {ev for evs in self._waiters.values() for ev in evs} | self._any
+        for ev in woken:
+            ev.set()
+        return len(woken)
+
     def waiter_count(self) -> int:
         return len({ev for evs in self._waiters.values() for ev in evs} | self._any)
 

@@ -204,6 +204,17 @@ class Metrics:
         self.page_cache_misses = Counter(
             "sidecar_page_cache_misses", "Pull pages read from the store", registry=r
         )
+        self.leader = Gauge(
+            "sidecar_leader",
+            "1 while this replica leads the shared store (captures), 0 while it follows",
+            registry=r,
+        )
+        self.replica_info = Gauge(
+            "sidecar_replica_info",
+            "This replica's id in the store's replicas table (always 1)",
+            ["replica"],
+            registry=r,
+        )
 
 
 STORE_TROUBLE_KINDS = ("locked", "disk_full", "io")

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -149,6 +149,8 @@ class Puller:
         self.max_page_bytes = max_page_bytes
         self.max_wait = max_wait
         self.schema_version = schema_version(list(self.routes.values()))
+        # a replica of a shared store: read its cached store state again
+        self.refresh: Callable[[], Awaitable[None]] | None = None
 
     # -- scopes --------------------------------------------------------------------------
 
@@ -238,6 +240,17 @@ class Puller:
                 retry_after=5,
                 progress=self.capture.progress(),
             )
+
+    async def _checked_start(self, cursor: Cursor | None) -> int:
+        """`_start_version`; a replica's cached state read again first when the cursor
+        seems expired (it may come from a replica that saw a newer state)."""
+        try:
+            return self._start_version(cursor)
+        except CursorExpired:
+            if self.refresh is None:
+                raise
+        await self.refresh()
+        return self._start_version(cursor)
 
     def _start_version(self, cursor: Cursor | None) -> int:
         state = self.store.state()
@@ -368,7 +381,7 @@ class Puller:
                 raise Unavailable(
                     "the store has not caught up with after_lsn yet; retry", retry_after=1
                 )
-        self._start_version(req.cursor)
+        await self._checked_start(req.cursor)
         routes = self.select_routes(principal, req.collections)
         page, watch = await self._read(principal, routes, req.cursor, limit, budget)
         if not req.live or not watch or page.lines or page.has_more:
@@ -427,7 +440,7 @@ class Puller:
         limit = max(1, min(req.limit, self.max_page))
         budget = self.byte_budget(req)
         epoch = self.store.state().epoch
-        self._start_version(req.cursor)
+        await self._checked_start(req.cursor)
         routes = self.select_routes(principal, req.collections)
         cursor = req.cursor
         expires = principal.claims.get("exp")

@@ -20,6 +20,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from sidecar.auth import Authenticator, Principal
+from sidecar.capture.claim import SlotClaim
 from sidecar.capture.runner import CaptureRunner
 from sidecar.capture.slots import read_slot_async
 from sidecar.collection import Collection, collection_shapes
@@ -45,8 +46,11 @@ from sidecar.push.breaker import (
     reporting_connection,
 )
 from sidecar.ratelimit import RateLimiter
-from sidecar.store.base import ChangeStore, PendingMutations
+from sidecar.replica.leader import ReplicaCapture
+from sidecar.replica.tasks import Follower
+from sidecar.store.base import ChangeStore, Fenced, PendingMutations
 from sidecar.store.open import open_pending, open_store
+from sidecar.store.pg import PGStore
 from sidecar.tracing import Tracing
 from sidecar.values import NETWORK_KWARGS, configure_connection, session_options
 
@@ -65,16 +69,17 @@ def preflight(config: Config) -> PreflightReport:
         return run_preflight(conn, config)
 
 
-def prepare_database(config: Config) -> PreflightReport:
-    """Preflight; create the publication when allowed and missing. Raises PreflightError."""
+def prepare_database(config: Config, create: bool = True) -> PreflightReport:
+    """Preflight; create the publication when allowed and missing (`create`: a replica
+    that follows leaves it to the leader). Raises PreflightError."""
     with psycopg.connect(config.database.url, autocommit=True) as conn:
         report = run_preflight(conn, config)
         if not report.ok:
             raise PreflightError(list(report.problems))
-        if not report.publication_exists:
+        if create and not report.publication_exists:
             stmt = create_publication(conn, config, list(report.tables.values()))
             log.info("created publication", statement=stmt)
-        elif report.publication_adds:
+        elif create and report.publication_adds:
             stmt = add_to_publication(conn, config, list(report.publication_adds))
             log.info("added tables to the publication", statement=stmt)
     for w in report.warnings:
@@ -160,6 +165,27 @@ async def _cover_pending(pool: AsyncConnectionPool, pending: PendingMutations) -
         pending.cover_from(str_to_lsn(row[0]))
 
 
+def _runner(
+    config: Config,
+    store: ChangeStore,
+    routes: list[Collection],
+    notifier: Notifier,
+    *,
+    claim: SlotClaim | None = None,
+    tracing: Tracing | None = None,
+) -> CaptureRunner:
+    """The capture runner: a replica's (captures while it leads) over a shared store."""
+    if not isinstance(store, PGStore) or not store.shared:
+        return CaptureRunner(config, store, routes, notifier, claim=claim, tracing=tracing)
+
+    async def on_lead() -> None:  # the publication, created by the leader
+        await asyncio.to_thread(prepare_database, config)
+
+    return ReplicaCapture(
+        config, store, routes, notifier, on_lead=on_lead, claim=claim, tracing=tracing
+    )
+
+
 @dataclass
 class Service:
     config: Config
@@ -180,12 +206,14 @@ class Service:
     _counted: tuple[int, int] = (0, 0)  # page cache hits and misses already in metrics
     _next_routes: dict[str, Collection] | None = None  # set by a reload that adds collections
     _reloaded: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    replica: Follower | None = None  # a replica of a shared (PostgreSQL) store
 
     @classmethod
     async def start(cls, config: Config) -> Service:
-        report = await asyncio.to_thread(prepare_database, config)
+        shared = config.store.url is not None  # replicas: the leader creates the publication
+        report = await asyncio.to_thread(prepare_database, config, not shared)
         routes = routes_for(config, report)
-        store = open_store(config.store)
+        store = open_store(config.store, shared=shared)
         try:
             pending = open_pending(config.store)
         except BaseException:
@@ -194,7 +222,7 @@ class Service:
         notifier = Notifier()
         permissions = Permissions(config.auth)
         tracing = Tracing(config.observability.otlp_endpoint)
-        capture = CaptureRunner(config, store, list(routes.values()), notifier, tracing=tracing)
+        capture = _runner(config, store, list(routes.values()), notifier, tracing=tracing)
         puller = Puller(
             store,
             routes,
@@ -243,6 +271,12 @@ class Service:
             tracing=tracing,
         )
         service.metrics.registry.register(StoreWeather(service._store_weather))
+        if isinstance(store, PGStore) and store.shared:
+            service.replica = Follower(store, lambda: service.capture)
+            puller.refresh = service.replica.refresh  # a cursor from a replica ahead
+            service.tasks.extend(
+                service.replica.start(notifier, service.metrics, config.store.takeover_timeout)
+            )
         service.tasks.append(asyncio.create_task(service._run_capture(), name="capture"))
         service.tasks.append(asyncio.create_task(service._purge_loop(), name="purge"))
         service.tasks.append(asyncio.create_task(service._metrics_loop(), name="metrics"))
@@ -390,7 +424,7 @@ class Service:
         Pulls and pushes go on with the old routes over the store's last committed state
         until the new runner has reconciled the store with the new ones and streams."""
         self.store.rollback()  # whatever the old runner left half-written
-        self.capture = CaptureRunner(
+        self.capture = _runner(
             self.config,
             self.store,
             list(routes.values()),
@@ -416,9 +450,12 @@ class Service:
         await self.capture.wait_ready()
         while True:
             try:
-                purged = await self.capture.purge_tombstones()
+                leads = self.replica is None or self.replica.role() == "leader"
+                purged = await self.capture.purge_tombstones() if leads else 0
                 if purged:
                     log.info("purged tombstones", count=purged)
+            except Fenced:  # a replica that follows: the leader purges
+                pass
             except Exception:  # a failed purge must never stop the service
                 log.exception("tombstone purge failed")
             await self._prune_pending()

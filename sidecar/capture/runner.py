@@ -76,8 +76,18 @@ def _cancelling() -> bool:
 # over a store already made, capture reconnecting or paused, a store being reconciled, a
 # table that changed being looked at, a config that no longer fits the database (capture
 # waits for a fix; /readyz says why).
+# A replica following the leader of a shared store serves it too (`replica/leader.py`).
 _SERVING = frozenset(
-    {"starting", "paused", "reconnecting", "reconciling", "schema_changed", "failed", "slot_in_use"}
+    {
+        "starting",
+        "paused",
+        "reconnecting",
+        "reconciling",
+        "schema_changed",
+        "failed",
+        "slot_in_use",
+        "following",
+    }
 )
 
 

@@ -73,6 +73,9 @@ class StoreConfig:
     schema: str = "sidecar_store"
     # The SQLite store encrypted with SQLCipher under this passphrase (never in a repr).
     encryption_key: str | None = field(default=None, repr=False)
+    # Several replicas over a PostgreSQL store: the bound (s) within which another replica
+    # takes over capture from a leader that died or was cut off.
+    takeover_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

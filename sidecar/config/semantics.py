@@ -237,6 +237,13 @@ class Builder:
                 ("store", "encryption_key"),
                 "needs the SQLCipher binding: pip install 'sidecar[encryption]' (sqlcipher3)",
             )
+        takeover = self.duration(raw, ("store", "takeover_timeout"), defaults.takeover_timeout)
+        if takeover < 3:
+            self.problems.add(
+                ("store", "takeover_timeout"),
+                "must be at least 3s (the leader's lost session is detected by TCP keepalives "
+                "counted in whole seconds)",
+            )
         if url is not None:
             if "path" in raw:
                 self.problems.add(
@@ -246,7 +253,11 @@ class Builder:
                 )
             self.store_place(url, schema, app_url, app_schemas)
             return StoreConfig(
-                path=defaults.path, tombstone_retention=retention, url=url, schema=schema
+                path=defaults.path,
+                tombstone_retention=retention,
+                url=url,
+                schema=schema,
+                takeover_timeout=takeover,
             )
         if path == ":memory:":
             self.problems.add(

@@ -120,7 +120,10 @@ async def readyz(request: web.Request) -> web.Response:
             f"not ready: capture is {lag:.0f}s behind the database (server.ready_max_lag)",
             retry_after=5,
         )
-    return json_response({"status": "ready", "lsn": lsn_to_str(service.capture.status.flushed_lsn)})
+    ready = {"status": "ready", "lsn": lsn_to_str(service.capture.status.flushed_lsn)}
+    if service.replica is not None:  # a shared store: this replica's role (it serves)
+        ready["role"] = service.replica.role()
+    return json_response(ready)
 
 
 @public

@@ -240,6 +240,12 @@ class StoreReader(Protocol):
         ...
 
 
+class Fenced(Exception):
+    """A shared store's writer that is not (or no longer) the leader: another replica
+    holds the store's leadership (a higher term), or this one's lock session ended. The
+    open batch is rolled back; capture stops and the replica follows (`replica/`)."""
+
+
 class StoreUnavailable(Exception):
     """A write the store could not do now, for a reason that may pass: `kind` is `locked`
     (another process holds the store's write lock), `disk_full` or `io`. The open batch is

@@ -25,10 +25,11 @@ from sidecar.store.sqlite_pending import SQLitePending, pending_path
 from sidecar.store.sqlite_read import summary
 
 
-def open_store(config: StoreConfig) -> ChangeStore:
-    """Open (creating it if need be) the store `config` names."""
+def open_store(config: StoreConfig, *, shared: bool = False) -> ChangeStore:
+    """Open (creating it if need be) the store `config` names; `shared`: a PostgreSQL
+    store several replicas may share (its writer writes only while it leads: `replica/`)."""
     if config.url is not None:
-        return PGStore(config.url, config.schema)
+        return PGStore(config.url, config.schema, shared=shared, takeover=config.takeover_timeout)
     return SQLiteStore(Path(config.path), config.encryption_key)
 
 

@@ -1,7 +1,7 @@
 """A store in PostgreSQL (`ChangeStore`): the tables of the SQLite store in a schema of a
 database the operator chooses (`store.url`, `store.schema`), for deployments that want
-their state on a server they already run and back up — and, later, several sidecar
-processes sharing it.
+their state on a server they already run and back up — and several sidecar replicas
+sharing it (`replica/`).
 
 The layout and the statements are in `store/pg_sql.py`; the read side (`PGReader`:
 pull, views, mutation lookups, audit, counts) in `store/pg_read.py`; grants and
@@ -10,10 +10,14 @@ memory by `store/netting.py`, as the SQLite store does, then written with one st
 per kind of write), the initial copy (COPY), commits, resets and purges.
 
 The writer is one connection used from capture's writer thread; a batch and its LSN
-commit in one PostgreSQL transaction. A write that fails for a reason that may pass (the
-connection lost, the server restarting or failing over, the disk full) raises
-`StoreUnavailable`; the open batch is then lost and every write is refused until
-`rollback()`, which connects again if it must.
+commit in one PostgreSQL transaction. Opened `shared` (the service: several replicas may
+share the store), the writer writes only while it leads (`lead()`; `store/pg_lead.py`):
+each write transaction checks its term, raising `Fenced` when another replica leads;
+each commit notifies the other replicas; a follower's cached state is `refresh()`ed.
+
+A write that fails for a reason that may pass (the connection lost, the server restarting
+or failing over, the disk full) raises `StoreUnavailable`; the open batch is then lost and
+every write is refused until `rollback()`, which connects again if it must.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from psycopg.pq import TransactionStatus
 
 from sidecar.changes import Image
 from sidecar.store.base import (
+    Fenced,
     MutationRecord,
     PreparedLoad,
     RowChange,
@@ -47,11 +52,22 @@ from sidecar.store.pg_conn import (
     reader_pool,
     writes,
 )
+from sidecar.store.pg_lead import (
+    CHECK_TERM,
+    NEXT_TERM,
+    NOTIFY,
+    STILL_LEADS,
+    TRY_LOCK,
+    channel,
+    lead_kwargs,
+    payload,
+)
 from sidecar.store.pg_read import PGReader
 from sidecar.store.pg_reconcile import PGReconcile
 from sidecar.store.pg_sql import (
     COPY_ENTRIES,
     COPY_ROWS,
+    DDL_LOCK,
     ENTRIES_DELETE,
     ENTRIES_INSERT,
     ENTRIES_MOVE,
@@ -92,10 +108,23 @@ class PGStore(PGReconcile, PGReader):
 
     _in_scope_skip = 0  # batches left that go the general way directly (`_rewrite_in_scope`)
 
-    def __init__(self, url: str, schema: str = DEFAULT_SCHEMA, readers: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str = DEFAULT_SCHEMA,
+        readers: int = 4,
+        *,
+        shared: bool = False,
+        takeover: float = 10.0,
+    ) -> None:
         self.url = url
         self.schema = schema
-        self._w = connect(url, schema)
+        self.shared = shared
+        self._term: int | None = None  # shared: the term this writer leads in
+        self._touched: set[str] | None = set()  # the open batch's scopes (None: all)
+        self._takeover = takeover
+        self._kwargs = lead_kwargs(takeover) if shared else {}
+        self._w = connect(url, schema, **self._kwargs)
         try:
             create(self._w, schema, SCHEMA)
             found = self._meta("format")
@@ -123,6 +152,10 @@ class PGStore(PGReconcile, PGReader):
 
     def _init_meta(self) -> None:
         self._w.execute("BEGIN")
+        self._w.execute(DDL_LOCK, (self.schema,))  # replicas starting at once: one epoch
+        if self._meta("epoch") is not None:
+            self._w.execute("COMMIT")
+            return
         self._set_meta(
             format=FORMAT,
             epoch=secrets.token_hex(4),
@@ -136,6 +169,90 @@ class PGStore(PGReconcile, PGReader):
     def state(self) -> StoreState:
         """The committed state (cached: safe to call from any thread)."""
         return self._state
+
+    # -- leadership (shared) ---------------------------------------------------------------
+
+    @property
+    def term(self) -> int | None:
+        """The term this writer leads in (None: it does not lead)."""
+        return self._term
+
+    def writer_pid(self) -> int | None:
+        """The writer session's backend pid while it leads (its own notifications)."""
+        return None if self._term is None or self._w.closed else self._w.info.backend_pid
+
+    def lead(self) -> bool:
+        """Try to become the leader (writer thread): the advisory lock on the writer's
+        session, then the next term. True if this writer leads (now or already)."""
+        if self._term is not None:
+            return True
+        try:
+            if self._w.closed or self._w.broken:
+                self._w = connect(self.url, self.schema, **self._kwargs)
+            elif self._in_txn:
+                self._w.execute("ROLLBACK")
+            row = self._w.execute(TRY_LOCK, (self.schema,)).fetchone()
+            if row is None or not row[0]:
+                return False
+            with self._w.transaction():  # waits for a transaction of the last leader
+                self._w.execute(f"SET LOCAL lock_timeout = {int(self._takeover * 1000)}")
+                found = self._w.execute(NEXT_TERM).fetchone()
+            assert found is not None
+            self._version = int(self._meta("version") or 0)
+            self._state = self._load_state()
+        except psycopg.Error as exc:
+            trouble = as_unavailable(exc)
+            if trouble is None:
+                raise
+            self._w.close()  # the lock, if taken, goes with the session
+            raise trouble from exc
+        self._term, self._broken, self._touched = int(found[0]), None, set()
+        return True
+
+    def resign(self) -> None:
+        """Lead no more (writer thread): the session, and its lock, end here."""
+        self._term, self._touched = None, set()
+        self._w.close()
+
+    def still_leads(self) -> bool:
+        """Whether the store still knows this writer as its leader (any thread): its term
+        is the store's and its session is alive."""
+        term, pid = self._term, self.writer_pid()
+        if term is None or pid is None:
+            return False
+        with self._pool.connection() as conn:
+            row = conn.execute(STILL_LEADS, (pid,)).fetchone()
+        return row is not None and row[0] == str(term) and bool(row[1])
+
+    def refresh(self) -> StoreState:
+        """The committed state read again (any thread): a follower's view of what the
+        leader committed. The leader's own state is always current."""
+        if self._term is None:
+            with self._pool.connection() as conn:
+                m: dict[str, str] = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            state, now = StoreState.from_meta(m), self._state
+            # not older than what is cached (two refreshes may race)
+            if state.epoch != now.epoch or (state.version, state.lsn, state.acked_lsn) >= (
+                now.version,
+                now.lsn,
+                now.acked_lsn,
+            ):
+                self._state = state
+        return self._state
+
+    def _fence(self) -> None:
+        """In the writer's new transaction: still the leader's term, or `Fenced`."""
+        if self._term is not None:
+            cur = self._w.execute(CHECK_TERM, (str(self._term),))
+            if cur.rowcount == 1:
+                return
+        was, self._term = self._term, None
+        self._w.execute("ROLLBACK")
+        raise Fenced(
+            "this replica does not lead the store"
+            if was is None
+            else f"another replica leads the store (this one's term {was} ended)"
+        )
 
     def _load_state(self) -> StoreState:
         m = dict(self._w.execute("SELECT key, value FROM meta").fetchall())
@@ -175,7 +292,7 @@ class PGStore(PGReconcile, PGReader):
             lineage,
         )
         self._state = dataclasses.replace(st, snapshot_done=False)
-        self._w.execute("BEGIN")
+        self._begin()
         self._wipe(keep=("mutations",) if same else ())
         self._set_meta(
             format=FORMAT,
@@ -189,8 +306,9 @@ class PGStore(PGReconcile, PGReader):
             database=database,
             shape=shape,
             lineage=lineage,
+            term=self._term,  # the leadership goes on through a new epoch
         )
-        self._w.execute("COMMIT")
+        self._commit()
         self._version = 0
         self._state = self._load_state()
         return self._state
@@ -206,9 +324,22 @@ class PGStore(PGReconcile, PGReader):
 
     # -- writer side ---------------------------------------------------------------------
 
-    def _begin(self) -> None:
+    def _begin(self, *, every_scope: bool = True) -> None:
+        """Open the batch's transaction if need be (shared: checks the term). A write
+        whose scopes are not counted (`every_scope`) wakes every waiter of the replicas."""
         if not self._in_txn:
             self._w.execute("BEGIN")
+            if self.shared:
+                self._fence()
+        if every_scope:
+            self._touched = None
+
+    def _commit(self) -> None:
+        """Commit the open transaction; shared, notify the other replicas in it."""
+        if self.shared:
+            self._w.execute(NOTIFY, (channel(self.schema), payload(self._version, self._touched)))
+        self._w.execute("COMMIT")
+        self._touched = set()
 
     def _ensure_indexes(self) -> None:
         """The indexes stay through a bulk load here: nothing to do."""
@@ -272,10 +403,12 @@ class PGStore(PGReconcile, PGReader):
         statement. Any other is netted in memory (see `netting`) over one lookup of the
         rows it names, then written with a few set-based statements, sent together.
         """
-        self._begin()
+        self._begin(every_scope=False)
         self._w.execute(KEYED_PLANS)
         touched = self._rewrite_in_scope(changes)
         if touched is not None:
+            if self._touched is not None:
+                self._touched |= touched
             return touched
         netting = Netting(self._version, *self._stored(changes))
         for change in changes:
@@ -287,6 +420,8 @@ class PGStore(PGReconcile, PGReader):
                 self._w.execute(ENTRIES_RENUMBER, _columns(netting.renumbers, 3))
             self._write_out(netting.states.values())
         self._version = netting.version
+        if self._touched is not None:
+            self._touched |= netting.touched
         return netting.touched
 
     def _rewrite_in_scope(self, changes: Sequence[RowChange]) -> set[str] | None:
@@ -410,7 +545,7 @@ class PGStore(PGReconcile, PGReader):
     def record_mutations(self, records: Sequence[MutationRecord]) -> None:
         if not records:
             return
-        self._begin()
+        self._begin(every_scope=False)
         now = time.time()
         with self._w.cursor() as cur:
             cur.executemany(
@@ -424,7 +559,7 @@ class PGStore(PGReconcile, PGReader):
     @writes(batch=True)
     def commit(self, lsn: int | None = None, *, snapshot_done: bool | None = None) -> None:
         """Commit the open batch together with the LSN it reaches."""
-        self._begin()
+        self._begin(every_scope=False)
         self._set_meta(
             lsn=lsn,
             version=self._version,
@@ -435,7 +570,7 @@ class PGStore(PGReconcile, PGReader):
             "ON CONFLICT (version) DO UPDATE SET at = excluded.at",
             (self._version, time.time()),
         )
-        self._w.execute("COMMIT")
+        self._commit()
         self._state = self._load_state()
 
     @writes(batch=True)
@@ -450,17 +585,20 @@ class PGStore(PGReconcile, PGReader):
         a batch is open: acknowledge later."""
         if self._in_txn:
             return False
-        self._w.execute("BEGIN")
+        self._begin(every_scope=False)
         self._set_meta(acked_lsn=lsn)
-        self._w.execute("COMMIT")
+        self._commit()
         self._state = self._load_state()
         return True
 
     def rollback(self) -> None:
         """Back to the last commit; connects again if the connection was lost."""
         try:
+            self._touched = set()
             if self._w.closed or self._w.broken:
-                self._w = connect(self.url, self.schema)
+                # a new session holds no lock: a shared writer leads no more (`lead()`)
+                self._term = None
+                self._w = connect(self.url, self.schema, **self._kwargs)
             elif self._in_txn:
                 self._w.execute("ROLLBACK")
             self._version = int(self._meta("version") or 0)
@@ -483,7 +621,7 @@ class PGStore(PGReconcile, PGReader):
         cutoff = found[0] if found and found[0] is not None else None
         if cutoff is None:
             return 0
-        self._w.execute("BEGIN")
+        self._begin()
         cur = self._w.execute("DELETE FROM entries WHERE deleted = 1 AND version <= %s", (cutoff,))
         purged_rows = cur.rowcount
         self._w.execute("DELETE FROM grants WHERE removed IS NOT NULL AND removed <= %s", (cutoff,))
@@ -491,6 +629,6 @@ class PGStore(PGReconcile, PGReader):
         self._w.execute("DELETE FROM mutations WHERE at < %s", (cutoff_at,))
         purged = max(cutoff, int(self._meta("purged_version") or 0))
         self._set_meta(purged_version=purged)
-        self._w.execute("COMMIT")
+        self._commit()
         self._state = self._load_state()
         return purged_rows

@@ -35,10 +35,15 @@ def _set_path(conn: psycopg.Connection[Any], schema: str) -> None:
     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
 
 
-def connect(url: str, schema: str) -> psycopg.Connection[Any]:
-    """An autocommit connection to the store (the writer's, or a short-lived one)."""
+def connect(url: str, schema: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection to the store (the writer's, or a short-lived one);
+    `kwargs`: more connection parameters (a shared store's writer: keepalives)."""
     conn = psycopg.connect(
-        url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT, application_name=_APPLICATION
+        url,
+        autocommit=True,
+        connect_timeout=_CONNECT_TIMEOUT,
+        application_name=_APPLICATION,
+        **kwargs,
     )
     try:
         _set_path(conn, schema)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from sidecar.lsn import lsn_to_str
 from sidecar.store.base import MutationRecord, PageData, StoreView
 from sidecar.store.lines import ChangeLines
 from sidecar.store.pg_conn import connect
@@ -136,6 +137,11 @@ class PGReader:
         self._pool = pool
         self._lines = ChangeLines()
 
+    @property
+    def pool(self) -> ConnectionPool:
+        """The reader connections (also the replicas' registry, `replica/registry.py`)."""
+        return self._pool
+
     def pull(
         self,
         scopes: Sequence[str],
@@ -206,6 +212,7 @@ def summary(url: str, schema: str) -> dict[str, Any] | None:
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             row = conn.execute(COUNTS).fetchone()
+            replicas = _replicas(conn)
         except psycopg.DatabaseError as exc:
             return {"error": f"not a sidecar store: {exc}"}
     assert row is not None
@@ -221,7 +228,39 @@ def summary(url: str, schema: str) -> dict[str, Any] | None:
         "version": int(meta.get("version", 0)),
         "lsn": int(meta.get("lsn", 0)),
         "initial_copy_done": meta.get("snapshot_done") == "1",
+        "term": int(meta.get("term", 0)),
+        "replicas": replicas,
     }
+
+
+STALE = 30  # seconds without a heartbeat after which a replica is listed as gone
+
+
+def _replicas(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """The replicas sharing the store (`replica/registry.py`), the leader first."""
+    found = conn.execute("SELECT to_regclass('replicas')").fetchone()
+    if found is None or found[0] is None:  # a store no replica has opened yet
+        return []
+    rows = conn.execute(
+        "SELECT id, host, pid, role, term, started_at, heartbeat_at, lsn, lag_seconds, "
+        "heartbeat_at > now() - make_interval(secs => %s) FROM replicas "
+        "ORDER BY role <> 'leader', started_at",
+        (STALE,),
+    ).fetchall()
+    return [
+        {
+            "id": r[0],
+            "host": r[1],
+            "pid": r[2],
+            "role": r[3] if r[9] else "gone",
+            "term": r[4],
+            "started_at": r[5].isoformat(),
+            "heartbeat_at": r[6].isoformat(),
+            "lsn": lsn_to_str(int(r[7])),
+            "lag_seconds": float(r[8]),
+        }
+        for r in rows
+    ]
 
 
 def where(url: str) -> str:

@@ -24,6 +24,17 @@ DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('sidecar store ddl'), hashtext
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    role text NOT NULL,
+    term bigint,
+    started_at timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    lsn bigint NOT NULL,
+    lag_seconds double precision NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rows (
     rid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     collection text NOT NULL,

@@ -4,8 +4,8 @@
 starts `python -m sidecar.cli run` with its stdout and stderr in files of their own (not a
 terminal: the process logs JSON), waits until `/readyz` answers 200, and stops with
 SIGTERM (`start(wait_ready=False)` returns at once). `nofile` sets the child's RLIMIT_NOFILE;
-`store` replaces the `store:` mapping (YAML flow text), `env` is added to the child's
-environment.
+`store` replaces the `store:` mapping (YAML flow text; e.g. a PostgreSQL store several runs
+share as replicas), `env` is added to the child's environment.
 """
 
 from __future__ import annotations
