@@ -41,10 +41,9 @@ from sidecar.pull import Puller, schema_version
 from sidecar.push import Pusher, PushResult
 from sidecar.push.breaker import (
     Breaker,
-    check_on_checkout,
     connect_probe,
-    reporting_connection,
 )
+from sidecar.push.pool import push_pool, push_timeouts
 from sidecar.ratelimit import RateLimiter
 from sidecar.replica.leader import ReplicaCapture
 from sidecar.replica.tasks import Follower
@@ -52,13 +51,12 @@ from sidecar.store.base import ChangeStore, Fenced, PendingMutations
 from sidecar.store.open import open_pending, open_store
 from sidecar.store.pg import PGStore
 from sidecar.tracing import Tracing
-from sidecar.values import NETWORK_KWARGS, configure_connection, session_options
+from sidecar.values import NETWORK_KWARGS
 
 log = structlog.get_logger("sidecar")
 
 PURGE_INTERVAL = 3600.0
 STORE_METRICS_EVERY = 2.0  # seconds between checks of the store gauges (counted on change)
-POOL_RECONNECT = 5.0  # the pool's attempts to replace a connection give up after this
 SLOT_METRICS_EVERY = 15.0  # seconds between reads of the slot's retained WAL (and checks
 # that the synced tables are still the ones the routes were made for)
 RETRY_FIT = 10.0  # seconds between reads of the catalog while the config does not fit it
@@ -100,54 +98,6 @@ def _listeners(server: ServerConfig) -> tuple[object, ...]:
 
 def _limiter(rate: Rate | None) -> RateLimiter | None:
     return RateLimiter(rate) if rate else None
-
-
-async def _configure(conn: psycopg.AsyncConnection) -> None:
-    configure_connection(conn)
-
-
-def _ms(seconds: float) -> str:
-    return str(max(1, round(seconds * 1000)))
-
-
-def _push_timeouts(config: Config) -> dict[str, str]:
-    """The push limits as the session settings of the push pool's connections."""
-    limits = config.limits
-    return {
-        "lock_timeout": _ms(limits.push_lock_timeout),
-        "statement_timeout": _ms(limits.push_statement_timeout),
-    }
-
-
-def _push_pool(config: Config, breaker: Breaker, timeouts: dict[str, str]) -> AsyncConnectionPool:
-    """The push pool: sessions with the push limits as `lock_timeout` and
-    `statement_timeout` (`timeouts`, read at each connect: a reload updates it and drains
-    the pool), connect and keepalive timeouts, each connection checked on checkout (a
-    terminated one is replaced, not handed to a push), a failure to connect opening the
-    breaker, and reconnection attempts that start over soon after an outage."""
-
-    def kwargs() -> dict[str, object]:
-        options = session_options(**timeouts)
-        return {
-            "options": options,
-            "application_name": "sidecar-push",
-            # BEGIN and COMMIT are sent by the push (pipelined with its statements)
-            "autocommit": True,
-            **NETWORK_KWARGS,
-        }
-
-    return AsyncConnectionPool(
-        config.database.url,
-        min_size=1,
-        max_size=config.database.pool_size,
-        kwargs=kwargs,
-        connection_class=reporting_connection(breaker),
-        configure=_configure,
-        check=check_on_checkout,
-        reconnect_timeout=POOL_RECONNECT,
-        open=False,
-        name="sidecar-push",
-    )
 
 
 async def _cover_pending(pool: AsyncConnectionPool, pending: PendingMutations) -> None:
@@ -238,8 +188,8 @@ class Service:
             tracing=tracing,
         )
         breaker = Breaker(connect_probe(config.database.url, **NETWORK_KWARGS))
-        timeouts = _push_timeouts(config)
-        pool = _push_pool(config, breaker, timeouts)
+        timeouts = push_timeouts(config)
+        pool = push_pool(config, breaker, timeouts)
         await pool.open()
         await _cover_pending(pool, pending)
         pusher = Pusher(
@@ -355,8 +305,8 @@ class Service:
         self.pusher.permissions = permissions
         self.pusher.user_claim = new.auth.claims.user
         self.pusher.statement_timeout = limits.push_statement_timeout
-        if _push_timeouts(new) != self.push_timeouts:  # new sessions get them
-            self.push_timeouts.update(_push_timeouts(new))
+        if push_timeouts(new) != self.push_timeouts:  # new sessions get them
+            self.push_timeouts.update(push_timeouts(new))
             await self.pool.drain()
         self.auth = Authenticator(new.auth)
         if limits.rate != old.limits.rate:

@@ -43,7 +43,7 @@ from sidecar.capture.reconcile import record_rules, refresh, resync
 from sidecar.capture.slots import SlotState, read_slot_async
 from sidecar.capture.snapshot import CopyCancelled, CopyProgress, copy_tables
 from sidecar.capture.source import ReplicationError, ReplicationStream, SystemInfo
-from sidecar.capture.status import CaptureStatus
+from sidecar.capture.status import SERVING, CaptureStatus
 from sidecar.capture.watchdog import ReplicationSilent, Silence, reply_every, sender_timeout, watch
 from sidecar.capture.weather import Backoff, wait_out
 from sidecar.collection import Collection, collection_shapes
@@ -70,25 +70,6 @@ def _cancelling() -> bool:
     """The current task itself is being cancelled (not just something it awaited)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-# Phases in which a complete store is still served (its last consistent state): a start
-# over a store already made, capture reconnecting or paused, a store being reconciled, a
-# table that changed being looked at, a config that no longer fits the database (capture
-# waits for a fix; /readyz says why).
-# A replica following the leader of a shared store serves it too (`replica/leader.py`).
-_SERVING = frozenset(
-    {
-        "starting",
-        "paused",
-        "reconnecting",
-        "reconciling",
-        "schema_changed",
-        "failed",
-        "slot_in_use",
-        "following",
-    }
-)
 
 
 class CaptureRunner:
@@ -142,9 +123,9 @@ class CaptureRunner:
 
     @property
     def ready(self) -> bool:
-        """Pulls may be served: streaming, or a complete store in a `_SERVING` phase."""
+        """Pulls may be served: streaming, or a complete store in a `SERVING` phase (status.py)."""
         phase, complete = self.status.phase, self.store.state().snapshot_done
-        return phase == "streaming" or (phase in _SERVING and complete)
+        return phase == "streaming" or (phase in SERVING and complete)
 
     def progress(self) -> dict[str, object]:
         return {

@@ -24,6 +24,25 @@ STORE_REASONS = {
 }
 
 
+# Phases in which a complete store is still served (its last consistent state): a start
+# over a store already made, capture reconnecting or paused, a store being reconciled, a
+# table that changed being looked at, a config that no longer fits the database (capture
+# waits for a fix; /readyz says why).
+# A replica following the leader of a shared store serves it too (`replica/leader.py`).
+SERVING = frozenset(
+    {
+        "starting",
+        "paused",
+        "reconnecting",
+        "reconciling",
+        "schema_changed",
+        "failed",
+        "slot_in_use",
+        "following",
+    }
+)
+
+
 @dataclass
 class CaptureStatus:
     """The runner's state as others see it (positions are LSNs)."""

@@ -35,7 +35,6 @@ from psycopg.pq import TransactionStatus
 
 from sidecar.changes import Image
 from sidecar.store.base import (
-    Fenced,
     MutationRecord,
     PreparedLoad,
     RowChange,
@@ -53,15 +52,12 @@ from sidecar.store.pg_conn import (
     writes,
 )
 from sidecar.store.pg_lead import (
-    CHECK_TERM,
-    NEXT_TERM,
     NOTIFY,
-    STILL_LEADS,
-    TRY_LOCK,
     channel,
     lead_kwargs,
     payload,
 )
+from sidecar.store.pg_leadership import PGLeadership
 from sidecar.store.pg_read import PGReader
 from sidecar.store.pg_reconcile import PGReconcile
 from sidecar.store.pg_sql import (
@@ -102,7 +98,7 @@ def _scopes_json(batch: list[tuple[Any, ...]], at: int) -> list[tuple[Any, ...]]
     return [(*b[:at], orjson.dumps(b[at]).decode(), *b[at + 1 :]) for b in batch]
 
 
-class PGStore(PGReconcile, PGReader):
+class PGStore(PGReconcile, PGReader, PGLeadership):
     """ChangeStore in a PostgreSQL schema. Writer methods must be called from one thread;
     the reader methods (`PGReader`) from any."""
 
@@ -169,90 +165,6 @@ class PGStore(PGReconcile, PGReader):
     def state(self) -> StoreState:
         """The committed state (cached: safe to call from any thread)."""
         return self._state
-
-    # -- leadership (shared) ---------------------------------------------------------------
-
-    @property
-    def term(self) -> int | None:
-        """The term this writer leads in (None: it does not lead)."""
-        return self._term
-
-    def writer_pid(self) -> int | None:
-        """The writer session's backend pid while it leads (its own notifications)."""
-        return None if self._term is None or self._w.closed else self._w.info.backend_pid
-
-    def lead(self) -> bool:
-        """Try to become the leader (writer thread): the advisory lock on the writer's
-        session, then the next term. True if this writer leads (now or already)."""
-        if self._term is not None:
-            return True
-        try:
-            if self._w.closed or self._w.broken:
-                self._w = connect(self.url, self.schema, **self._kwargs)
-            elif self._in_txn:
-                self._w.execute("ROLLBACK")
-            row = self._w.execute(TRY_LOCK, (self.schema,)).fetchone()
-            if row is None or not row[0]:
-                return False
-            with self._w.transaction():  # waits for a transaction of the last leader
-                self._w.execute(f"SET LOCAL lock_timeout = {int(self._takeover * 1000)}")
-                found = self._w.execute(NEXT_TERM).fetchone()
-            assert found is not None
-            self._version = int(self._meta("version") or 0)
-            self._state = self._load_state()
-        except psycopg.Error as exc:
-            trouble = as_unavailable(exc)
-            if trouble is None:
-                raise
-            self._w.close()  # the lock, if taken, goes with the session
-            raise trouble from exc
-        self._term, self._broken, self._touched = int(found[0]), None, set()
-        return True
-
-    def resign(self) -> None:
-        """Lead no more (writer thread): the session, and its lock, end here."""
-        self._term, self._touched = None, set()
-        self._w.close()
-
-    def still_leads(self) -> bool:
-        """Whether the store still knows this writer as its leader (any thread): its term
-        is the store's and its session is alive."""
-        term, pid = self._term, self.writer_pid()
-        if term is None or pid is None:
-            return False
-        with self._pool.connection() as conn:
-            row = conn.execute(STILL_LEADS, (pid,)).fetchone()
-        return row is not None and row[0] == str(term) and bool(row[1])
-
-    def refresh(self) -> StoreState:
-        """The committed state read again (any thread): a follower's view of what the
-        leader committed. The leader's own state is always current."""
-        if self._term is None:
-            with self._pool.connection() as conn:
-                m: dict[str, str] = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            state, now = StoreState.from_meta(m), self._state
-            # not older than what is cached (two refreshes may race)
-            if state.epoch != now.epoch or (state.version, state.lsn, state.acked_lsn) >= (
-                now.version,
-                now.lsn,
-                now.acked_lsn,
-            ):
-                self._state = state
-        return self._state
-
-    def _fence(self) -> None:
-        """In the writer's new transaction: still the leader's term, or `Fenced`."""
-        if self._term is not None:
-            cur = self._w.execute(CHECK_TERM, (str(self._term),))
-            if cur.rowcount == 1:
-                return
-        was, self._term = self._term, None
-        self._w.execute("ROLLBACK")
-        raise Fenced(
-            "this replica does not lead the store"
-            if was is None
-            else f"another replica leads the store (this one's term {was} ended)"
-        )
 
     def _load_state(self) -> StoreState:
         m = dict(self._w.execute("SELECT key, value FROM meta").fetchall())
