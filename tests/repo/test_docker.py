@@ -816,3 +816,69 @@ def test_grafana_provisioning_matches_compose_and_dashboards(services: dict[str,
             for ds in (panel.get("datasource"), *(t.get("datasource") for t in panel["targets"])):
                 if ds is not None:
                     assert ds == {"type": "prometheus", "uid": uid}, panel["title"]
+
+
+# ---------------------------------------------------------------------- the replicas profile
+
+REPLICAS_YAML = DOCKER / "sidecar-replicas.yaml"
+HAPROXY_CFG = DOCKER / "haproxy.cfg"
+
+
+def test_the_replicas_profile_has_a_store_two_replicas_and_a_balancer(
+    services: dict[str, Any],
+) -> None:
+    replicas = {"store", "replica-1", "replica-2", "lb"}
+    assert replicas <= set(services)
+    for name in replicas:
+        assert services[name].get("profiles") == ["replicas"], name
+    for name in ("replica-1", "replica-2"):
+        depends = services[name]["depends_on"]
+        assert {k: v["condition"] for k, v in depends.items()} == {
+            "postgres": "service_healthy",
+            "store": "service_healthy",
+        }
+        config = next(m for m in mounts(services[name]) if m.target == "/etc/sidecar/sidecar.yaml")
+        assert (DOCKER / config.source).resolve() == REPLICAS_YAML and config.read_only
+    # the balancer sends to both replicas, checks /readyz, and publishes on loopback
+    cfg = HAPROXY_CFG.read_text(encoding="utf-8")
+    assert "option httpchk GET /readyz" in cfg
+    for name in ("replica-1", "replica-2"):
+        assert f"server {name} {name}:{HTTP_PORT} check" in cfg
+    lb = services["lb"]
+    assert any(m.source == "./haproxy.cfg" and m.target.endswith("haproxy.cfg") for m in mounts(lb))
+    assert [str(p) for p in lb["ports"]] == [
+        "${SIDECAR_BIND:-127.0.0.1}:${SIDECAR_REPLICAS_PORT:-8090}:8080"
+    ]
+
+
+@pytest.mark.parametrize(
+    "host_env",
+    [
+        {"SIDECAR_JWT_SECRET": "t" * 40},
+        {"SIDECAR_JWT_SECRET": "s" * 40, "SIDECAR_STORE_PASSWORD": "pw", "SIDECAR_STORE_DB": "y"},
+    ],
+)
+def test_the_replicas_config_loads_with_the_compose_environment(
+    services: dict[str, Any], host_env: dict[str, str]
+) -> None:
+    env = service_env(services["replica-1"], host_env)
+    store_env = service_env(services["store"], host_env)
+    config = load_config_text(
+        REPLICAS_YAML.read_text(encoding="utf-8"), file=env["SIDECAR_CONFIG"], env=env
+    )
+    assert config.store.url is not None
+    url = urlsplit(config.store.url)
+    assert url.hostname == "store" and url.hostname in services
+    assert (url.username, url.password) == (
+        store_env["POSTGRES_USER"],
+        store_env["POSTGRES_PASSWORD"],
+    )
+    assert url.path == "/" + store_env["POSTGRES_DB"]
+    single = load_config_text(
+        SIDECAR_YAML.read_text(encoding="utf-8"),
+        file="/etc/sidecar/sidecar.yaml",
+        env=service_env(services["sidecar"], host_env),
+    )
+    # a slot of their own: the replicas run beside the single sidecar without a fight
+    assert config.database.slot != single.database.slot
+    assert config.collections.keys() == single.collections.keys()
