@@ -106,6 +106,19 @@ async def _leader_first(rs: list[Replica]) -> list[Replica]:
     raise RuntimeError("no replica leads")
 
 
+async def caught_up(port: int, bearer: str) -> str:
+    """The cursor of a client that has pulled everything (every page)."""
+    cursor: str | None = None
+    while True:
+        target = "/v1/pull" + (f"?cursor={cursor}" if cursor else "")
+        status, body = await http_get(port, target, bearer)
+        assert status == 200, body[:500]
+        page = orjson.loads(body)
+        cursor = str(page["cursor"])
+        if not page["has_more"]:
+            return cursor
+
+
 async def follower_latency(
     dsn: str, follower: Replica, commits: int
 ) -> tuple[list[float], list[float]]:
@@ -122,9 +135,7 @@ async def follower_latency(
             async for _ in listener.notifies(stop_after=1):
                 pass
 
-        status, body = await http_get(follower.port, "/v1/pull", bearer)
-        assert status == 200, body
-        cursor = orjson.loads(body)["cursor"]
+        cursor = await caught_up(follower.port, bearer)
         for n in range(commits):
             target = f"/v1/pull?cursor={cursor}&live=true&timeout=30"
             poll = asyncio.create_task(http_get(follower.port, target, bearer))
@@ -139,7 +150,7 @@ async def follower_latency(
             status, body = await poll
             ours.append(time.perf_counter() - started)
             page = orjson.loads(body)
-            assert status == 200 and len(page["changes"]) == 1, body
+            assert status == 200 and len(page["changes"]) == 1, body[:500]
             cursor = page["cursor"]
     return ours, ref
 
@@ -183,9 +194,7 @@ async def waiters_on(
 ) -> tuple[float, int, list[float]]:
     """`per_replica` long-polls on each replica, all waiting; one commit; the seconds until
     the last is answered, how many got the row, and each replica's peak RSS."""
-    status, body = await http_get(rs[0].port, "/v1/pull", token(2))
-    assert status == 200, body
-    target = f"/v1/pull?cursor={orjson.loads(body)['cursor']}&live=true&timeout=60"
+    target = f"/v1/pull?cursor={await caught_up(rs[0].port, token(2))}&live=true&timeout=60"
     sem = asyncio.Semaphore(500)  # connect in waves
 
     async def one(port: int, request: bytes) -> tuple[bool, float]:
