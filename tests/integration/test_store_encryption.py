@@ -12,53 +12,20 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
-from sidecar.config.loader import load_config_text
 from sidecar.errors import StoreKeyInvalid
 from sidecar.service import Service
 from sidecar.store.sqlite_files import store_files
-from tests.fixtures.service import SECRET, Sidecar, make_config, run_sql
+from tests.fixtures.service import SECRET, Sidecar
+from tests.support.store_writes import (
+    CAPTURED,
+    KEY,
+    NOTES,
+    PUSHED,
+    run_with_writes,
+    store_config,
+)
 
 pytestmark = pytest.mark.pg
-
-SCHEMA = "CREATE TABLE notes (id int PRIMARY KEY, owner_id int, body text)"
-NOTES = """
-  notes:
-    table: notes
-    read: "owner_id = :sub"
-    write: {ops: [insert, update]}
-"""
-CAPTURED = "captured-ZQX-distinctive-row-value"  # written by the application, captured
-PUSHED = "pushed-ZQX-distinctive-row-value"  # written by a client's push
-KEY = "correct horse battery staple"
-
-
-def _config(url: str, store: Path, key: str | None):
-    config = make_config(url, store, NOTES)
-    if key is None:
-        return config
-    text = f"""
-database: {{url: "{url}", slot: sidecar_test, publication: sidecar_test}}
-store: {{path: "{store}", encryption_key: "${{STORE_KEY}}"}}
-auth: {{jwt: {{secret: "{SECRET}"}}}}
-collections:
-{NOTES}
-"""
-    return load_config_text(text, file="test.yaml", env={"STORE_KEY": key})
-
-
-async def _run_with_writes(pg_dsn: str, url: str, store: Path, key: str | None) -> Sidecar:
-    """A service on `store` that captured a row and applied a push (the pending file
-    written); returned running, so the WAL and shared memory files exist."""
-    run_sql(pg_dsn, SCHEMA)
-    sc = await Sidecar(_config(url, store, key)).start()
-    run_sql(pg_dsn, f"INSERT INTO notes VALUES (1, 1, '{CAPTURED}')")
-    mutation = {"id": "m1", "collection": "notes", "op": "insert"}
-    status, body = await sc.push([{**mutation, "data": {"id": 2, "owner_id": 1, "body": PUSHED}}])
-    assert status == 200 and body["results"][0]["status"] == "applied", body
-    await sc.caught_up(pg_dsn)
-    bodies = {r["row"]["body"] for r in (await sc.pull_all(1))[0]}
-    assert {CAPTURED, PUSHED} <= bodies
-    return sc
 
 
 def _readable(store: Path, value: str) -> list[str]:
@@ -72,7 +39,7 @@ async def test_no_row_value_is_readable_in_the_files_of_an_encrypted_store(
     pg_dsn, pg_url, tmp_path, key
 ):
     store = tmp_path / "store.db"
-    sc = await _run_with_writes(pg_dsn, pg_url, store, key)
+    sc = await run_with_writes(pg_dsn, pg_url, store, key)
     try:
         names = {p.name for p in store_files(store)}
         assert {"store.db", "store.db-wal", "store.db-shm", "store.db.pending"} <= names
@@ -91,12 +58,12 @@ async def test_a_wrong_key_is_store_key_invalid_and_rekey_changes_it(
     pg_dsn, pg_url, tmp_path, monkeypatch
 ):
     store = tmp_path / "store.db"
-    sc = await _run_with_writes(pg_dsn, pg_url, store, KEY)
+    sc = await run_with_writes(pg_dsn, pg_url, store, KEY)
     await sc.stop()
 
     for wrong in ("not the key", None):
         with pytest.raises(StoreKeyInvalid) as refused:
-            await Service.start(_config(pg_url, store, wrong))
+            await Service.start(store_config(pg_url, store, wrong))
         assert refused.value.code == "store_key_invalid"
         assert KEY not in refused.value.detail
 
@@ -129,8 +96,8 @@ collections:
     monkeypatch.setenv("NEW_STORE_KEY", "a new passphrase")
     assert main(["rekey", "-c", str(cfg), "--new-key-env", "NEW_STORE_KEY"]) == 0
     with pytest.raises(StoreKeyInvalid):
-        await Service.start(_config(pg_url, store, KEY))  # the old key no longer opens it
-    sc = await Sidecar(_config(pg_url, store, "a new passphrase")).start()
+        await Service.start(store_config(pg_url, store, KEY))  # the old key no longer opens it
+    sc = await Sidecar(store_config(pg_url, store, "a new passphrase")).start()
     try:
         bodies = {r["row"]["body"] for r in (await sc.pull_all(1))[0]}
         assert {CAPTURED, PUSHED} <= bodies  # the same store, not a rebuilt one
@@ -143,7 +110,7 @@ async def test_rekey_refuses_while_a_sidecar_has_the_store_open(
     pg_dsn, pg_url, tmp_path, monkeypatch, capsys
 ):
     store = tmp_path / "store.db"
-    sc = await _run_with_writes(pg_dsn, pg_url, store, KEY)
+    sc = await run_with_writes(pg_dsn, pg_url, store, KEY)
     cfg = tmp_path / "sidecar.yaml"
     cfg.write_text(
         f"""
