@@ -13,9 +13,16 @@ from aiohttp import web
 from opentelemetry.trace import StatusCode
 
 from sidecar.edge import RATE_QUOTA, bind_client_certificate, count_unauthenticated, is_public
-from sidecar.errors import MethodNotAllowed, NotFound, PayloadTooLarge, SidecarError
+from sidecar.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    SidecarError,
+    Unavailable,
+)
 from sidecar.http.connections import SECURITY_HEADERS, SERVER_NAME
 from sidecar.observability import Metrics
+from sidecar.store.base import StoreUnavailable
 from sidecar.tracing import Tracing
 
 log = structlog.get_logger("sidecar.http")
@@ -27,6 +34,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 TRACE_RESPONSE = web.RequestKey("traceresponse", str)
 # Probes and scrapes get a span only when they carry a `traceparent` (no trace a second
 # from each load balancer)
+STORE_RETRY_AFTER = 2  # seconds: a store that cannot be read now (a PostgreSQL store down)
 UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -80,6 +88,15 @@ def make_middleware(
                 response = problem_response(PayloadTooLarge(too_large), request)
             except SidecarError as exc:
                 response = problem_response(exc, request)
+            except StoreUnavailable as exc:  # a PostgreSQL store down or unreachable
+                log.warning("store unavailable", kind=exc.kind, path=request.path)
+                response = problem_response(
+                    Unavailable(
+                        f"the store cannot be read now ({exc.kind}); retry later",
+                        STORE_RETRY_AFTER,
+                    ),
+                    request,
+                )
             except web.HTTPException:
                 raise
             except Exception:

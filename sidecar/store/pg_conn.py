@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
 import psycopg
+import psycopg_pool
 from psycopg import errors, sql
 from psycopg_pool import ConnectionPool
 
@@ -29,6 +30,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SCHEMA = "sidecar_store"
 _CONNECT_TIMEOUT = 10  # seconds
 _APPLICATION = "sidecar-store"
+# A reader whose server stops answering (down, frozen, cut off) fails in bounded time:
+# TCP keepalives while idle, the kernel's limit on unacknowledged data while a query is
+# out, and a statement timeout; the pull then answers 503, never hangs.
+READER_WAIT = 5.0  # seconds a read waits for a connection (the server down: 503 then)
+READER_KWARGS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,  # ms
+    "options": "-c statement_timeout=30000",
+}
 
 
 def _set_path(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -67,10 +80,12 @@ def reader_pool(url: str, schema: str, size: int = 4) -> ConnectionPool:
             "autocommit": True,
             "connect_timeout": _CONNECT_TIMEOUT,
             "application_name": _APPLICATION,
+            **READER_KWARGS,
         },
         configure=configure,
         open=True,
         name=f"sidecar-store-{schema}",
+        timeout=READER_WAIT,
     )
 
 
@@ -112,6 +127,26 @@ class _Writer(Protocol):
     _broken: StoreUnavailable | None
 
     def _discard(self) -> bool: ...
+
+
+def reads(fn: F) -> F:
+    """A reader method: a failure that may pass (the server down, restarting, failing
+    over, unreachable) raised as `StoreUnavailable` — the HTTP layer answers 503 with
+    `Retry-After`, never 500."""
+
+    @functools.wraps(fn)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except psycopg_pool.PoolTimeout as exc:
+            raise StoreUnavailable("io", str(exc)) from exc
+        except psycopg.Error as exc:
+            trouble = as_unavailable(exc)
+            if trouble is None:
+                raise
+            raise trouble from exc
+
+    return cast(F, method)
 
 
 def writes(batch: bool) -> Callable[[F], F]:

@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 from sidecar.lsn import lsn_to_str
 from sidecar.store.base import MutationRecord, PageData, StoreView
 from sidecar.store.lines import ChangeLines
-from sidecar.store.pg_conn import connect
+from sidecar.store.pg_conn import connect, reads
 from sidecar.store.pg_sql import (
     AUDIT,
     COUNTS,
@@ -142,6 +142,7 @@ class PGReader:
         """The reader connections (also the replicas' registry, `replica/registry.py`)."""
         return self._pool
 
+    @reads
     def pull(
         self,
         scopes: Sequence[str],
@@ -157,17 +158,20 @@ class PGReader:
             upto = _NO_END if live_only else None
             return _read_page(conn, self._lines, scopes, after, upto, limit, max_bytes)
 
+    @reads
     def view(self, read: Callable[[StoreView], T]) -> T:
         """`read` run over one consistent snapshot of the store."""
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             return read(PGView(conn, self._lines))
 
+    @reads
     def mutation(self, subject: str, mutation_id: str) -> MutationRecord | None:
         with self._pool.connection() as conn:
             row = conn.execute(MUTATION, (subject, mutation_id)).fetchone()
         return None if row is None else _record(row)
 
+    @reads
     def mutations(self, subject: str, ids: Sequence[str]) -> dict[str, MutationRecord]:
         """`mutation` of many ids in one read: the recorded ones, by id."""
         if not ids:
@@ -176,6 +180,7 @@ class PGReader:
             rows = conn.execute(MUTATIONS, (subject, list(ids))).fetchall()
         return {r[0]: _record(r) for r in rows}
 
+    @reads
     def row_xids(self, collection: str, keys: Sequence[str], subject: str) -> dict[str, int]:
         """For row keys (JSON objects as change lines carry them), the transaction id of
         the last mutation `subject` applied to each (keys without one are absent)."""
@@ -188,12 +193,16 @@ class PGReader:
                     out[key] = int(xid)
         return out
 
+    @reads
     def audit(self, collection: str, key: bytes, limit: int) -> list[MutationRecord]:
         """The recorded mutations of one row (key: JSON object), newest first."""
+        if b"\\u0000" in key:  # no text in PostgreSQL holds a NUL: no row has that key
+            return []
         with self._pool.connection() as conn:
             rows = conn.execute(AUDIT, (collection, key.decode(), limit)).fetchall()
         return [_record(r) for r in rows]
 
+    @reads
     def counts(self) -> dict[str, int]:
         with self._pool.connection() as conn:
             row = conn.execute(COUNTS).fetchone()

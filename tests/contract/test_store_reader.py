@@ -129,6 +129,8 @@ def test_audit_lists_a_rows_mutations_newest_first(store):
     assert store.audit("c", b'{"id":3}', 10) == []
     (newest,) = store.audit("c", b'{"id":2}', 10)
     assert newest == _record("m2", 20, {"id": 2}, 101)
+    # a key no stored row can have (a NUL in a string) is simply not found
+    assert store.audit("c", b'{"id":"a\\u0000b"}', 10) == []
 
 
 def test_row_xids_give_each_rows_last_write_by_the_subject(store):
