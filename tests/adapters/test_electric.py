@@ -346,6 +346,7 @@ async def test_a_lost_slot_is_reconciled_and_the_shape_goes_on(
     )
 
 
+@pytest.mark.sqlite_store_only("loses the store by deleting the SQLite file")
 async def test_a_lost_store_gives_must_refetch(sc: Sidecar, node: Node, pg_dsn: str):
     assert sc.client is not None and sc.client.port is not None
     port = sc.client.port

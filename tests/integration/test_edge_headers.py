@@ -48,6 +48,7 @@ async def test_every_answer_says_sidecar_without_versions_and_nosniff(
         resp.close()
 
 
+@pytest.mark.sqlite_store_only("the PostgreSQL store is on the server the test stops")
 async def test_readyz_during_a_database_outage_names_no_host_or_port(
     pg_server, pg_dbname, pg_dsn, pg_url, sidecar_factory
 ):

@@ -72,6 +72,7 @@ async def pulled_keys(sc: Sidecar) -> list[int]:
     return sorted(c["key"]["id"] for c in changes if c["op"] == "upsert")
 
 
+@pytest.mark.sqlite_store_only("pulls served while the database (and a store on it) is frozen")
 async def test_a_frozen_database_fails_pushes_in_bounded_time_and_recovers(
     pg_server, pg_dbname, pg_dsn, sidecar_factory
 ):

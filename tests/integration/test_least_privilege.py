@@ -52,6 +52,7 @@ def role(pg_server, pg_dsn, pg_dbname) -> Iterator[str]:
         conn.execute(f"DROP ROLE {name}")
 
 
+@pytest.mark.sqlite_store_only("the role has no CREATE for a PostgreSQL store schema")
 async def test_pull_and_push_as_a_least_privilege_role(
     role, pg_server, pg_dbname, pg_dsn, sidecar_factory
 ):

@@ -180,6 +180,7 @@ async def test_kill9_at_each_step_of_a_push_then_a_retry_applies_it_once(
         side.stop()
 
 
+@pytest.mark.sqlite_store_only("loses the SQLite pending file beside the store")
 async def test_a_commit_from_before_the_pending_records_is_not_applied_twice(
     pg_dsn, pg_url, sidecar_factory, tmp_path
 ):

@@ -192,7 +192,7 @@ async def test_a_column_outside_columns_changes_nothing(pg_dsn, pg_url, sidecar_
 
 
 async def test_a_dropped_column_the_config_names_stops_capture_until_the_config_is_fixed(
-    pg_dsn, pg_url, sidecar_factory, tmp_path
+    pg_dsn, pg_url, sidecar_factory, tmp_path, store_engine
 ):
     run_sql(pg_dsn, SCHEMA)
     sc = await sidecar_factory(pg_url, SOME_COLUMNS)
@@ -211,7 +211,7 @@ async def test_a_dropped_column_the_config_names_stops_capture_until_the_config_
     fixed = SOME_COLUMNS.replace(
         "columns: [id, title, owner_id, notes]", "columns: [id, title, owner_id]"
     )
-    await sc.service.reload(make_config(pg_url, tmp_path / "store.db", fixed))
+    await sc.service.reload(make_config(pg_url, tmp_path / "store.db", fixed, engine=store_engine))
     await until(lambda: status().phase == "streaming", timeout=30)
     await sc.caught_up(pg_dsn)
     changes, _ = await sc.pull_all(1, cursor)
