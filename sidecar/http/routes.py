@@ -98,6 +98,20 @@ async def readyz(request: web.Request) -> web.Response:
             progress=progress,
         )
     phase = service.capture.status.phase
+    if (
+        service.replica is not None
+        and phase in ("slot_in_use", "reconnecting")
+        and service.capture.ready
+    ):  # a replica serves the shared store while its capture waits for the slot (a
+        # takeover: the old leader's walsender or lock not gone yet): ready, and says so
+        return json_response(
+            {
+                "status": "ready",
+                "role": service.replica.role(),
+                "phase": phase,
+                "progress": progress,
+            }
+        )
     if phase == "slot_in_use":  # another sidecar captures from the slot: this one waits
         raise SlotInUse(f"not ready: {progress['error']}", retry_after=5, progress=progress)
     if phase in ("reconnecting", "failed"):  # a complete store is still pulled

@@ -187,10 +187,10 @@ collections:
         assert await asyncio.to_thread(main, ["status", "-c", str(cfg), "--json"]) == 0
         return orjson.loads(capsys.readouterr().out)["store"]["replicas"]
 
-    async def both() -> bool:
-        return len(await listed()) == 2
+    async def both() -> bool:  # each heartbeat (every 2 s) says its current role
+        return sorted(r["role"] for r in await listed()) == ["follower", "leader"]
 
-    await wait_until(both, 15, "both replicas' heartbeats")
+    await wait_until(both, 15, "both replicas' heartbeats, with their roles")
     rows = await listed()
     assert [r["role"] for r in rows] == ["leader", "follower"]
     assert rows[0]["term"] == store_of(leader).term

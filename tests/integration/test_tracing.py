@@ -123,9 +123,9 @@ async def test_a_push_is_traced_from_the_client_to_the_live_pull_it_wakes(
 
     # the push's log lines carry its trace and the server span's id
     events = [orjson.loads(ln) for ln in run.output().splitlines() if ln.startswith("{")]
-    (mutation,) = [e for e in events if e.get("event") == "mutation"]
-    assert mutation["trace_id"] == PUSH_TRACE and mutation["span_id"] == push.span_id
-    assert mutation["mutation_id"] == "m1"
+    (line,) = [e for e in events if e.get("event") == "push"]  # one line per batch
+    assert line["trace_id"] == PUSH_TRACE and line["span_id"] == push.span_id
+    assert line["mutations"] == 1 and line["outcomes"] == {"applied": 1}
 
 
 async def test_without_an_endpoint_requests_still_show_the_clients_trace(
