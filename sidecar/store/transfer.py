@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from sidecar.errors import StoreKeyInvalid
 from sidecar.store import pg_sql, sqlite_files, sqlite_sql
 from sidecar.store.pg_conn import connect, create
 from sidecar.store.sqlite_pending import pending_path
@@ -54,7 +55,10 @@ def _open_sqlite(path: Path, key: str | None) -> sqlite3.Connection:
     """The store file at `path`, through SQLCipher with `key` when it is encrypted."""
     if not path.is_file():
         raise TransferError(f"no store at {path}")
-    conn = sqlite_files.connect(path, key, isolation_level=None)
+    try:
+        conn = sqlite_files.connect(path, key, isolation_level=None)
+    except StoreKeyInvalid as exc:  # encrypted (another key) or not a SQLite file
+        raise TransferError(f"{path} is not a sidecar store: {exc.detail}") from None
     conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     return conn
 
