@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from bench import capture, live, membership, ndjson, push, reconcile, snapshot
+from bench import capture, live, membership, ndjson, push, reconcile, replicas, snapshot
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -58,3 +58,14 @@ async def test_membership(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.count("50/50 long-polls of distinct users answered") == 2, out
     for measured in ("nothing-new pull", "move-in of a 2,000-row", "capture, membership"):
         assert measured in out, out
+
+
+async def test_capture_into_the_postgresql_store() -> None:
+    assert (await capture.run(2_000, rounds=1, store="postgresql"))["ratio"] > 0
+
+
+async def test_replicas(capsys: pytest.CaptureFixture[str]) -> None:
+    await replicas.run(commits=3, waiters=20, seconds=0.5)
+    out = capsys.readouterr().out
+    assert "commit → live client on a follower over 3 commits" in out, out
+    assert "3 replicas" in out and "60 answered" in out, out
